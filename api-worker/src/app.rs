@@ -1,0 +1,120 @@
+//! Request state and routing. Every handler returns `Result<Response, ApiError>`; this module
+//! turns errors (and the router's own 404/405) into the one JSON error shape and logs one line
+//! per request.
+
+use crate::config::{self, Config};
+use crate::error::{json_response, ApiError, ApiResult};
+use crate::{admin, files, tasks};
+use shared::edge::{log, now_ms, Db, IoCounts, IoError, StepExt};
+use std::rc::Rc;
+use worker::{Bucket, Env, KvStore, Queue, Request, Response, RouteContext, Router};
+
+pub struct App {
+    pub env: Env,
+    pub cfg: Config,
+    pub io: Rc<IoCounts>,
+    pub db: Db,
+}
+
+impl App {
+    pub fn kv(&self) -> Result<KvStore, IoError> {
+        self.env.kv(config::KV).step("binding KV")
+    }
+    pub fn bucket(&self) -> Result<Bucket, IoError> {
+        self.env.bucket(config::BUCKET).step("binding BUCKET")
+    }
+    pub fn tasks_queue(&self) -> Result<Queue, IoError> {
+        self.env.queue(config::TASKS).step("binding TASKS")
+    }
+}
+
+pub type Ctx = RouteContext<Rc<App>>;
+
+pub async fn handle(req: Request, env: Env) -> Response {
+    let started = now_ms();
+    let method = req.method().to_string();
+    let path = req.path();
+    let io = Rc::new(IoCounts::default());
+    let response = match build(&env, io.clone()) {
+        Ok(app) => route(req, env, Rc::new(app)).await,
+        Err(e) => e.into_response(),
+    };
+    log(serde_json::json!({
+        "event": "http",
+        "method": method,
+        "path": path,
+        "status": response.status_code(),
+        "ms": now_ms().saturating_sub(started),
+        "io": io.to_json(),
+    }));
+    response
+}
+
+fn build(env: &Env, io: Rc<IoCounts>) -> Result<App, ApiError> {
+    let cfg = Config::from_env(env).map_err(ApiError::Misconfigured)?;
+    let db = Db::new(env, config::DB, io.clone())?;
+    Ok(App { env: env.clone(), cfg, io, db })
+}
+
+fn reply(result: ApiResult) -> worker::Result<Response> {
+    Ok(result.unwrap_or_else(ApiError::into_response))
+}
+
+async fn route(req: Request, env: Env, app: Rc<App>) -> Response {
+    let router = Router::with_data(app)
+        .get_async("/api/health", |_, ctx| async move { reply(tasks::health(&ctx.data).await) })
+        .post_async("/api/tasks", |req, ctx| async move { reply(tasks::submit(req, &ctx.data).await) })
+        .get_async("/api/tasks", |req, ctx| async move { reply(tasks::list(&req, &ctx.data).await) })
+        .get_async("/api/tasks/:id", |req, ctx| async move { reply(tasks::get(&req, &ctx).await) })
+        .get_async("/api/tasks/:id/results/:n", |req, ctx| async move { reply(tasks::result(&req, &ctx).await) })
+        .get_async("/api/balance", |req, ctx| async move { reply(tasks::balance(&req, &ctx.data).await) })
+        .post_async("/admin/users", |req, ctx| async move { reply(admin::create_user(req, &ctx.data).await) })
+        .post_async("/admin/users/:id/sessions", |req, ctx| async move { reply(admin::create_session(req, &ctx).await) })
+        .post_async("/admin/users/:id/grants", |req, ctx| async move { reply(admin::grant(req, &ctx).await) })
+        .get_async("/files/*key", |req, ctx| async move { reply(files::get(&req, &ctx).await) })
+        .head_async("/files/*key", |req, ctx| async move { reply(files::get(&req, &ctx).await) });
+    match router.run(req, env).await {
+        Ok(r) if r.status_code() == 404 && !is_json(&r) => ApiError::NotFound("route").into_response(),
+        Ok(r) if r.status_code() == 405 && !is_json(&r) => ApiError::MethodNotAllowed.into_response(),
+        Ok(r) => r,
+        Err(e) => ApiError::Unavailable(IoError { step: "router".into(), cause: e.to_string() }).into_response(),
+    }
+}
+
+fn is_json(r: &Response) -> bool {
+    r.headers().get("content-type").ok().flatten().is_some_and(|c| c.starts_with("application/json"))
+}
+
+/// A JSON body with a status.
+pub fn json(value: &serde_json::Value, status: u16) -> ApiResult {
+    Ok(json_response(value, status))
+}
+
+/// A request body, read whole and capped. Over the cap is a 413 whatever the header said.
+pub async fn body_bytes(req: &mut Request, cap: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > cap) {
+        return Err(ApiError::TooLarge(format!("body larger than {cap} bytes")));
+    }
+    let bytes = req.bytes().await.map_err(|_| ApiError::bad_request("unreadable_body", "the request body could not be read"))?;
+    if bytes.len() > cap {
+        return Err(ApiError::TooLarge(format!("body larger than {cap} bytes")));
+    }
+    Ok(bytes)
+}
+
+/// A JSON object body.
+pub async fn json_body(req: &mut Request, cap: usize) -> Result<serde_json::Value, ApiError> {
+    let bytes = body_bytes(req, cap).await?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("invalid_json", "body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+/// A query parameter.
+pub fn query(req: &Request, name: &str) -> Option<String> {
+    req.url().ok()?.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}

@@ -1,0 +1,66 @@
+//! The api worker's configuration, read and checked once per request from `Env`.
+
+use shared::edge::{number, required, ConfigError};
+use worker::Env;
+
+pub struct Config {
+    /// Where this API is reachable from outside (for signed file URLs given to providers).
+    pub public_base_url: String,
+    /// Signs time-limited file URLs.
+    pub files_signing_key: String,
+    /// Operators' bearer token for `/admin/`.
+    pub admin_token: String,
+    /// Seconds a task may take from submission before it fails.
+    pub task_deadline_secs: i64,
+    /// Largest request body we read.
+    pub max_body_bytes: usize,
+    /// Largest single uploaded image.
+    pub max_upload_bytes: usize,
+    /// Lifetime of a signed file URL.
+    pub signed_url_ttl_secs: i64,
+    /// Lifetime of a new session when none is asked for.
+    pub session_ttl_secs: i64,
+}
+
+fn positive(env: &Env, name: &str, default: i64) -> Result<i64, ConfigError> {
+    let n = number(env, name, default)?;
+    if n <= 0 {
+        return Err(ConfigError(format!("{name} must be positive, got {n}")));
+    }
+    Ok(n)
+}
+
+fn size(env: &Env, name: &str, default: i64) -> Result<usize, ConfigError> {
+    usize::try_from(positive(env, name, default)?).map_err(|_| ConfigError(format!("{name} is too large")))
+}
+
+impl Config {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let public_base_url = required(env, "PUBLIC_BASE_URL")?.trim_end_matches('/').to_owned();
+        if !(public_base_url.starts_with("http://") || public_base_url.starts_with("https://")) {
+            return Err(ConfigError(format!("PUBLIC_BASE_URL must be an http(s) URL, got {public_base_url:?}")));
+        }
+        let files_signing_key = required(env, "FILES_SIGNING_KEY")?;
+        let admin_token = required(env, "ADMIN_TOKEN")?;
+        if admin_token.len() < 16 || files_signing_key.len() < 16 {
+            return Err(ConfigError("ADMIN_TOKEN and FILES_SIGNING_KEY must be at least 16 characters".into()));
+        }
+        Ok(Self {
+            public_base_url,
+            files_signing_key,
+            admin_token,
+            task_deadline_secs: positive(env, "TASK_DEADLINE_SECS", 15 * 60)?,
+            max_body_bytes: size(env, "MAX_BODY_BYTES", 25 * 1024 * 1024)?,
+            max_upload_bytes: size(env, "MAX_UPLOAD_BYTES", 10 * 1024 * 1024)?,
+            signed_url_ttl_secs: positive(env, "SIGNED_URL_TTL_SECS", 3600)?,
+            session_ttl_secs: positive(env, "SESSION_TTL_SECS", 30 * 24 * 3600)?,
+        })
+    }
+}
+
+/// Binding names, as in wrangler.toml.
+pub const DB: &str = "DB";
+pub const BUCKET: &str = "BUCKET";
+pub const KV: &str = "KV";
+pub const TASKS: &str = "TASKS";
+

@@ -1,0 +1,18 @@
+//! api-worker: the HTTP edge. Validates, authenticates, reserves credits, writes D1 and
+//! enqueues work; it never waits on a provider.
+
+mod admin;
+mod app;
+mod auth;
+mod config;
+mod error;
+mod files;
+mod tasks;
+
+use worker::{event, Context, Env, Request, Response, Result};
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    console_error_panic_hook::set_once();
+    Ok(app::handle(req, env).await)
+}

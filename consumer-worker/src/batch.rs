@@ -1,0 +1,169 @@
+//! One batch in, one decision per message out. A message's fate never depends on its
+//! neighbours, and nothing here returns an error to the runtime.
+
+use crate::config::{self, Config};
+use crate::{dead_letters, tasks};
+use serde_json::{json, Value};
+use shared::edge::{log, now_ms, Db, IoCounts, IoError, StepExt};
+use shared::messages::{self, TaskMessage};
+use std::rc::Rc;
+use worker::{Env, MessageBatch, MessageBuilder, MessageExt, QueueRetryOptionsBuilder, RawMessage};
+
+/// What one message's handling needs.
+pub struct Ctx {
+    pub env: Env,
+    pub cfg: Rc<Config>,
+    pub io: Rc<IoCounts>,
+    pub db: Db,
+}
+
+impl Ctx {
+    pub fn kv(&self) -> Result<worker::KvStore, IoError> {
+        self.io.kv();
+        self.env.kv(config::KV).step("binding KV")
+    }
+    pub fn bucket(&self) -> Result<worker::Bucket, IoError> {
+        self.io.r2();
+        self.env.bucket(config::BUCKET).step("binding BUCKET")
+    }
+}
+
+/// What to do with a message once handled.
+#[derive(Debug)]
+pub enum Next {
+    /// Done: acknowledge.
+    Ack,
+    /// Send this follow-up (the next poll, or the same step again) after `delay` seconds, then
+    /// acknowledge. If the send fails the message itself is retried by the queue.
+    Send { message: TaskMessage, delay: u32 },
+    /// Archive for operators, then acknowledge.
+    DeadLetter { class: String, reason: String },
+}
+
+/// The outcome of one message plus what the log line needs.
+pub struct Handled {
+    pub next: Next,
+    pub task_id: Option<String>,
+    pub error: Option<(String, String)>,
+}
+
+impl Handled {
+    pub fn dead(class: &str, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Handled {
+            next: Next::DeadLetter { class: class.to_owned(), reason: reason.clone() },
+            task_id: None,
+            error: Some((class.to_owned(), reason)),
+        }
+    }
+}
+
+pub async fn handle(batch: MessageBatch<Value>, env: Env) {
+    let queue = batch.queue();
+    let cfg = match Config::from_env(&env) {
+        Ok(c) => Rc::new(c),
+        Err(e) => {
+            // Nothing can be handled without configuration; hand every message back to the
+            // queue, which dead-letters it after max_retries. Nothing is lost.
+            log(json!({"level": "error", "event": "consumer.misconfigured", "queue": queue, "cause": e.0}));
+            batch.retry_all_with_options(&QueueRetryOptionsBuilder::new().with_delay_seconds(60).build());
+            return;
+        }
+    };
+    let messages: Vec<RawMessage> = batch.raw_iter().collect();
+    let work = messages.iter().map(|m| handle_one(m, &queue, &cfg, &env));
+    futures::future::join_all(work).await;
+}
+
+fn body_of(msg: &RawMessage) -> (Value, String) {
+    let raw = msg.body();
+    let text = worker::js_sys::JSON::stringify(&raw).ok().and_then(|s| s.as_string()).unwrap_or_default();
+    let value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (value, text)
+}
+
+async fn handle_one(msg: &RawMessage, queue: &str, cfg: &Rc<Config>, env: &Env) {
+    let started = now_ms();
+    let io = Rc::new(IoCounts::default());
+    let (body, text) = body_of(msg);
+    let kind = messages::type_of(&body).map(str::to_owned);
+    let attempt = body.get("attempt").and_then(Value::as_u64).unwrap_or(0);
+
+    let handled = match Db::new(env, config::DB, io.clone()) {
+        Err(e) => Handled::dead("misconfigured", e.to_string()),
+        Ok(db) => {
+            let ctx = Ctx { env: env.clone(), cfg: cfg.clone(), io: io.clone(), db };
+            if queue == cfg.tasks_queue {
+                tasks::handle(&ctx, &body).await
+            } else if queue == cfg.events_queue {
+                // Payment events are applied by the payments pipeline; until it exists, an
+                // event message is archived so that nothing is lost and it can be replayed.
+                Handled::dead("unsupported", "no handler for events on this deployment yet")
+            } else if queue == cfg.dead_letter_queue {
+                dead_letters::from_dead_letter_queue(&ctx, &msg.id(), &body, &text).await
+            } else {
+                Handled::dead("unknown_queue", format!("no handler for queue {queue}"))
+            }
+            .finish(&ctx, msg, queue, &body, &text)
+            .await
+        }
+    };
+    let (decision, delay) = match &handled.next {
+        Next::Ack => ("ack", None),
+        Next::Send { delay, .. } => ("send", Some(*delay)),
+        Next::DeadLetter { .. } => ("dead_letter", None),
+    };
+    log(json!({
+        "event": "message",
+        "queue": queue,
+        "message_id": msg.id(),
+        "type": kind,
+        "task_id": handled.task_id,
+        "attempt": attempt,
+        "decision": decision,
+        "delay_secs": delay,
+        "error_class": handled.error.as_ref().map(|e| e.0.clone()),
+        "error": handled.error.as_ref().map(|e| e.1.clone()),
+        "ms": now_ms().saturating_sub(started),
+        "io": io.to_json(),
+    }));
+}
+
+impl Handled {
+    /// Carries out the decision on the message itself.
+    async fn finish(self, ctx: &Ctx, msg: &RawMessage, queue: &str, body: &Value, text: &str) -> Handled {
+        let retry_later = |secs: u32| msg.retry_with_options(&QueueRetryOptionsBuilder::new().with_delay_seconds(secs).build());
+        match &self.next {
+            Next::Ack => msg.ack(),
+            Next::Send { message, delay } => {
+                ctx.io.queue_send();
+                let sent = match ctx.env.queue(config::TASKS).step("binding TASKS") {
+                    Ok(q) => q.send(MessageBuilder::new(message.clone()).delay_seconds(*delay).build()).await.step("queue send"),
+                    Err(e) => Err(e),
+                };
+                match sent {
+                    Ok(()) => msg.ack(),
+                    Err(e) => {
+                        log(json!({"level": "error", "event": "follow_up_send_failed", "cause": e.to_string()}));
+                        retry_later(*delay);
+                    }
+                }
+            }
+            Next::DeadLetter { class, reason } => {
+                let archived = dead_letters::archive(
+                    ctx,
+                    dead_letters::Dead { queue, message_id: &msg.id(), body, text, class, reason },
+                )
+                .await;
+                match archived {
+                    Ok(()) => msg.ack(),
+                    Err(e) => {
+                        log(json!({"level": "error", "event": "archive_failed", "cause": e.to_string()}));
+                        retry_later(30);
+                    }
+                }
+            }
+        }
+        self
+    }
+}

@@ -1,0 +1,108 @@
+//! HTTP to the AI provider and to its result URLs. Every outcome becomes either a value or a
+//! classified [`Failure`]; nothing here decides what to do about it.
+
+use crate::batch::Ctx;
+use futures::future::{select, Either};
+use shared::keys::{image_extension, sniff_image};
+use shared::kie::{self, Progress};
+use shared::model::Model;
+use shared::retry::{classify_status, Failure};
+use std::time::Duration;
+use worker::wasm_bindgen::JsValue;
+use worker::{Delay, Fetch, Headers, Method, Request, RequestInit, Response};
+
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn send(ctx: &Ctx, req: Request, timeout: Duration) -> Result<Response, Failure> {
+    ctx.io.fetch();
+    let fetcher = Fetch::Request(req);
+    let fetch = Box::pin(fetcher.send());
+    let outcome = match select(fetch, Box::pin(Delay::from(timeout))).await {
+        Either::Left((Ok(resp), _)) => Ok(resp),
+        Either::Left((Err(e), _)) => Err(Failure::transient("network", e.to_string())),
+        Either::Right(_) => Err(Failure::transient("timeout", format!("no response within {}s", timeout.as_secs()))),
+    };
+    outcome
+}
+
+fn api_request(ctx: &Ctx, method: Method, url: &str, body: Option<String>) -> Result<Request, Failure> {
+    let headers = Headers::new();
+    let set = |k: &str, v: &str| headers.set(k, v).map_err(|e| Failure::permanent("bad_request", e.to_string()));
+    set("authorization", &format!("Bearer {}", ctx.cfg.kie_api_key))?;
+    set("accept", "application/json")?;
+    if body.is_some() {
+        set("content-type", "application/json")?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(method).with_headers(headers);
+    if let Some(b) = body {
+        init.with_body(Some(JsValue::from_str(&b)));
+    }
+    Request::new_with_init(url, &init).map_err(|e| Failure::permanent("bad_request", e.to_string()))
+}
+
+async fn read(ctx: &Ctx, req: Request) -> Result<Vec<u8>, Failure> {
+    let mut resp = send(ctx, req, API_TIMEOUT).await?;
+    let retry_after = resp.headers().get("retry-after").ok().flatten();
+    if let Some(f) = classify_status(resp.status_code(), retry_after.as_deref()) {
+        return Err(f);
+    }
+    resp.bytes().await.map_err(|e| Failure::transient("network", format!("reading provider response: {e}")))
+}
+
+/// Creates the provider task; returns its id.
+pub async fn create(ctx: &Ctx, model: Model, prompt: &str, size: &str, image_urls: &[String]) -> Result<String, Failure> {
+    let (create_path, _) = kie::endpoints(model);
+    let body = kie::create_body(model, prompt, size, image_urls, None).to_string();
+    let req = api_request(ctx, Method::Post, &format!("{}{create_path}", ctx.cfg.kie_base_url), Some(body))?;
+    kie::parse_created(&read(ctx, req).await?)
+}
+
+/// Asks where a provider task stands.
+pub async fn record(ctx: &Ctx, model: Model, external_id: &str) -> Result<Progress, Failure> {
+    let (_, record_path) = kie::endpoints(model);
+    let mut url = worker::Url::parse(&format!("{}{record_path}", ctx.cfg.kie_base_url))
+        .map_err(|e| Failure::permanent("bad_config", e.to_string()))?;
+    url.query_pairs_mut().append_pair("taskId", external_id);
+    let req = api_request(ctx, Method::Get, url.as_str(), None)?;
+    kie::parse_record(model, &read(ctx, req).await?)
+}
+
+/// A downloaded result image: bytes and their real content type.
+pub struct Image {
+    pub bytes: Vec<u8>,
+    pub content_type: &'static str,
+    pub extension: &'static str,
+}
+
+/// Downloads a result. Failed, empty or non-image downloads are transient (result URLs are
+/// flaky); one larger than the cap is permanent.
+pub async fn download(ctx: &Ctx, url: &str) -> Result<Image, Failure> {
+    let req = Request::new(url, Method::Get).map_err(|e| Failure::permanent("bad_result_url", e.to_string()))?;
+    let mut resp = send(ctx, req, DOWNLOAD_TIMEOUT).await?;
+    let retry_after = resp.headers().get("retry-after").ok().flatten();
+    if let Some(f) = classify_status(resp.status_code(), retry_after.as_deref()) {
+        // a result URL that is gone may come back (CDN lag); only the deadline ends this
+        return Err(Failure::transient("download_failed", f.detail().to_owned()));
+    }
+    let max = ctx.cfg.max_result_bytes;
+    let declared = resp.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(Failure::permanent("result_too_large", format!("result is larger than {max} bytes")));
+    }
+    let declared_type = resp.headers().get("content-type").ok().flatten().unwrap_or_default();
+    if image_extension(&declared_type).is_none() {
+        return Err(Failure::transient("not_image", format!("result content type is {declared_type:?}")));
+    }
+    let bytes = resp.bytes().await.map_err(|e| Failure::transient("download_failed", e.to_string()))?;
+    if bytes.is_empty() {
+        return Err(Failure::transient("empty_result", "result body is empty"));
+    }
+    if bytes.len() > max {
+        return Err(Failure::permanent("result_too_large", format!("result is larger than {max} bytes")));
+    }
+    let content_type = sniff_image(&bytes).ok_or_else(|| Failure::transient("not_image", "result bytes are not an image"))?;
+    let extension = image_extension(content_type).unwrap_or("bin");
+    Ok(Image { bytes, content_type, extension })
+}

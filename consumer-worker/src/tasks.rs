@@ -1,0 +1,182 @@
+//! The task pipeline's steps: submit, then poll until the provider answers, then store and
+//! settle. Each step returns what comes next; failures are turned into a decision by
+//! `shared::retry::decide`.
+
+use crate::batch::{Ctx, Handled, Next};
+use crate::provider;
+use crate::store::{self, storage, Ending};
+use serde_json::Value;
+use shared::edge::{now, StepExt};
+use shared::ids::{Credits, TaskId, UserId};
+use shared::keys::result_key;
+use shared::kie::Progress;
+use shared::messages::{self, TaskMessage, VERSION};
+use shared::model::Model;
+use shared::retry::{decide, Decision, Failure};
+use shared::signing::signed_file_url;
+use shared::submit::{ImageRef, TaskInput};
+use std::collections::HashMap;
+use worker::HttpMetadata;
+
+/// What a step leads to.
+enum Step {
+    Done,
+    Then(TaskMessage, u32),
+}
+
+/// How long signed upload URLs given to the provider stay valid.
+const INPUT_URL_TTL_SECS: i64 = 3600;
+
+pub async fn handle(ctx: &Ctx, body: &Value) -> Handled {
+    let msg: TaskMessage = match messages::parse(body) {
+        Ok(m) => m,
+        Err(e) => return Handled::dead(e.class(), e.to_string()),
+    };
+    let task_id = Some(msg.task_id().to_string());
+    let result = match &msg {
+        TaskMessage::Submit { task_id, .. } => submit(ctx, task_id).await,
+        TaskMessage::Poll { .. } => poll(ctx, &msg).await,
+    };
+    match result {
+        Ok(Step::Done) => Handled { next: Next::Ack, task_id, error: None },
+        Ok(Step::Then(next, delay)) => Handled { next: send(&next, delay), task_id, error: None },
+        Err(failure) => {
+            let error = Some((failure.class().to_owned(), failure.detail().to_owned()));
+            let next = match decide(&failure, msg.failures(), &ctx.cfg.transient) {
+                Decision::Ack => Next::Ack,
+                Decision::RetryAfter { seconds } => send(&msg.after_failure(), seconds),
+                Decision::DeadLetter { class, reason } => Next::DeadLetter { class, reason },
+            };
+            Handled { next, task_id, error }
+        }
+    }
+}
+
+fn send(msg: &TaskMessage, delay: u32) -> Next {
+    Next::Send { message: msg.clone(), delay }
+}
+
+async fn submit(ctx: &Ctx, task: &TaskId) -> Result<Step, Failure> {
+    let Some(claimed) = store::claim(ctx, task).await.map_err(storage)? else {
+        // Another delivery claimed it, or it already ended: nothing to do.
+        return Ok(Step::Done);
+    };
+    let end = Ending {
+        task: *task,
+        user: UserId::parse(&claimed.user_id).map_err(|e| Failure::permanent("corrupt_task", e.to_string()))?,
+        cost: Credits(claimed.cost),
+    };
+    let deadline_at = claimed.deadline_at.unwrap_or(i64::MAX);
+    if now() >= deadline_at {
+        store::fail(ctx, &end, "deadline_exceeded").await?;
+        return Ok(Step::Done);
+    }
+    let input: TaskInput = match serde_json::from_str(&claimed.input_params) {
+        Ok(i) => i,
+        Err(e) => {
+            store::fail(ctx, &end, &format!("invalid_input: {e}")).await?;
+            return Ok(Step::Done);
+        }
+    };
+    let model = input.model;
+    let urls: Vec<String> = input
+        .images
+        .iter()
+        .map(|image| match image {
+            ImageRef::Url(u) => u.clone(),
+            ImageRef::Upload(key) => signed_file_url(
+                &ctx.cfg.public_base_url,
+                ctx.cfg.files_signing_key.as_bytes(),
+                key,
+                now() + INPUT_URL_TTL_SECS,
+            ),
+        })
+        .collect();
+    match provider::create(ctx, model, &input.prompt, &input.size, &urls).await {
+        Ok(external_id) => {
+            if let Err(e) = store::accept(ctx, task, &external_id).await {
+                // The provider has the task: keep going. Completion records the external id
+                // too, so losing this write loses nothing.
+                shared::edge::log(serde_json::json!({"level": "warn", "event": "accept_write_failed", "task_id": task.to_string(), "cause": e.to_string()}));
+            }
+            let first_poll = TaskMessage::Poll {
+                v: VERSION,
+                task_id: *task,
+                user_id: end.user,
+                model,
+                external_id,
+                cost: end.cost,
+                deadline_at,
+                attempt: 0,
+                failures: 0,
+            };
+            Ok(Step::Then(first_poll, ctx.cfg.poll.delay_secs(0)))
+        }
+        Err(Failure::Permanent { class, detail }) => {
+            store::fail(ctx, &end, &format!("{class}: {detail}")).await?;
+            Ok(Step::Done)
+        }
+        Err(transient) => {
+            store::unclaim(ctx, task).await.map_err(storage)?;
+            Err(transient)
+        }
+    }
+}
+
+async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
+    let TaskMessage::Poll { task_id, user_id, model, external_id, cost, deadline_at, attempt, .. } = msg else {
+        return Ok(Step::Done);
+    };
+    let end = Ending { task: *task_id, user: *user_id, cost: *cost };
+    if now() >= *deadline_at {
+        store::fail(ctx, &end, "deadline_exceeded").await?;
+        return Ok(Step::Done);
+    }
+    match provider::record(ctx, *model, external_id).await? {
+        Progress::Generating => Ok(Step::Then(msg.next_poll(), ctx.cfg.poll.delay_secs(attempt + 1))),
+        Progress::Failed { class, reason } => {
+            store::fail(ctx, &end, &format!("{class}: {reason}")).await?;
+            Ok(Step::Done)
+        }
+        Progress::Succeeded { urls } => {
+            if store::known_ended(ctx, task_id).await {
+                return Ok(Step::Done);
+            }
+            let keys = store_results(ctx, *model, task_id, &urls).await?;
+            store::complete(ctx, &end, external_id, &urls, &keys).await?;
+            Ok(Step::Done)
+        }
+    }
+}
+
+/// Downloads every result into R2 at its deterministic key; a repeat overwrites the same
+/// objects instead of adding new ones.
+async fn store_results(ctx: &Ctx, model: Model, task: &TaskId, urls: &[String]) -> Result<Vec<String>, Failure> {
+    let mut keys = Vec::with_capacity(urls.len());
+    for (n, url) in urls.iter().enumerate() {
+        let image = match provider::download(ctx, url).await {
+            Ok(i) => i,
+            Err(Failure::Permanent { class, detail }) => {
+                return Err(Failure::permanent(class, format!("result {n}: {detail}")));
+            }
+            Err(e) => return Err(e),
+        };
+        let key = result_key(model, task, n, image.extension);
+        let meta = HttpMetadata { content_type: Some(image.content_type.into()), ..Default::default() };
+        let custom = HashMap::from([
+            ("source".to_owned(), url.chars().take(1024).collect::<String>()),
+            ("task_id".to_owned(), task.to_string()),
+        ]);
+        ctx.bucket()
+            .map_err(storage)?
+            .put(key.clone(), image.bytes)
+            .http_metadata(meta)
+            .custom_metadata(custom)
+            .execute()
+            .await
+            .step(format!("r2 put {key}"))
+            .map_err(storage)?;
+        keys.push(key);
+    }
+    Ok(keys)
+}

@@ -1,0 +1,10 @@
+//! The real local stack for tests and development: `wrangler dev` running the three workers in
+//! one session on workerd (local D1, R2, KV, Queues) with state in a directory of its own, and
+//! the provider simulator beside it. Black-box: everything talks HTTP.
+
+pub mod client;
+pub mod dev;
+pub mod stack;
+
+pub use client::Client;
+pub use stack::{Stack, StackOptions};

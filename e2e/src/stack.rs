@@ -1,0 +1,256 @@
+//! Starting and stopping the stack.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+pub const FILES_SIGNING_KEY: &str = "e2e-files-signing-key-0123456789";
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// A port nobody is listening on right now.
+pub fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Where state lives; a fresh temporary directory when `None`.
+    pub state_dir: Option<PathBuf>,
+    /// API port; a free one when `None`.
+    pub port: Option<u16>,
+    /// Simulator port; a free one when `None`.
+    pub sim_port: Option<u16>,
+    /// Extra or overriding variables for every worker.
+    pub vars: BTreeMap<String, String>,
+    /// Keep the state directory after stopping.
+    pub keep_state: bool,
+    /// Run wrangler in a process group of its own so stopping it stops workerd too (tests);
+    /// `dev` leaves it in the terminal's group so Ctrl-C reaches it.
+    pub own_process_group: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        let vars = [
+            ("POLL_INITIAL_SECS", "1"),
+            ("POLL_MAX_SECS", "2"),
+            ("RETRY_INITIAL_SECS", "1"),
+            ("RETRY_MAX_SECS", "2"),
+        ];
+        StackOptions {
+            state_dir: None,
+            port: None,
+            sim_port: None,
+            vars: vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            keep_state: false,
+            own_process_group: true,
+        }
+    }
+}
+
+pub struct Stack {
+    pub api: String,
+    pub sim: sim::Sim,
+    pub state_dir: PathBuf,
+    child: Option<Child>,
+    keep_state: bool,
+    own_group: bool,
+}
+
+fn wrangler() -> PathBuf {
+    root().join("node_modules/.bin/wrangler")
+}
+
+fn quiet(cmd: &mut Command) -> &mut Command {
+    cmd.env("WRANGLER_SEND_METRICS", "false").env("CI", "1").env("NO_COLOR", "1").env("FORCE_COLOR", "0")
+}
+
+/// Writes a copy of a committed wrangler config with absolute paths and the given variables, so
+/// the stack runs the committed bindings against its own state, ports and simulator.
+fn derive_config(source: &Path, dest: &Path, vars: &BTreeMap<String, String>) -> Result<(), String> {
+    let text = fs::read_to_string(source).map_err(|e| format!("reading {}: {e}", source.display()))?;
+    let mut doc: toml::Table = text.parse().map_err(|e| format!("parsing {}: {e}", source.display()))?;
+    let dir = source.parent().unwrap_or(Path::new("."));
+    let absolute = |v: &toml::Value| v.as_str().map(|p| toml::Value::String(dir.join(p).display().to_string()));
+    if let Some(main) = doc.get("main").and_then(absolute) {
+        doc.insert("main".into(), main);
+    }
+    if let Some(toml::Value::Array(dbs)) = doc.get_mut("d1_databases") {
+        for db in dbs.iter_mut().filter_map(toml::Value::as_table_mut) {
+            if let Some(m) = db.get("migrations_dir").and_then(absolute) {
+                db.insert("migrations_dir".into(), m);
+            }
+        }
+    }
+    let table = doc.entry("vars").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = table {
+        for (k, v) in vars {
+            t.insert(k.clone(), toml::Value::String(v.clone()));
+        }
+    }
+    fs::write(dest, toml::to_string(&doc).map_err(|e| e.to_string())?).map_err(|e| format!("writing {}: {e}", dest.display()))
+}
+
+impl Stack {
+    pub fn start(opts: StackOptions) -> Result<Stack, String> {
+        let root = root();
+        for w in ["api-worker", "consumer-worker", "cron-worker"] {
+            if !root.join(w).join("build/index.js").exists() {
+                return Err(format!("{w} is not built; run `cargo xtask test` (or `cargo xtask build`) first"));
+            }
+        }
+        let sim = sim::Sim::start(opts.sim_port.unwrap_or(0))?;
+        let port = match opts.port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let inspector = free_port()?;
+        let state_dir = match &opts.state_dir {
+            Some(d) => d.clone(),
+            None => std::env::temp_dir().join(format!("edgeline-e2e-{}-{port}", std::process::id())),
+        };
+        let config_dir = state_dir.join("config");
+        fs::create_dir_all(&config_dir).map_err(|e| format!("creating {}: {e}", config_dir.display()))?;
+
+        let mut vars: BTreeMap<String, String> = [
+            ("PUBLIC_BASE_URL", format!("http://127.0.0.1:{port}")),
+            ("KIE_BASE_URL", sim.base_url()),
+            ("KIE_API_KEY", "e2e-kie-key".to_owned()),
+            ("ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            ("FILES_SIGNING_KEY", FILES_SIGNING_KEY.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        vars.extend(opts.vars.clone());
+        let configs = [
+            (root.join("wrangler.toml"), config_dir.join("api.toml")),
+            (root.join("consumer-worker/wrangler.toml"), config_dir.join("consumer.toml")),
+            (root.join("cron-worker/wrangler.toml"), config_dir.join("cron.toml")),
+        ];
+        for (src, dest) in &configs {
+            derive_config(src, dest, &vars)?;
+        }
+        let persist = state_dir.join("wrangler");
+
+        let migrate_log = state_dir.join("migrate.log");
+        let status = quiet(Command::new(wrangler()).current_dir(&config_dir))
+            .args(["d1", "migrations", "apply", "edgeline", "--local", "--persist-to"])
+            .arg(&persist)
+            .arg("-c")
+            .arg(&configs[0].1)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&migrate_log).map_err(|e| e.to_string())?)
+            .stderr(Stdio::from(fs::File::create(state_dir.join("migrate.err")).map_err(|e| e.to_string())?))
+            .status()
+            .map_err(|e| format!("starting wrangler: {e}"))?;
+        if !status.success() {
+            let err = fs::read_to_string(state_dir.join("migrate.err")).unwrap_or_default();
+            return Err(format!("migrations failed ({status}):\n{err}"));
+        }
+
+        let log = fs::File::create(state_dir.join("wrangler.log")).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(wrangler());
+        quiet(&mut cmd)
+            .current_dir(&config_dir)
+            .arg("dev")
+            .args(configs.iter().flat_map(|(_, d)| [PathBuf::from("-c"), d.clone()]))
+            .args(["--ip", "127.0.0.1", "--port", &port.to_string(), "--inspector-port", &inspector.to_string()])
+            .arg("--persist-to")
+            .arg(&persist)
+            .args(["--test-scheduled", "--show-interactive-dev-session=false", "--log-level", "log"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
+            .stderr(Stdio::from(log));
+        if opts.own_process_group {
+            cmd.process_group(0);
+        }
+        let child = cmd.spawn().map_err(|e| format!("starting wrangler dev: {e}"))?;
+        let mut stack = Stack {
+            api: format!("http://127.0.0.1:{port}"),
+            sim,
+            state_dir,
+            child: Some(child),
+            keep_state: opts.keep_state,
+            own_group: opts.own_process_group,
+        };
+        stack.wait_healthy(Duration::from_secs(90))?;
+        Ok(stack)
+    }
+
+    fn wait_healthy(&mut self, limit: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
+        while started.elapsed() < limit {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("wrangler dev exited ({status}):\n{}", self.log_tail(60)));
+                }
+            }
+            if let Ok(resp) = agent.get(&format!("{}/api/health", self.api)).call() {
+                if resp.status() == 200 {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Err(format!("the stack did not become healthy in {}s:\n{}", limit.as_secs(), self.log_tail(60)))
+    }
+
+    /// The last lines wrangler printed (worker logs included), for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = fs::read_to_string(self.state_dir.join("wrangler.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Everything wrangler printed so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.state_dir.join("wrangler.log")).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> crate::Client {
+        crate::Client::new(&self.api)
+    }
+
+    /// Blocks until wrangler exits (for `cargo xtask dev`).
+    pub fn wait(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops wrangler and everything it started (workerd), by process group.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let group = if self.own_group { format!("-{}", child.id()) } else { child.id().to_string() };
+        let _ = Command::new("kill").args(["-s", "TERM", "--", &group]).status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("kill").args(["-s", "KILL", "--", &group]).status();
+        let _ = child.wait();
+        if !self.keep_state {
+            let _ = fs::remove_dir_all(&self.state_dir);
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,297 @@
+//! End-to-end tests of the task pipeline on the real local stack: wrangler dev (workerd with
+//! local D1, R2, KV and Queues) running all three workers, and the kie.ai simulator.
+//! One stack for the whole run; tests isolate themselves by user.
+
+use e2e::client::{multipart, Client};
+use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN, FILES_SIGNING_KEY};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn ensure(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
+    if cond {
+        Ok(())
+    } else {
+        Err(what.into().into())
+    }
+}
+
+fn eq<T: PartialEq + std::fmt::Debug>(got: T, want: T, what: &str) -> Result<(), Failed> {
+    ensure(got == want, format!("{what}: got {got:?}, want {want:?}"))
+}
+
+fn submit(c: &Client, token: &str, body: Value) -> e2e::client::Reply {
+    c.post_json("/api/tasks", Some(token), &body)
+}
+
+fn golden_path_4o(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let (_, token) = c.new_user(ADMIN_TOKEN, 10);
+    let prompt = "golden path: a red fox in snow";
+    let r = submit(&c, &token, json!({"prompt": prompt, "model": "kie_4o"}));
+    eq(r.status, 202, &format!("submit {}", r.text()))?;
+    let created = r.json();
+    eq(created["status"].as_str(), Some("pending"), "initial status")?;
+    ensure(created["task_no"].as_str().is_some_and(|n| n.starts_with('T')), "task_no")?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+
+    let task = c.wait_task(&token, &id, WAIT);
+    eq(task["status"].as_str(), Some("completed"), &format!("final status {task}"))?;
+    ensure(task["submitted_at"].is_i64() && task["completed_at"].is_i64(), "timestamps set")?;
+    let results = task["results"].as_array().cloned().unwrap_or_default();
+    eq(results.len(), 1, "one result")?;
+
+    // the bytes in R2 are exactly what the provider served
+    let stored = c.get(&format!("/api/tasks/{id}/results/0"), Some(&token));
+    eq(stored.status, 200, "result download")?;
+    eq(stored.header("content-type"), Some("image/png"), "content type kept")?;
+    ensure(stored.body == sim::result_png(prompt, 0), "stored bytes equal the simulator's")?;
+    // and the signed URL serves the same bytes without a token
+    let signed = results[0]["signed_url"].as_str().unwrap_or_default();
+    let via_signed = c.get(signed, None);
+    eq(via_signed.status, 200, "signed url")?;
+    ensure(via_signed.body == stored.body, "signed url bytes")?;
+
+    // charged exactly the cost, once
+    eq(c.balance(&token), 8, "balance after one kie_4o task")?;
+    std::thread::sleep(Duration::from_secs(3));
+    eq(c.balance(&token), 8, "balance stays settled")?;
+    eq(stack.sim.stats().creates_by_prompt.get(prompt).copied(), Some(1), "one provider submission")?;
+    Ok(())
+}
+
+fn kontext_with_upload(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let (_, token) = c.new_user(ADMIN_TOKEN, 10);
+    let prompt = "kontext with an uploaded photo";
+    let input = sim::result_png("an input image", 0);
+    let (ct, body) = multipart(&[("prompt", prompt), ("model", "kie_kontext")], &[("file", "me.png", "image/png", &input)]);
+    let r = c.send("POST", "/api/tasks", Some(&token), &[], Some((&ct, &body)));
+    eq(r.status, 202, &format!("multipart submit {}", r.text()))?;
+    let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
+    let task = c.wait_task(&token, &id, WAIT);
+    eq(task["status"].as_str(), Some("completed"), &format!("final {task}"))?;
+    eq(c.balance(&token), 7, "kontext costs 3")?;
+    // the provider got a signed URL for the upload, and it serves the uploaded bytes
+    let inputs = stack.sim.stats().inputs_by_prompt.get(prompt).cloned().unwrap_or_default();
+    eq(inputs.len(), 1, "one input image sent")?;
+    ensure(inputs[0].contains("/files/cache/") && inputs[0].contains("sig="), format!("signed upload url: {}", inputs[0]))?;
+    let fetched = c.get(&inputs[0], None);
+    eq(fetched.status, 200, "provider can fetch the upload")?;
+    ensure(fetched.body == input, "upload bytes round-trip")?;
+    Ok(())
+}
+
+fn failed_generation_restores_balance(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let (_, token) = c.new_user(ADMIN_TOKEN, 5);
+    let r = submit(&c, &token, json!({"prompt": "this one fails [sim:fail]", "model": "kie_4o"}));
+    eq(r.status, 202, "submit")?;
+    eq(c.balance(&token), 3, "held while running")?;
+    let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
+    let task = c.wait_task(&token, &id, WAIT);
+    eq(task["status"].as_str(), Some("failed"), "failed")?;
+    ensure(task["failure_reason"].as_str().is_some_and(|r| r.contains("generate_failed")), format!("reason: {}", task["failure_reason"]))?;
+    eq(c.balance(&token), 5, "hold released")?;
+
+    let refused = submit(&c, &token, json!({"prompt": "refused [sim:refuse]", "model": "kie_kontext"}));
+    let id = refused.json()["id"].as_str().unwrap_or_default().to_owned();
+    let task = c.wait_task(&token, &id, WAIT);
+    eq(task["status"].as_str(), Some("failed"), "refused task failed")?;
+    ensure(task["failure_reason"].as_str().is_some_and(|r| r.contains("content_policy")), format!("reason: {}", task["failure_reason"]))?;
+    eq(c.balance(&token), 5, "balance untouched by failures")?;
+    Ok(())
+}
+
+fn idempotent_submit(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let (_, token) = c.new_user(ADMIN_TOKEN, 10);
+    let body = json!({"prompt": "idempotent please", "model": "kie_4o"});
+    let key = [("idempotency-key", "submit-once-1")];
+    let first = c.send("POST", "/api/tasks", Some(&token), &key, Some(("application/json", body.to_string().as_bytes())));
+    let second = c.send("POST", "/api/tasks", Some(&token), &key, Some(("application/json", body.to_string().as_bytes())));
+    eq(first.status, 202, "first")?;
+    eq(second.status, 202, "repeat")?;
+    eq(first.json()["id"].clone(), second.json()["id"].clone(), "same task")?;
+    eq(second.header("idempotent-replayed"), Some("true"), "marked as replay")?;
+    eq(c.balance(&token), 8, "reserved once")?;
+    let other = json!({"prompt": "something else", "model": "kie_4o"});
+    let reused = c.send("POST", "/api/tasks", Some(&token), &key, Some(("application/json", other.to_string().as_bytes())));
+    eq(reused.status, 422, "key reused for another body")?;
+    eq(reused.code(), "idempotency_key_reused".into(), "code")?;
+    let id = first.json()["id"].as_str().unwrap_or_default().to_owned();
+    c.wait_task(&token, &id, WAIT);
+    eq(c.balance(&token), 8, "charged once")?;
+    let list = c.get("/api/tasks", Some(&token)).json();
+    eq(list["tasks"].as_array().map(Vec::len), Some(1), "one task exists")?;
+    eq(stack.sim.stats().creates_by_prompt.get("idempotent please").copied(), Some(1), "submitted once")?;
+    Ok(())
+}
+
+fn short_balance_is_402_and_writes_nothing(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let (user, token) = c.new_user(ADMIN_TOKEN, 1);
+    let r = submit(&c, &token, json!({"prompt": "too expensive", "model": "kie_4o"}));
+    eq(r.status, 402, "402")?;
+    eq(r.code(), "insufficient_credits".into(), "code")?;
+    eq(c.balance(&token), 1, "balance unchanged")?;
+    eq(c.get("/api/tasks", Some(&token)).json()["tasks"].as_array().map(Vec::len), Some(0), "no task written")?;
+    // expired grants do not count
+    let g = c.post_json(
+        &format!("/admin/users/{user}/grants"),
+        Some(ADMIN_TOKEN),
+        &json!({"credits": 50, "reference": "old-promo", "expires_at": 1_000}),
+    );
+    eq(g.status, 201, &format!("grant {}", g.text()))?;
+    eq(c.balance(&token), 1, "expired grant not in balance")?;
+    eq(submit(&c, &token, json!({"prompt": "still too expensive", "model": "kie_4o"})).status, 402, "still 402")?;
+    // a live grant does
+    let g = c.post_json(&format!("/admin/users/{user}/grants"), Some(ADMIN_TOKEN), &json!({"credits": 1, "reference": "top-up"}));
+    eq(g.status, 201, "grant")?;
+    let again = c.post_json(&format!("/admin/users/{user}/grants"), Some(ADMIN_TOKEN), &json!({"credits": 1, "reference": "top-up"}));
+    eq(again.status, 409, "same grant reference twice")?;
+    eq(c.balance(&token), 2, "live grant counts once")?;
+    eq(submit(&c, &token, json!({"prompt": "affordable now", "model": "kie_4o"})).status, 202, "now affordable")?;
+    Ok(())
+}
+
+fn other_users_tasks_are_404(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let (_, alice) = c.new_user(ADMIN_TOKEN, 10);
+    let (_, bob) = c.new_user(ADMIN_TOKEN, 10);
+    let r = submit(&c, &alice, json!({"prompt": "alice's private cat", "model": "kie_4o"}));
+    let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
+    c.wait_task(&alice, &id, WAIT);
+    let missing = c.get(&format!("/api/tasks/{id}"), Some(&bob));
+    eq(missing.status, 404, "bob reads alice's task")?;
+    eq(missing.code(), "not_found".into(), "code")?;
+    let nobody = c.get(&format!("/api/tasks/{}", "00000000-0000-4000-8000-000000000000"), Some(&bob));
+    eq(nobody.text(), missing.text(), "indistinguishable from a missing task")?;
+    eq(c.get(&format!("/api/tasks/{id}/results/0"), Some(&bob)).status, 404, "bob reads alice's result")?;
+    eq(c.get("/api/tasks", Some(&bob)).json()["tasks"].as_array().map(Vec::len), Some(0), "bob's list is empty")?;
+    Ok(())
+}
+
+fn bad_input_gets_json_4xx(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let (_, token) = c.new_user(ADMIN_TOKEN, 10);
+    let raw = |ct: &str, body: &[u8]| c.send("POST", "/api/tasks", Some(&token), &[], Some((ct, body)));
+    let cases: Vec<(&str, e2e::client::Reply, u16, &str)> = vec![
+        ("malformed json", raw("application/json", b"{\"prompt\": "), 400, "invalid_json"),
+        ("not an object", raw("application/json", b"[1,2]"), 400, "invalid_json"),
+        ("unknown model", submit(&c, &token, json!({"prompt": "x", "model": "dall-e"})), 422, "unknown_model"),
+        ("empty prompt", submit(&c, &token, json!({"prompt": "   ", "model": "kie_4o"})), 422, "empty"),
+        ("unknown field", submit(&c, &token, json!({"prompt": "x", "model": "kie_4o", "seed": 1})), 422, "unknown_field"),
+        ("wrong content type", raw("text/plain", b"hello"), 415, "unsupported_media_type"),
+        ("no token", c.post_json("/api/tasks", None, &json!({})), 401, "unauthorized"),
+        ("bad token", c.post_json("/api/tasks", Some("edl_nope"), &json!({})), 401, "unauthorized"),
+        ("unknown route", c.get("/api/nothing-here", Some(&token)), 404, "not_found"),
+        ("wrong method", c.send("DELETE", "/api/balance", Some(&token), &[], None), 405, "method_not_allowed"),
+        ("bad task id", c.get("/api/tasks/not-a-uuid", Some(&token)), 400, "invalid_id"),
+        ("bad cursor", c.get("/api/tasks?cursor=%%%", Some(&token)), 400, "invalid_cursor"),
+        ("bad limit", c.get("/api/tasks?limit=1000", Some(&token)), 400, "invalid_limit"),
+    ];
+    for (what, reply, status, code) in cases {
+        eq(reply.status, status, &format!("{what}: {}", reply.text()))?;
+        eq(reply.code(), code.to_owned(), what)?;
+        ensure(reply.header("content-type").is_some_and(|t| t.starts_with("application/json")), format!("{what}: JSON"))?;
+    }
+    let field = submit(&c, &token, json!({"prompt": "x", "model": "dall-e"})).json();
+    eq(field["error"]["field"].as_str(), Some("model"), "error names the field")?;
+
+    // uploads: too big, not an image
+    let big = vec![0u8; 10 * 1024 * 1024 + 1];
+    let (ct, body) = multipart(&[("prompt", "big"), ("model", "kie_4o")], &[("file", "big.png", "image/png", &big)]);
+    let r = c.send("POST", "/api/tasks", Some(&token), &[], Some((&ct, &body)));
+    eq(r.status, 413, &format!("oversized upload {}", r.text()))?;
+    let (ct, body) = multipart(&[("prompt", "html"), ("model", "kie_4o")], &[("file", "x.png", "image/png", b"<html>not an image</html>")]);
+    let r = c.send("POST", "/api/tasks", Some(&token), &[], Some((&ct, &body)));
+    eq(r.status, 415, &format!("non-image upload {}", r.text()))?;
+    eq(c.balance(&token), 10, "nothing was charged")?;
+    eq(c.get("/api/tasks", Some(&token)).json()["tasks"].as_array().map(Vec::len), Some(0), "nothing was created")?;
+    Ok(())
+}
+
+fn listing_is_newest_first_and_paginated(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let (_, token) = c.new_user(ADMIN_TOKEN, 20);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = submit(&c, &token, json!({"prompt": format!("list me {i} [sim:stuck]"), "model": "kie_4o"}));
+        ids.push(r.json()["id"].as_str().unwrap_or_default().to_owned());
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let page1 = c.get("/api/tasks?limit=2", Some(&token)).json();
+    let got: Vec<&str> = page1["tasks"].as_array().map(|a| a.iter().filter_map(|t| t["id"].as_str()).collect()).unwrap_or_default();
+    eq(got, vec![ids[2].as_str(), ids[1].as_str()], "first page, newest first")?;
+    let cursor = page1["next_cursor"].as_str().unwrap_or_default().to_owned();
+    ensure(!cursor.is_empty(), "a cursor for more")?;
+    let page2 = c.get(&format!("/api/tasks?limit=2&cursor={cursor}"), Some(&token)).json();
+    let got: Vec<&str> = page2["tasks"].as_array().map(|a| a.iter().filter_map(|t| t["id"].as_str()).collect()).unwrap_or_default();
+    eq(got, vec![ids[0].as_str()], "second page")?;
+    ensure(page2["next_cursor"].is_null(), "no more pages")?;
+    Ok(())
+}
+
+fn admin_and_files_are_guarded(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let (user, token) = c.new_user(ADMIN_TOKEN, 0);
+    eq(c.post_json("/admin/users", Some(&token), &json!({})).status, 403, "user token on admin route")?;
+    eq(c.post_json("/admin/users", None, &json!({})).status, 401, "no token on admin route")?;
+    eq(c.post_json("/admin/users", Some("guess"), &json!({})).status, 401, "wrong admin token")?;
+    let dup = c.post_json("/admin/users", Some(ADMIN_TOKEN), &json!({"email": "dup@e2e.test", "name": "a"}));
+    let dup2 = c.post_json("/admin/users", Some(ADMIN_TOKEN), &json!({"email": "dup@e2e.test", "name": "b"}));
+    eq((dup.status, dup2.status), (201, 409), "duplicate email is a conflict")?;
+    eq(c.post_json(&format!("/admin/users/{user}/sessions"), Some(ADMIN_TOKEN), &json!({"ttl_secs": 5})).status, 422, "ttl too short")?;
+
+    let exp = 4_000_000_000i64;
+    let sig = shared::signing::file_signature(FILES_SIGNING_KEY.as_bytes(), "result/kie_4o/x/result_0.png", exp);
+    let tampered = c.get(&format!("/files/result/kie_4o/y/result_0.png?exp={exp}&sig={sig}"), None);
+    eq(tampered.status, 403, "signature for another key")?;
+    let expired_sig = shared::signing::file_signature(FILES_SIGNING_KEY.as_bytes(), "result/kie_4o/x/result_0.png", 1000);
+    eq(c.get(&format!("/files/result/kie_4o/x/result_0.png?exp=1000&sig={expired_sig}"), None).status, 403, "expired")?;
+    eq(c.get("/files/result/kie_4o/x/result_0.png", None).status, 403, "unsigned")?;
+    let health = c.get("/api/health", None);
+    eq(health.status, 200, "health")?;
+    eq(health.json()["checks"].clone(), json!({"d1": "ok", "r2": "ok", "kv": "ok", "queue": "ok"}), "all checks")?;
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let stack = match Stack::start(StackOptions::default()) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("could not start the local stack: {e}");
+            std::process::exit(1);
+        }
+    };
+    type Case = fn(&Stack) -> Result<(), Failed>;
+    let cases: Vec<(&str, Case)> = vec![
+        ("golden_path_4o", golden_path_4o),
+        ("kontext_with_upload", kontext_with_upload),
+        ("failed_generation_restores_balance", failed_generation_restores_balance),
+        ("idempotent_submit", idempotent_submit),
+        ("short_balance_is_402_and_writes_nothing", short_balance_is_402_and_writes_nothing),
+        ("other_users_tasks_are_404", other_users_tasks_are_404),
+        ("bad_input_gets_json_4xx", bad_input_gets_json_4xx),
+        ("listing_is_newest_first_and_paginated", listing_is_newest_first_and_paginated),
+        ("admin_and_files_are_guarded", admin_and_files_are_guarded),
+    ];
+    let trials = cases
+        .into_iter()
+        .map(|(name, case)| {
+            let stack = stack.clone();
+            Trial::test(name, move || case(&stack))
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    if conclusion.has_failed() {
+        eprintln!("--- wrangler log (last 80 lines) ---\n{}", stack.log_tail(80));
+    }
+    drop(stack);
+    conclusion.exit();
+}

@@ -1,0 +1,218 @@
+//! Adapters over the Workers runtime that every worker uses: counted D1 access that binds
+//! [`Stmt`]s, I/O errors with context, JSON log lines, clock and configuration.
+//! Only built with the `edge` feature (the workers); the domain above stays runtime-free.
+
+use crate::ledger::{Param, Stmt};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::cell::Cell;
+use std::fmt;
+use std::rc::Rc;
+use worker::wasm_bindgen::JsValue;
+use worker::{D1Database, D1PreparedStatement, D1Result, Env};
+
+/// Calls this invocation made, by kind, for the per-message log line and the cost benchmark.
+#[derive(Debug, Default)]
+pub struct IoCounts {
+    pub d1_round_trips: Cell<u32>,
+    pub d1_statements: Cell<u32>,
+    pub r2: Cell<u32>,
+    pub kv: Cell<u32>,
+    pub fetch: Cell<u32>,
+    pub queue_sends: Cell<u32>,
+}
+
+fn bump(c: &Cell<u32>, n: u32) {
+    c.set(c.get().saturating_add(n));
+}
+
+impl IoCounts {
+    pub fn r2(&self) {
+        bump(&self.r2, 1);
+    }
+    pub fn kv(&self) {
+        bump(&self.kv, 1);
+    }
+    pub fn fetch(&self) {
+        bump(&self.fetch, 1);
+    }
+    pub fn queue_send(&self) {
+        bump(&self.queue_sends, 1);
+    }
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "d1_round_trips": self.d1_round_trips.get(),
+            "d1_statements": self.d1_statements.get(),
+            "r2": self.r2.get(),
+            "kv": self.kv.get(),
+            "fetch": self.fetch.get(),
+            "queue_sends": self.queue_sends.get(),
+        })
+    }
+}
+
+/// An I/O step that failed, with what we were doing and the runtime's cause.
+#[derive(Debug, Clone)]
+pub struct IoError {
+    pub step: String,
+    pub cause: String,
+}
+
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.step, self.cause)
+    }
+}
+
+impl std::error::Error for IoError {}
+
+/// The message of a runtime error, with D1's SQLite cause when there is one.
+pub fn cause_of(e: &worker::Error) -> String {
+    match e {
+        worker::Error::D1(d) => format!("{} ({})", d.cause(), e),
+        other => other.to_string(),
+    }
+}
+
+/// `.step("what we were doing")` on any runtime result.
+pub trait StepExt<T> {
+    fn step(self, step: impl Into<String>) -> Result<T, IoError>;
+}
+
+impl<T> StepExt<T> for Result<T, worker::Error> {
+    fn step(self, step: impl Into<String>) -> Result<T, IoError> {
+        self.map_err(|e| IoError { step: step.into(), cause: cause_of(&e) })
+    }
+}
+
+impl<T> StepExt<T> for Result<T, worker::kv::KvError> {
+    fn step(self, step: impl Into<String>) -> Result<T, IoError> {
+        self.map_err(|e| IoError { step: step.into(), cause: e.to_string() })
+    }
+}
+
+/// D1, counted: every call is one round trip; a batch is one round trip of several statements.
+#[derive(Clone)]
+pub struct Db {
+    db: Rc<D1Database>,
+    pub io: Rc<IoCounts>,
+}
+
+fn js(p: &Param) -> JsValue {
+    match p {
+        Param::Text(s) => JsValue::from_str(s),
+        // D1 numbers are JS numbers; every integer we store is far below 2^53
+        #[allow(clippy::cast_precision_loss)]
+        Param::Int(n) => JsValue::from_f64(*n as f64),
+        Param::Null => JsValue::null(),
+    }
+}
+
+impl Db {
+    pub fn new(env: &Env, binding: &str, io: Rc<IoCounts>) -> Result<Self, IoError> {
+        let db = env.d1(binding).step(format!("binding {binding}"))?;
+        Ok(Self { db: Rc::new(db), io })
+    }
+
+    fn prepare(&self, stmt: &Stmt) -> Result<D1PreparedStatement, IoError> {
+        let args: Vec<JsValue> = stmt.params.iter().map(js).collect();
+        self.db.prepare(stmt.sql.as_str()).bind(&args).step("bind statement")
+    }
+
+    fn count(&self, statements: usize) {
+        bump(&self.io.d1_round_trips, 1);
+        bump(&self.io.d1_statements, u32::try_from(statements).unwrap_or(u32::MAX));
+    }
+
+    /// All rows of a query.
+    pub async fn all<T: DeserializeOwned>(&self, what: &str, stmt: &Stmt) -> Result<Vec<T>, IoError> {
+        self.count(1);
+        let result = self.prepare(stmt)?.all().await.step(format!("d1 {what}"))?;
+        result.results::<T>().step(format!("d1 {what}: decode rows"))
+    }
+
+    /// The first row of a query, if any.
+    pub async fn first<T: DeserializeOwned>(&self, what: &str, stmt: &Stmt) -> Result<Option<T>, IoError> {
+        Ok(self.all::<T>(what, stmt).await?.into_iter().next())
+    }
+
+    /// Runs a write and returns how many rows it changed (`meta.changes`).
+    pub async fn run(&self, what: &str, stmt: &Stmt) -> Result<usize, IoError> {
+        self.count(1);
+        let result = self.prepare(stmt)?.run().await.step(format!("d1 {what}"))?;
+        Ok(changes(&result))
+    }
+
+    /// Runs statements as one transaction (all or nothing) in one round trip.
+    pub async fn batch(&self, what: &str, stmts: &[Stmt]) -> Result<Vec<D1Result>, IoError> {
+        self.count(stmts.len());
+        let prepared = stmts.iter().map(|s| self.prepare(s)).collect::<Result<Vec<_>, _>>()?;
+        self.db.batch(prepared).await.step(format!("d1 {what}"))
+    }
+}
+
+/// `meta.changes` of a write: how many rows it inserted, updated or deleted.
+pub fn changes(result: &D1Result) -> usize {
+    result.meta().ok().flatten().and_then(|m| m.changes).unwrap_or(0)
+}
+
+/// Rows of a statement inside a batch result.
+pub fn rows<T: DeserializeOwned>(result: &D1Result) -> Result<Vec<T>, IoError> {
+    result.results::<T>().step("decode batch rows")
+}
+
+/// Unix seconds, from the runtime's clock (`SystemTime` panics on wasm).
+pub fn now() -> i64 {
+    i64::try_from(worker::Date::now().as_millis() / 1000).unwrap_or(0)
+}
+
+/// Milliseconds since the epoch, for durations.
+pub fn now_ms() -> u64 {
+    worker::Date::now().as_millis()
+}
+
+/// One structured log line.
+pub fn log(line: serde_json::Value) {
+    worker::console_log!("{}", line);
+}
+
+/// A string variable or secret, if set and not empty.
+pub fn var(env: &Env, name: &str) -> Option<String> {
+    env.var(name).ok().map(|v| v.to_string()).filter(|v| !v.is_empty())
+}
+
+/// A configuration value that is wrong or missing, reported once at startup.
+#[derive(Debug, Clone)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A required string variable or secret.
+pub fn required(env: &Env, name: &str) -> Result<String, ConfigError> {
+    var(env, name).ok_or_else(|| ConfigError(format!("{name} is not set")))
+}
+
+/// A numeric variable with a default; present but not a number is an error.
+pub fn number(env: &Env, name: &str, default: i64) -> Result<i64, ConfigError> {
+    match var(env, name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| ConfigError(format!("{name} must be an integer, got {v:?}"))),
+    }
+}
+
+/// The final state of a task as cached in KV once it is terminal.
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+pub struct CachedStatus {
+    pub user_id: String,
+    pub status: String,
+    pub failure_reason: Option<String>,
+    pub result_keys: Vec<String>,
+    pub completed_at: i64,
+}
+
+/// How long final statuses stay in KV.
+pub const STATUS_TTL_SECS: u64 = 7 * 24 * 3600;

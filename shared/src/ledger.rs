@@ -1,0 +1,490 @@
+//! Credit ledger rules. Everything that moves credits is here, top to bottom.
+//!
+//! 1. The ledger is append-only rows in `credit_records`. Grants (`purchase`, `gift`,
+//!    `subscription`) are positive and may carry `expires_at`.
+//! 2. Submitting a task writes one `reserve` row of `-cost` (a hold) in the same D1 batch that
+//!    inserts the task, and only if the balance covers the cost; otherwise nothing is written.
+//! 3. A task ends its hold exactly once with a `release` row of `+cost`, written in the batch
+//!    that moves the task to `completed` or `failed` and only if that move happened. On success the same
+//!    batch adds one `consumption` row of `-cost` and allocates it to grants in
+//!    `credit_consumptions` ([`allocate`]): live grants earliest expiry first (grants without
+//!    expiry last), then, if grants expired while the task ran, the most recently expired ones
+//!    (the hold was good when taken). A unique index on `(entity_type, entity_id, type)` makes a
+//!    second release, consumption or reserve for the same task fail, which aborts the whole batch:
+//!    a replayed settlement changes nothing.
+//! 4. The balance is the sum of all rows minus the unspent part of expired grants
+//!    ([`balance`], [`BALANCE_SQL`]). A trigger stops any grant from being drawn beyond its amount.
+//!
+//! Statements are built here as data ([`Stmt`]) and bound by the workers, so the rule and the
+//! SQL that enforces it sit side by side.
+
+use crate::ids::{Credits, TaskId, UserId};
+use crate::task::TaskStatus;
+use serde::{Deserialize, Serialize};
+
+/// The kind of a ledger row (`credit_records.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Purchase,
+    Gift,
+    Subscription,
+    Reserve,
+    Release,
+    Consumption,
+    Clawback,
+}
+
+impl EntryKind {
+    pub const GRANTS: [EntryKind; 3] = [EntryKind::Purchase, EntryKind::Gift, EntryKind::Subscription];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Purchase => "purchase",
+            EntryKind::Gift => "gift",
+            EntryKind::Subscription => "subscription",
+            EntryKind::Reserve => "reserve",
+            EntryKind::Release => "release",
+            EntryKind::Consumption => "consumption",
+            EntryKind::Clawback => "clawback",
+        }
+    }
+
+    pub fn is_grant(self) -> bool {
+        Self::GRANTS.contains(&self)
+    }
+}
+
+/// A value bound to a `?N` placeholder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Param {
+    Text(String),
+    Int(i64),
+    Null,
+}
+
+impl From<&str> for Param {
+    fn from(s: &str) -> Self {
+        Param::Text(s.to_owned())
+    }
+}
+impl From<String> for Param {
+    fn from(s: String) -> Self {
+        Param::Text(s)
+    }
+}
+impl From<i64> for Param {
+    fn from(n: i64) -> Self {
+        Param::Int(n)
+    }
+}
+impl From<Option<i64>> for Param {
+    fn from(n: Option<i64>) -> Self {
+        n.map_or(Param::Null, Param::Int)
+    }
+}
+impl From<Option<String>> for Param {
+    fn from(s: Option<String>) -> Self {
+        s.map_or(Param::Null, Param::Text)
+    }
+}
+
+/// One SQL statement with its parameters, ready to bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stmt {
+    pub sql: String,
+    pub params: Vec<Param>,
+}
+
+impl Stmt {
+    pub fn new(sql: impl Into<String>, params: Vec<Param>) -> Self {
+        Self { sql: sql.into(), params }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Balance
+// ---------------------------------------------------------------------------------------------
+
+/// A ledger row as far as the balance is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: String,
+    pub kind: EntryKind,
+    pub amount: i64,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+}
+
+/// A grant with what is left of it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Grant {
+    pub id: String,
+    pub remaining: i64,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+}
+
+fn expired(expires_at: Option<i64>, now: i64) -> bool {
+    expires_at.is_some_and(|e| e <= now)
+}
+
+/// The spendable balance: every row counts, except what is left unspent of expired grants.
+/// `used(grant_id)` is how much of a grant consumptions have drawn.
+pub fn balance(entries: &[Entry], used: impl Fn(&str) -> i64, now: i64) -> Credits {
+    let total: i64 = entries.iter().map(|e| e.amount).sum();
+    let lapsed: i64 = entries
+        .iter()
+        .filter(|e| e.kind.is_grant() && e.amount > 0 && expired(e.expires_at, now))
+        .map(|e| (e.amount - used(&e.id)).max(0))
+        .sum();
+    Credits(total - lapsed)
+}
+
+/// The same rule in SQL. `?1` user id, `?2` now. Used inside the reservation statement and by
+/// `GET /api/balance`.
+pub const BALANCE_SQL: &str = "(COALESCE((SELECT SUM(amount) FROM credit_records WHERE user_id = ?1), 0)
+ - COALESCE((SELECT SUM(g.amount - COALESCE((SELECT SUM(c.amount) FROM credit_consumptions c WHERE c.from_record_id = g.id), 0))
+             FROM credit_records g
+             WHERE g.user_id = ?1 AND g.amount > 0 AND g.type IN ('purchase','gift','subscription')
+               AND g.expires_at IS NOT NULL AND g.expires_at <= ?2), 0))";
+
+pub fn balance_query(user: &UserId, now: i64) -> Stmt {
+    Stmt::new(
+        format!("SELECT {BALANCE_SQL} AS balance"),
+        vec![user.to_string().into(), now.into()],
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grants
+// ---------------------------------------------------------------------------------------------
+
+/// A grant row. `entity` makes it idempotent: one grant per order, per subscription period, per
+/// operator action.
+pub struct NewGrant<'a> {
+    pub id: String,
+    pub user: &'a UserId,
+    pub kind: EntryKind,
+    pub amount: Credits,
+    pub entity: (&'a str, &'a str),
+    pub expires_at: Option<i64>,
+    pub note: &'a str,
+    pub now: i64,
+}
+
+pub fn grant(g: NewGrant<'_>) -> Stmt {
+    debug_assert!(g.kind.is_grant() && g.amount.get() > 0);
+    Stmt::new(
+        "INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, expires_at, note, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        vec![
+            g.id.into(),
+            g.user.to_string().into(),
+            g.amount.get().into(),
+            g.kind.as_str().into(),
+            g.entity.0.into(),
+            g.entity.1.into(),
+            g.expires_at.into(),
+            g.note.into(),
+            g.now.into(),
+        ],
+    )
+}
+
+/// Grants that still have something left, with their remaining amount. `?1` user.
+pub fn grants_query(user: &UserId) -> Stmt {
+    Stmt::new(
+        "SELECT g.id AS id,
+                g.amount - COALESCE((SELECT SUM(c.amount) FROM credit_consumptions c WHERE c.from_record_id = g.id), 0) AS remaining,
+                g.expires_at AS expires_at, g.created_at AS created_at
+         FROM credit_records g
+         WHERE g.user_id = ?1 AND g.amount > 0 AND g.type IN ('purchase','gift','subscription')
+           AND g.amount > COALESCE((SELECT SUM(c.amount) FROM credit_consumptions c WHERE c.from_record_id = g.id), 0)",
+        vec![user.to_string().into()],
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Holds
+// ---------------------------------------------------------------------------------------------
+
+/// The task row and its hold, inserted together only if the balance covers the cost; with an
+/// idempotency key already used by this user, neither is written. Run both in one batch and look
+/// at the first statement's `changes`: 0 means "short balance or repeated key".
+pub struct NewTaskHold<'a> {
+    pub task: &'a TaskId,
+    pub task_no: &'a str,
+    pub user: &'a UserId,
+    pub model: &'a str,
+    pub input_params: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub cost: Credits,
+    pub deadline_at: i64,
+    pub now: i64,
+}
+
+pub fn reserve_task(h: NewTaskHold<'_>) -> [Stmt; 2] {
+    let insert_task = Stmt::new(
+        format!(
+            "INSERT INTO ai_tasks (id, task_no, user_id, status, input_params, external_provider,
+                                   idempotency_key, cost, deadline_at, created_at, updated_at)
+             SELECT ?3, ?4, ?1, 'pending', ?5, ?6, ?7, ?8, ?9, ?2, ?2
+             WHERE {BALANCE_SQL} >= ?8
+             ON CONFLICT DO NOTHING"
+        ),
+        vec![
+            h.user.to_string().into(),
+            h.now.into(),
+            h.task.to_string().into(),
+            h.task_no.into(),
+            h.input_params.into(),
+            h.model.into(),
+            h.idempotency_key.map(str::to_owned).into(),
+            h.cost.get().into(),
+            h.deadline_at.into(),
+        ],
+    );
+    let hold = Stmt::new(
+        "INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, note, created_at)
+         SELECT ?1, user_id, -cost, 'reserve', 'task', id, 'hold for task', ?3
+         FROM ai_tasks WHERE id = ?2",
+        vec![entry_id("reserve", h.task).into(), h.task.to_string().into(), h.now.into()],
+    );
+    [insert_task, hold]
+}
+
+/// Deterministic ledger row ids, so the same logical write always has the same id.
+fn entry_id(kind: &str, task: &TaskId) -> String {
+    format!("{kind}:{task}")
+}
+
+/// `WHERE` clause that makes a ledger write for a task happen only if the task is now in
+/// `status`. Settlement and release batches first move the task (a conditional UPDATE), then
+/// write the ledger under this guard: a task that some other path already ended gets no rows.
+fn task_is(status: TaskStatus) -> String {
+    format!("WHERE EXISTS (SELECT 1 FROM ai_tasks WHERE id = ?4 AND status = '{}')", status.as_str())
+}
+
+/// Ends a task's hold (`+cost`), guarded by the task having reached `ended_as`. A second
+/// release for the same task fails on the unique index and aborts its batch.
+pub fn release(task: &TaskId, user: &UserId, cost: Credits, ended_as: TaskStatus, now: i64) -> Stmt {
+    Stmt::new(
+        format!(
+            "INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, note, created_at)
+             SELECT ?1, ?2, ?3, 'release', 'task', ?4, 'hold ended', ?5 {}",
+            task_is(ended_as)
+        ),
+        vec![
+            entry_id("release", task).into(),
+            user.to_string().into(),
+            cost.get().into(),
+            task.to_string().into(),
+            now.into(),
+        ],
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settlement
+// ---------------------------------------------------------------------------------------------
+
+/// How a consumption is spread over grants.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Allocation {
+    /// (grant id, credits drawn), in drawing order.
+    pub draws: Vec<(String, i64)>,
+    /// What no grant could cover (only possible after a clawback); it still counts in the
+    /// balance through the consumption row.
+    pub unbacked: i64,
+}
+
+/// Spreads `cost` over grants: live ones earliest expiry first (no expiry last, then oldest
+/// first), then expired ones, most recently expired first.
+pub fn allocate(cost: Credits, grants: &[Grant], now: i64) -> Allocation {
+    let mut live: Vec<&Grant> = grants.iter().filter(|g| g.remaining > 0 && !expired(g.expires_at, now)).collect();
+    live.sort_by_key(|g| (g.expires_at.is_none(), g.expires_at, g.created_at, g.id.clone()));
+    let mut lapsed: Vec<&Grant> = grants.iter().filter(|g| g.remaining > 0 && expired(g.expires_at, now)).collect();
+    lapsed.sort_by_key(|g| (std::cmp::Reverse(g.expires_at), g.created_at, g.id.clone()));
+
+    let mut left = cost.get().max(0);
+    let mut draws = Vec::new();
+    for g in live.into_iter().chain(lapsed) {
+        if left == 0 {
+            break;
+        }
+        let take = left.min(g.remaining);
+        draws.push((g.id.clone(), take));
+        left -= take;
+    }
+    Allocation { draws, unbacked: left }
+}
+
+/// The settlement of a successful task: ends the hold, records the consumption and its
+/// allocation, each guarded by the task being `completed`. Put these after the UPDATE that
+/// completes the task, in the same batch. If the task was already settled, the release fails on
+/// the unique index and the whole batch (the UPDATE included) is rolled back.
+pub fn settle(task: &TaskId, user: &UserId, cost: Credits, allocation: &Allocation, now: i64) -> Vec<Stmt> {
+    let guard = task_is(TaskStatus::Completed);
+    let mut stmts = vec![
+        release(task, user, cost, TaskStatus::Completed, now),
+        Stmt::new(
+            format!(
+                "INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, note, created_at)
+                 SELECT ?1, ?2, ?3, 'consumption', 'task', ?4, 'generation', ?5 {guard}"
+            ),
+            vec![
+                entry_id("consumption", task).into(),
+                user.to_string().into(),
+                (-cost.get()).into(),
+                task.to_string().into(),
+                now.into(),
+            ],
+        ),
+    ];
+    for (grant_id, amount) in &allocation.draws {
+        stmts.push(Stmt::new(
+            format!(
+                "INSERT INTO credit_consumptions (id, user_id, amount, from_record_id, entity_type, entity_id, reason, created_at)
+                 SELECT ?1, ?2, ?3, ?6, 'task', ?4, 'generation', ?5 {guard}"
+            ),
+            vec![
+                format!("{task}:{grant_id}").into(),
+                user.to_string().into(),
+                (*amount).into(),
+                task.to_string().into(),
+                now.into(),
+                grant_id.clone().into(),
+            ],
+        ));
+    }
+    stmts
+}
+
+/// What a failed settlement batch means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleConflict {
+    /// The hold was already released or settled: the effect is done, nothing to do.
+    AlreadyResolved,
+    /// Another settlement drew from the same grant first: read the grants again and retry.
+    GrantRaced,
+}
+
+/// Reads a D1 error message for the constraint that stopped a ledger batch.
+pub fn classify_conflict(message: &str) -> Option<SettleConflict> {
+    if message.contains("grant_overdrawn") {
+        Some(SettleConflict::GrantRaced)
+    } else if message.contains("UNIQUE constraint failed")
+        && (message.contains("credit_records") || message.contains("credit_consumptions"))
+    {
+        Some(SettleConflict::AlreadyResolved)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(id: &str, remaining: i64, expires_at: Option<i64>, created_at: i64) -> Grant {
+        Grant { id: id.into(), remaining, expires_at, created_at }
+    }
+
+    fn e(id: &str, kind: EntryKind, amount: i64, expires_at: Option<i64>) -> Entry {
+        Entry { id: id.into(), kind, amount, expires_at, created_at: 0 }
+    }
+
+    #[test]
+    fn allocation_draws_earliest_expiry_first_and_permanent_last() {
+        let grants = [
+            g("forever", 10, None, 1),
+            g("late", 10, Some(500), 2),
+            g("soon", 3, Some(200), 3),
+        ];
+        let a = allocate(Credits(8), &grants, 100);
+        assert_eq!(a.draws, vec![("soon".into(), 3), ("late".into(), 5)]);
+        assert_eq!(a.unbacked, 0);
+    }
+
+    #[test]
+    fn allocation_is_exact_and_skips_empty_grants() {
+        let grants = [g("a", 0, None, 1), g("b", 2, None, 2), g("c", 2, None, 3)];
+        let a = allocate(Credits(4), &grants, 0);
+        assert_eq!(a.draws.iter().map(|d| d.1).sum::<i64>(), 4);
+        assert_eq!(a.draws, vec![("b".into(), 2), ("c".into(), 2)]);
+        assert_eq!(allocate(Credits(0), &grants, 0), Allocation::default());
+    }
+
+    #[test]
+    fn allocation_falls_back_to_recently_expired_grants_then_reports_shortfall() {
+        let grants = [g("old", 5, Some(10), 1), g("recent", 1, Some(50), 2), g("live", 1, None, 3)];
+        let a = allocate(Credits(9), &grants, 100);
+        assert_eq!(a.draws, vec![("live".into(), 1), ("recent".into(), 1), ("old".into(), 5)]);
+        assert_eq!(a.unbacked, 2);
+    }
+
+    #[test]
+    fn balance_counts_holds_and_drops_unspent_expired_grants() {
+        let entries = [
+            e("gift", EntryKind::Gift, 10, None),
+            e("promo", EntryKind::Gift, 5, Some(50)),
+            e("reserve:t", EntryKind::Reserve, -2, None),
+        ];
+        assert_eq!(balance(&entries, |_| 0, 10), Credits(13));
+        // the promo lapses: its 5 unspent credits go
+        assert_eq!(balance(&entries, |_| 0, 60), Credits(8));
+        // ...but what was already drawn from it stays spent, not refunded
+        assert_eq!(balance(&entries, |id| if id == "promo" { 2 } else { 0 }, 60), Credits(10));
+    }
+
+    #[test]
+    fn hold_then_release_or_settle_moves_the_balance_once() {
+        let mut entries = vec![e("gift", EntryKind::Gift, 5, None), e("reserve:t", EntryKind::Reserve, -2, None)];
+        assert_eq!(balance(&entries, |_| 0, 0), Credits(3));
+        // failure: the release gives it back
+        let mut failed = entries.clone();
+        failed.push(e("release:t", EntryKind::Release, 2, None));
+        assert_eq!(balance(&failed, |_| 0, 0), Credits(5));
+        // success: release + consumption spends exactly the cost
+        entries.push(e("release:t", EntryKind::Release, 2, None));
+        entries.push(e("consumption:t", EntryKind::Consumption, -2, None));
+        assert_eq!(balance(&entries, |id| if id == "gift" { 2 } else { 0 }, 0), Credits(3));
+    }
+
+    #[test]
+    fn a_reservation_never_takes_the_balance_below_zero() {
+        // the SQL guard is `balance >= cost`; mirror it
+        let entries = [e("gift", EntryKind::Gift, 3, None)];
+        let can_hold = |cost: i64| balance(&entries, |_| 0, 0).get() >= cost;
+        assert!(can_hold(3));
+        assert!(!can_hold(4));
+    }
+
+    #[test]
+    fn settlement_statements_start_with_the_release_guard_and_use_stable_ids() {
+        let task = TaskId::new();
+        let user = UserId::new();
+        let alloc = Allocation { draws: vec![("g1".into(), 2)], unbacked: 0 };
+        let stmts = settle(&task, &user, Credits(2), &alloc, 7);
+        assert!(stmts[0].sql.contains("'release'"));
+        assert_eq!(stmts[0].params[0], Param::Text(format!("release:{task}")));
+        assert!(stmts[1].sql.contains("'consumption'"));
+        assert_eq!(stmts[2].params[0], Param::Text(format!("{task}:g1")));
+        assert!(stmts.iter().all(|s| s.sql.contains("status = 'completed'")), "every row is guarded");
+        let rel = release(&task, &user, Credits(2), TaskStatus::Failed, 7);
+        assert!(rel.sql.contains("status = 'failed'"));
+        assert_eq!(stmts.len(), 3);
+        assert_eq!(settle(&task, &user, Credits(2), &alloc, 99), settle(&task, &user, Credits(2), &alloc, 99));
+    }
+
+    #[test]
+    fn conflicts_are_read_from_constraint_errors() {
+        assert_eq!(
+            classify_conflict("D1_ERROR: UNIQUE constraint failed: credit_records.entity_type, credit_records.entity_id, credit_records.type: SQLITE_CONSTRAINT"),
+            Some(SettleConflict::AlreadyResolved)
+        );
+        assert_eq!(classify_conflict("D1_ERROR: grant_overdrawn: SQLITE_CONSTRAINT"), Some(SettleConflict::GrantRaced));
+        assert_eq!(classify_conflict("D1_ERROR: no such table: x"), None);
+    }
+}

@@ -1,0 +1,28 @@
+//! The edgeline domain: everything the workers agree on, free of the Workers runtime so it is
+//! tested natively (`cargo test -p shared`).
+//!
+//! - [`ids`]: parsed newtypes (`TaskId`, `UserId`, `IdempotencyKey`, `Credits`, ...).
+//! - [`model`]: the models we sell and what they cost.
+//! - [`task`]: the task state machine.
+//! - [`ledger`]: credit rules: balance, holds, settlement allocation, and their SQL.
+//! - [`messages`]: the versioned bodies of every queue message.
+//! - [`keys`]: R2 and KV key layout.
+//! - [`retry`]: what to do after each step (ack, retry later, give up), and poll backoff.
+//! - [`kie`]: kie.ai request and response shapes.
+//! - [`submit`]: validation of a task submission.
+//! - [`signing`]: HMAC signatures, token digests, constant-time comparison.
+//! - [`edge`] (feature `edge`): adapters over the Workers runtime used by every worker.
+
+pub mod ids;
+pub mod keys;
+pub mod kie;
+pub mod ledger;
+pub mod messages;
+pub mod model;
+pub mod retry;
+pub mod signing;
+pub mod submit;
+pub mod task;
+
+#[cfg(feature = "edge")]
+pub mod edge;

@@ -1,0 +1,201 @@
+//! Bodies of every queue message. Each carries `v` (the schema version) and `type`; a body that
+//! does not parse, or has a version we do not know, is a [`MessageError`] and goes straight to
+//! the dead-letter path instead of being retried.
+
+use crate::ids::{Credits, TaskId, UserId};
+use crate::model::Model;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub const VERSION: u32 = 1;
+
+/// Messages on the `tasks` queue. `attempt` counts deliveries of this step (workers-rs does not
+/// expose the platform's count), so backoff and give-up decisions survive re-sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum TaskMessage {
+    /// Submit a pending task to its provider.
+    #[serde(rename = "task.submit")]
+    Submit { v: u32, task_id: TaskId, attempt: u32 },
+    /// Ask the provider how the task is doing. Carries what the poll needs so that a poll where
+    /// nothing changed reads and writes nothing in D1.
+    #[serde(rename = "task.poll")]
+    Poll {
+        v: u32,
+        task_id: TaskId,
+        user_id: UserId,
+        model: Model,
+        external_id: String,
+        cost: Credits,
+        deadline_at: i64,
+        /// Polls so far: drives the poll backoff.
+        attempt: u32,
+        /// Consecutive transient failures (provider errors, failed downloads): drives the
+        /// retry backoff and the give-up decision. Reset by a poll that gets an answer.
+        #[serde(default)]
+        failures: u32,
+    },
+}
+
+/// Messages on the `events` queue: a stored webhook event to apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum EventMessage {
+    #[serde(rename = "webhook.apply")]
+    Apply { v: u32, provider: String, event_id: String, attempt: u32 },
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum MessageError {
+    #[error("body is not a JSON object")]
+    NotAnObject,
+    #[error("unknown message version {0:?}")]
+    UnknownVersion(Option<u64>),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl MessageError {
+    pub fn class(&self) -> &'static str {
+        match self {
+            MessageError::NotAnObject | MessageError::Malformed(_) => "parse_error",
+            MessageError::UnknownVersion(_) => "unknown_version",
+        }
+    }
+}
+
+/// Parses a message body, checking the version before the shape.
+pub fn parse<T: for<'de> Deserialize<'de>>(body: &serde_json::Value) -> Result<T, MessageError> {
+    let obj = body.as_object().ok_or(MessageError::NotAnObject)?;
+    match obj.get("v").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(VERSION) => {}
+        other => return Err(MessageError::UnknownVersion(other)),
+    }
+    serde_json::from_value(body.clone()).map_err(|e| MessageError::Malformed(e.to_string()))
+}
+
+/// The `type` field of any body, for logs and the dead-letter archive.
+pub fn type_of(body: &serde_json::Value) -> Option<&str> {
+    body.get("type").and_then(serde_json::Value::as_str)
+}
+
+impl TaskMessage {
+    pub fn submit(task_id: TaskId) -> Self {
+        TaskMessage::Submit { v: VERSION, task_id, attempt: 0 }
+    }
+
+    pub fn task_id(&self) -> TaskId {
+        match self {
+            TaskMessage::Submit { task_id, .. } | TaskMessage::Poll { task_id, .. } => *task_id,
+        }
+    }
+
+    pub fn attempt(&self) -> u32 {
+        match self {
+            TaskMessage::Submit { attempt, .. } | TaskMessage::Poll { attempt, .. } => *attempt,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TaskMessage::Submit { .. } => "task.submit",
+            TaskMessage::Poll { .. } => "task.poll",
+        }
+    }
+
+    /// How many times this step has failed transiently in a row.
+    pub fn failures(&self) -> u32 {
+        match self {
+            TaskMessage::Submit { attempt, .. } => *attempt,
+            TaskMessage::Poll { failures, .. } => *failures,
+        }
+    }
+
+    /// The same step again after a transient failure.
+    pub fn after_failure(&self) -> Self {
+        let mut next = self.clone();
+        match &mut next {
+            TaskMessage::Submit { attempt, .. } => *attempt += 1,
+            TaskMessage::Poll { failures, .. } => *failures += 1,
+        }
+        next
+    }
+
+    /// The next poll after an answer that says "still generating".
+    pub fn next_poll(&self) -> Self {
+        let mut next = self.clone();
+        if let TaskMessage::Poll { attempt, failures, .. } = &mut next {
+            *attempt += 1;
+            *failures = 0;
+        }
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn task_messages_round_trip() {
+        let poll = TaskMessage::Poll {
+            v: VERSION,
+            task_id: TaskId::new(),
+            user_id: UserId::new(),
+            model: Model::KieKontext,
+            external_id: "ext-1".into(),
+            cost: Credits(3),
+            deadline_at: 1000,
+            attempt: 2,
+            failures: 0,
+        };
+        for m in [TaskMessage::submit(TaskId::new()), poll] {
+            let body = serde_json::to_value(&m).unwrap();
+            assert_eq!(body["v"], 1);
+            assert_eq!(parse::<TaskMessage>(&body).unwrap(), m);
+            assert_eq!(type_of(&body), Some(m.kind()));
+        }
+    }
+
+    #[test]
+    fn failures_and_polls_count_separately() {
+        let m = TaskMessage::submit(TaskId::new());
+        let n = m.after_failure();
+        assert_eq!((n.attempt(), n.failures()), (1, 1));
+        assert_eq!(n.task_id(), m.task_id());
+        let poll = TaskMessage::Poll {
+            v: VERSION,
+            task_id: TaskId::new(),
+            user_id: UserId::new(),
+            model: Model::Kie4o,
+            external_id: "e".into(),
+            cost: Credits(2),
+            deadline_at: 0,
+            attempt: 4,
+            failures: 0,
+        };
+        let failed = poll.after_failure().after_failure();
+        assert_eq!((failed.attempt(), failed.failures()), (4, 2));
+        let next = failed.next_poll();
+        assert_eq!((next.attempt(), next.failures()), (5, 0));
+        // a poll written before `failures` existed still parses
+        let mut body = serde_json::to_value(&poll).unwrap();
+        body.as_object_mut().unwrap().remove("failures");
+        assert_eq!(parse::<TaskMessage>(&body).unwrap(), poll);
+    }
+
+    #[test]
+    fn garbage_and_unknown_versions_are_rejected_with_a_class() {
+        assert_eq!(parse::<TaskMessage>(&json!("hello")).unwrap_err().class(), "parse_error");
+        assert_eq!(
+            parse::<TaskMessage>(&json!({"v": 2, "type": "task.submit"})).unwrap_err(),
+            MessageError::UnknownVersion(Some(2))
+        );
+        assert_eq!(parse::<TaskMessage>(&json!({"type": "task.submit"})).unwrap_err().class(), "unknown_version");
+        let bad = parse::<TaskMessage>(&json!({"v": 1, "type": "task.submit", "task_id": "nope", "attempt": 0}));
+        assert_eq!(bad.unwrap_err().class(), "parse_error");
+        let unknown_field = json!({"v": 1, "type": "task.submit", "task_id": TaskId::new(), "attempt": 0, "x": 1});
+        assert!(parse::<TaskMessage>(&unknown_field).is_err());
+    }
+}

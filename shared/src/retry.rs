@@ -1,0 +1,186 @@
+//! What happens after each step, as data: [`decide`] maps a step's outcome and attempt number
+//! to ack, retry after a delay, or dead-letter. Delays come from the `backoff` crate's
+//! exponential policy; the queue does the waiting (retry or send with `delay_seconds`), never
+//! the isolate.
+
+use backoff::backoff::Backoff;
+use backoff::ExponentialBackoffBuilder;
+use std::time::Duration;
+
+/// How a step failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth trying again: network errors, timeouts, 5xx, 429, unreadable responses.
+    Transient { class: &'static str, detail: String, retry_after: Option<u32> },
+    /// Trying again cannot help: the provider refused the task or failed it.
+    Permanent { class: &'static str, detail: String },
+}
+
+impl Failure {
+    pub fn transient(class: &'static str, detail: impl Into<String>) -> Self {
+        Failure::Transient { class, detail: detail.into(), retry_after: None }
+    }
+    pub fn permanent(class: &'static str, detail: impl Into<String>) -> Self {
+        Failure::Permanent { class, detail: detail.into() }
+    }
+    pub fn class(&self) -> &'static str {
+        match self {
+            Failure::Transient { class, .. } | Failure::Permanent { class, .. } => class,
+        }
+    }
+    pub fn detail(&self) -> &str {
+        match self {
+            Failure::Transient { detail, .. } | Failure::Permanent { detail, .. } => detail,
+        }
+    }
+}
+
+/// What the queue handler does with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The step is done (or there is nothing left to do).
+    Ack,
+    /// Deliver this message again after `seconds`.
+    RetryAfter { seconds: u32 },
+    /// Give up on the message: archive it for an operator.
+    DeadLetter { class: String, reason: String },
+}
+
+/// The exponential policy for one kind of wait.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    pub initial: Duration,
+    pub multiplier: f64,
+    pub max: Duration,
+    pub jitter: f64,
+    /// Attempts after which a transient failure is given up on.
+    pub max_attempts: u32,
+}
+
+impl Policy {
+    /// Polling a provider that is still generating.
+    pub const POLL: Policy = Policy {
+        initial: Duration::from_secs(2),
+        multiplier: 1.5,
+        max: Duration::from_secs(30),
+        jitter: 0.3,
+        max_attempts: u32::MAX,
+    };
+    /// Retrying a step that failed transiently.
+    pub const TRANSIENT: Policy = Policy {
+        initial: Duration::from_secs(2),
+        multiplier: 2.0,
+        max: Duration::from_secs(300),
+        jitter: 0.3,
+        max_attempts: 8,
+    };
+
+    /// The wait before attempt `attempt + 1`, in whole seconds (the queue's unit), at least 1.
+    pub fn delay_secs(&self, attempt: u32) -> u32 {
+        let exponent = i32::try_from(attempt.min(64)).unwrap_or(64);
+        let grown = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
+        let current = Duration::from_secs_f64(grown.min(self.max.as_secs_f64()));
+        let mut backoff = ExponentialBackoffBuilder::new()
+            .with_initial_interval(current)
+            .with_randomization_factor(self.jitter)
+            .with_multiplier(self.multiplier)
+            .with_max_interval(self.max)
+            .with_max_elapsed_time(None)
+            .build();
+        let delay = backoff.next_backoff().unwrap_or(self.max).min(self.max);
+        let secs = delay.as_secs_f64().ceil();
+        if secs < 1.0 {
+            1
+        } else {
+            // bounded by `max` above
+            secs.min(f64::from(u32::MAX)) as u32
+        }
+    }
+}
+
+/// The decision for a failed step at `attempt` (0 for the first try).
+pub fn decide(failure: &Failure, attempt: u32, policy: &Policy) -> Decision {
+    match failure {
+        Failure::Permanent { class, detail } => {
+            Decision::DeadLetter { class: (*class).to_owned(), reason: detail.clone() }
+        }
+        Failure::Transient { class, detail, .. } if attempt + 1 >= policy.max_attempts => Decision::DeadLetter {
+            class: (*class).to_owned(),
+            reason: format!("gave up after {} attempts: {detail}", attempt + 1),
+        },
+        Failure::Transient { retry_after, .. } => {
+            let backoff = policy.delay_secs(attempt);
+            Decision::RetryAfter { seconds: retry_after.map_or(backoff, |r| r.max(backoff)) }
+        }
+    }
+}
+
+/// Classifies an HTTP status from a provider; `None` means success.
+pub fn classify_status(status: u16, retry_after: Option<&str>) -> Option<Failure> {
+    match status {
+        200..=299 => None,
+        408 => Some(Failure::transient("timeout", "408 from provider")),
+        429 => Some(Failure::Transient {
+            class: "rate_limited",
+            detail: "429 from provider".into(),
+            retry_after: retry_after.and_then(|v| v.trim().parse::<u32>().ok()),
+        }),
+        500..=599 => Some(Failure::transient("server_error", format!("{status} from provider"))),
+        _ => Some(Failure::permanent("client_error", format!("{status} from provider"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_and_stay_capped() {
+        let p = Policy { jitter: 0.0, ..Policy::TRANSIENT };
+        let d: Vec<u32> = (0..12).map(|a| p.delay_secs(a)).collect();
+        assert_eq!(&d[..5], &[2, 4, 8, 16, 32]);
+        assert!(d.iter().all(|&s| s <= 300));
+        assert_eq!(d[11], 300);
+        assert!(d.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_factor() {
+        let p = Policy::POLL;
+        for attempt in 0..6 {
+            let nominal = (2.0 * 1.5f64.powi(attempt as i32)).min(30.0);
+            for _ in 0..50 {
+                let s = f64::from(p.delay_secs(attempt));
+                assert!(s >= (nominal * 0.7).floor().max(1.0) && s <= (nominal * 1.3).ceil(), "{attempt}: {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn permanent_failures_give_up_at_once() {
+        let f = Failure::permanent("client_error", "400");
+        assert!(matches!(decide(&f, 0, &Policy::TRANSIENT), Decision::DeadLetter { .. }));
+    }
+
+    #[test]
+    fn transient_failures_retry_then_give_up() {
+        let f = Failure::transient("server_error", "503");
+        assert!(matches!(decide(&f, 0, &Policy::TRANSIENT), Decision::RetryAfter { .. }));
+        assert!(matches!(decide(&f, 7, &Policy::TRANSIENT), Decision::DeadLetter { .. }));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_when_longer_than_backoff() {
+        let f = classify_status(429, Some("120")).unwrap();
+        assert_eq!(decide(&f, 0, &Policy::TRANSIENT), Decision::RetryAfter { seconds: 120 });
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        assert_eq!(classify_status(200, None), None);
+        assert_eq!(classify_status(503, None).unwrap().class(), "server_error");
+        assert_eq!(classify_status(408, None).unwrap().class(), "timeout");
+        assert!(matches!(classify_status(401, None), Some(Failure::Permanent { .. })));
+        assert!(matches!(classify_status(422, None), Some(Failure::Permanent { .. })));
+    }
+}

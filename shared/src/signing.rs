@@ -1,0 +1,102 @@
+//! Signatures and secrets: HMAC-SHA256, token digests, constant-time comparison.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn mac(secret: &[u8]) -> HmacSha256 {
+    // HMAC accepts keys of any length; this cannot fail.
+    HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable_mac())
+}
+
+#[allow(clippy::expect_used)]
+fn unreachable_mac() -> HmacSha256 {
+    HmacSha256::new_from_slice(b"k").expect("HMAC takes any key length")
+}
+
+pub fn hmac_hex(secret: &[u8], message: &[u8]) -> String {
+    let mut m = mac(secret);
+    m.update(message);
+    hex::encode(m.finalize().into_bytes())
+}
+
+/// Checks a hex HMAC in constant time.
+pub fn verify_hmac_hex(secret: &[u8], message: &[u8], signature_hex: &str) -> bool {
+    let Ok(sig) = hex::decode(signature_hex.trim()) else { return false };
+    let mut m = mac(secret);
+    m.update(message);
+    m.verify_slice(&sig).is_ok()
+}
+
+/// Equality that takes the same time wherever the inputs differ.
+pub fn ct_eq(a: &str, b: &str) -> bool {
+    // compare digests so the length of the secret does not leak either
+    let da = Sha256::digest(a.as_bytes());
+    let db = Sha256::digest(b.as_bytes());
+    da.ct_eq(&db).into()
+}
+
+/// The SHA-256 of a bearer token, hex: what KV stores instead of the token.
+pub fn token_digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A new bearer token from 32 random bytes.
+pub fn new_token(random: &[u8; 32]) -> String {
+    format!("edl_{}", URL_SAFE_NO_PAD.encode(random))
+}
+
+/// The signature of a time-limited file URL: HMAC over the key and the expiry.
+pub fn file_signature(secret: &[u8], key: &str, expires_at: i64) -> String {
+    hmac_hex(secret, format!("{key}\n{expires_at}").as_bytes())
+}
+
+/// Checks a file URL: signature over exactly this key and expiry, and not expired.
+pub fn verify_file_signature(secret: &[u8], key: &str, expires_at: i64, signature: &str, now: i64) -> bool {
+    expires_at > now && verify_hmac_hex(secret, format!("{key}\n{expires_at}").as_bytes(), signature)
+}
+
+/// A time-limited URL for an R2 object served by the api worker's `/files/` route.
+pub fn signed_file_url(base: &str, secret: &[u8], key: &str, expires_at: i64) -> String {
+    format!("{base}/files/{key}?exp={expires_at}&sig={}", file_signature(secret, key, expires_at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc4231_case_2() {
+        assert_eq!(
+            hmac_hex(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert!(verify_hmac_hex(b"Jefe", b"what do ya want for nothing?", "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"));
+        assert!(!verify_hmac_hex(b"Jefe", b"what do ya want for nothing!", "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"));
+        assert!(!verify_hmac_hex(b"Jefe", b"x", "not hex"));
+    }
+
+    #[test]
+    fn file_urls_bind_key_and_expiry() {
+        let sig = file_signature(b"s", "result/a.png", 100);
+        assert!(verify_file_signature(b"s", "result/a.png", 100, &sig, 99));
+        assert!(!verify_file_signature(b"s", "result/a.png", 100, &sig, 100), "expired");
+        assert!(!verify_file_signature(b"s", "result/b.png", 100, &sig, 0), "other key");
+        assert!(!verify_file_signature(b"s", "result/a.png", 101, &sig, 0), "other expiry");
+        assert!(!verify_file_signature(b"t", "result/a.png", 100, &sig, 0), "other secret");
+    }
+
+    #[test]
+    fn tokens_and_comparison() {
+        let t = new_token(&[7u8; 32]);
+        assert!(t.starts_with("edl_") && t.len() == 47);
+        assert_eq!(token_digest("abc").len(), 64);
+        assert!(ct_eq("same", "same"));
+        assert!(!ct_eq("same", "Same"));
+        assert!(!ct_eq("short", "shorter"));
+    }
+}

@@ -1,0 +1,165 @@
+//! The task state machine.
+//!
+//! ```text
+//! pending ──claim──▶ submitted ──accepted──▶ processing ──succeeded──▶ completed
+//!    │                  │  ▲                    │
+//!    │                  │  └──unclaim (transient failure before the provider accepted)
+//!    └──────────────────┴──────────fail─────────┴───────────────────▶ failed
+//! ```
+//!
+//! `pending`: credits held, waiting for the consumer. `submitted`: one consumer has claimed the
+//! task and is calling the provider (the claim is what stops a duplicate message from submitting
+//! twice). `processing`: the provider accepted it and we know its external id. `completed` and
+//! `failed` are terminal: the hold has been settled or released exactly once.
+//!
+//! Every transition is a row of [`TRANSITIONS`]; the workers apply one with a conditional UPDATE
+//! whose `WHERE status IN (...)` is [`Transition::from_sql`], so a transition that is no longer
+//! allowed changes no row.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Pending,
+    Submitted,
+    Processing,
+    Completed,
+    Failed,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 5] = [
+        TaskStatus::Pending,
+        TaskStatus::Submitted,
+        TaskStatus::Processing,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Submitted => "submitted",
+            TaskStatus::Processing => "processing",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<TaskStatus> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskStatus::Completed | TaskStatus::Failed)
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The events that move a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// A consumer takes the task to call the provider.
+    Claim,
+    /// The provider refused or failed transiently before accepting: give the claim back.
+    Unclaim,
+    /// The provider accepted the task and gave us its id.
+    Accepted,
+    /// Results are stored and the hold is settled.
+    Succeeded,
+    /// The task ended without a result; the hold is released.
+    Fail,
+}
+
+use TaskStatus::*;
+use Transition::*;
+
+/// The whole machine: (event, states it may start from, state it ends in).
+pub const TRANSITIONS: &[(Transition, &[TaskStatus], TaskStatus)] = &[
+    (Claim, &[Pending], Submitted),
+    (Unclaim, &[Submitted], Pending),
+    (Accepted, &[Submitted], Processing),
+    (Succeeded, &[Submitted, Processing], Completed),
+    (Fail, &[Pending, Submitted, Processing], Failed),
+];
+
+impl Transition {
+    fn row(self) -> (&'static [TaskStatus], TaskStatus) {
+        TRANSITIONS
+            .iter()
+            .find(|(t, _, _)| *t == self)
+            .map(|(_, from, to)| (*from, *to))
+            .unwrap_or((&[], Failed))
+    }
+
+    pub fn from(self) -> &'static [TaskStatus] {
+        self.row().0
+    }
+
+    pub fn to(self) -> TaskStatus {
+        self.row().1
+    }
+
+    /// Where the task goes if this event happens in `current`, or `None` if it may not.
+    pub fn apply(self, current: TaskStatus) -> Option<TaskStatus> {
+        self.from().contains(&current).then(|| self.to())
+    }
+
+    /// `'a','b'` for a `status IN (...)` guard.
+    pub fn from_sql(self) -> String {
+        self.from()
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_path_is_allowed() {
+        let mut s = Pending;
+        for t in [Claim, Accepted, Succeeded] {
+            s = t.apply(s).unwrap();
+        }
+        assert_eq!(s, Completed);
+    }
+
+    #[test]
+    fn terminal_states_accept_nothing() {
+        for t in [Claim, Unclaim, Accepted, Succeeded, Fail] {
+            assert_eq!(t.apply(Completed), None, "{t:?} from completed");
+            assert_eq!(t.apply(Failed), None, "{t:?} from failed");
+        }
+    }
+
+    #[test]
+    fn a_claim_happens_once() {
+        let claimed = Claim.apply(Pending).unwrap();
+        assert_eq!(Claim.apply(claimed), None);
+        assert_eq!(Unclaim.apply(claimed), Some(Pending));
+        assert_eq!(Accepted.apply(Pending), None, "cannot accept what was never claimed");
+    }
+
+    #[test]
+    fn every_live_state_can_fail_and_guards_render() {
+        for s in [Pending, Submitted, Processing] {
+            assert_eq!(Fail.apply(s), Some(Failed));
+        }
+        assert_eq!(Fail.from_sql(), "'pending','submitted','processing'");
+        assert_eq!(Succeeded.from_sql(), "'submitted','processing'");
+        for s in TaskStatus::ALL {
+            assert_eq!(TaskStatus::parse(s.as_str()), Some(s));
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! A kie.ai simulator: `POST .../generate`, `GET .../record-info` and result images, in the
+//! shapes of kie.ai's API (GPT-4o image and Flux Kontext), so the pipeline runs offline and the
+//! same worker code can point at the real service.
+//!
+//! Knobs ([`Knobs`], also `POST /_sim/knobs`) make it slow or flaky for everyone; directives in a
+//! prompt make one task behave: `[sim:fail]` (generation fails), `[sim:refuse]` (create refused
+//! as a content-policy violation), `[sim:stuck]` (never finishes), `[sim:slow=MS]`.
+//! `GET /_sim/stats` reports what was called.
+
+mod png;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tiny_http::{Header, Method, Request, Response, Server};
+
+/// Behaviour for all tasks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Knobs {
+    /// How long a generation takes.
+    pub generation_ms: u64,
+    /// Share of API calls (create, record-info) answered with HTTP 503, from 0.0 to 1.0.
+    pub api_fail_rate: f64,
+    /// Share of result downloads answered with HTTP 503.
+    pub download_fail_rate: f64,
+    /// Every task stays GENERATING.
+    pub stuck: bool,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs { generation_ms: 1000, api_fail_rate: 0.0, download_fail_rate: 0.0, stuck: false }
+    }
+}
+
+/// What the simulator was asked, for tests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    pub creates: u64,
+    pub record_infos: u64,
+    pub downloads: u64,
+    pub injected_failures: u64,
+    /// Create calls per prompt: a duplicate submission shows up here as 2.
+    pub creates_by_prompt: HashMap<String, u64>,
+    /// Input image URLs received per prompt.
+    pub inputs_by_prompt: HashMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+enum Behaviour {
+    Normal,
+    Fail,
+    Stuck,
+    Slow(u64),
+}
+
+#[derive(Debug, Clone)]
+struct Job {
+    prompt: String,
+    started: Instant,
+    behaviour: Behaviour,
+}
+
+#[derive(Default)]
+struct State {
+    knobs: Knobs,
+    stats: Stats,
+    jobs: HashMap<String, Job>,
+    seq: u64,
+    rng: u64,
+}
+
+impl State {
+    /// Deterministic coin flips, so a run with the same calls fails the same calls.
+    fn roll(&mut self, rate: f64) -> bool {
+        if rate <= 0.0 {
+            return false;
+        }
+        self.rng = self.rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        let hit = ((self.rng >> 33) as f64 / f64::from(1u32 << 31)) < rate;
+        if hit {
+            self.stats.injected_failures += 1;
+        }
+        hit
+    }
+}
+
+pub struct Sim {
+    port: u16,
+    state: Arc<Mutex<State>>,
+}
+
+/// The image the simulator serves as result `n` of a task with this prompt.
+pub fn result_png(prompt: &str, n: usize) -> Vec<u8> {
+    let mut seed: u64 = 1469598103934665603;
+    for b in prompt.bytes().chain(n.to_le_bytes()) {
+        seed = (seed ^ u64::from(b)).wrapping_mul(1_099_511_628_211);
+    }
+    png::png(seed, 16)
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Sim {
+    /// Starts on 127.0.0.1:`port` (0 for any free port), serving from a few threads.
+    pub fn start(port: u16) -> Result<Sim, String> {
+        let server = Server::http(("127.0.0.1", port)).map_err(|e| format!("sim: cannot listen on {port}: {e}"))?;
+        let port = server.server_addr().to_ip().map(|a| a.port()).ok_or("sim: no address")?;
+        let server = Arc::new(server);
+        let state = Arc::new(Mutex::new(State { rng: 0x5eed, ..State::default() }));
+        for _ in 0..8 {
+            let server = server.clone();
+            let state = state.clone();
+            std::thread::spawn(move || {
+                while let Ok(req) = server.recv() {
+                    handle(req, &state, port);
+                }
+            });
+        }
+        Ok(Sim { port, state })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn stats(&self) -> Stats {
+        lock(&self.state).stats.clone()
+    }
+
+    pub fn set_knobs(&self, knobs: Knobs) {
+        lock(&self.state).knobs = knobs;
+    }
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|()| Header::from_bytes(&b"x-sim"[..], &b"1"[..]).unwrap_or_else(|()| unreachable_header()))
+}
+
+#[allow(clippy::panic)]
+fn unreachable_header() -> Header {
+    panic!("static header is valid")
+}
+
+fn reply_json(req: Request, status: u16, body: &Value) {
+    let resp = Response::from_string(body.to_string())
+        .with_status_code(status)
+        .with_header(header("content-type", "application/json"));
+    let _ = req.respond(resp);
+}
+
+fn handle(mut req: Request, state: &Mutex<State>, port: u16) {
+    let url = req.url().to_owned();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let path = path.to_owned();
+    let param = |name: &str| {
+        query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_owned()))
+    };
+    let method = req.method().clone();
+    let authorized = req
+        .headers()
+        .iter()
+        .any(|h| h.field.equiv("authorization") && h.value.as_str().starts_with("Bearer ") && h.value.as_str().len() > 7);
+    let mut body = String::new();
+    let _ = req.as_reader().take(1 << 20).read_to_string(&mut body);
+
+    match (method, path.as_str()) {
+        (Method::Get, "/_sim/stats") => {
+            let stats = lock(state).stats.clone();
+            reply_json(req, 200, &serde_json::to_value(stats).unwrap_or(Value::Null));
+        }
+        (Method::Post, "/_sim/knobs") => match serde_json::from_str::<Knobs>(&body) {
+            Ok(k) => {
+                lock(state).knobs = k;
+                reply_json(req, 200, &json!({"ok": true}));
+            }
+            Err(e) => reply_json(req, 400, &json!({"error": e.to_string()})),
+        },
+        (Method::Post, "/api/v1/gpt4o-image/generate") | (Method::Post, "/api/v1/flux/kontext/generate") => {
+            let kontext = path.contains("kontext");
+            if !authorized {
+                return reply_json(req, 200, &json!({"code": 401, "msg": "You do not have access permissions"}));
+            }
+            let mut s = lock(state);
+            let rate = s.knobs.api_fail_rate;
+            if s.roll(rate) {
+                drop(s);
+                return reply_json(req, 503, &json!({"code": 503, "msg": "injected failure"}));
+            }
+            let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let Some(prompt) = parsed.get("prompt").and_then(Value::as_str).map(str::to_owned) else {
+                drop(s);
+                return reply_json(req, 200, &json!({"code": 422, "msg": "prompt is required"}));
+            };
+            let inputs: Vec<String> = if kontext {
+                parsed.get("inputImage").and_then(Value::as_str).map(|u| vec![u.to_owned()]).unwrap_or_default()
+            } else {
+                parsed
+                    .get("filesUrl")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                    .unwrap_or_default()
+            };
+            s.stats.creates += 1;
+            *s.stats.creates_by_prompt.entry(prompt.clone()).or_default() += 1;
+            s.stats.inputs_by_prompt.insert(prompt.clone(), inputs);
+            if prompt.contains("[sim:refuse]") {
+                drop(s);
+                return reply_json(req, 200, &json!({"code": 400, "msg": "The content violates our content policy"}));
+            }
+            let behaviour = if prompt.contains("[sim:fail]") {
+                Behaviour::Fail
+            } else if prompt.contains("[sim:stuck]") {
+                Behaviour::Stuck
+            } else if let Some(ms) = prompt.split("[sim:slow=").nth(1).and_then(|r| r.split(']').next()).and_then(|m| m.parse().ok()) {
+                Behaviour::Slow(ms)
+            } else {
+                Behaviour::Normal
+            };
+            s.seq += 1;
+            let id = format!("{}{:08}", if kontext { "kx" } else { "4o" }, s.seq);
+            s.jobs.insert(id.clone(), Job { prompt, started: Instant::now(), behaviour });
+            drop(s);
+            reply_json(req, 200, &json!({"code": 200, "msg": "success", "data": {"taskId": id}}));
+        }
+        (Method::Get, "/api/v1/gpt4o-image/record-info") | (Method::Get, "/api/v1/flux/kontext/record-info") => {
+            let kontext = path.contains("kontext");
+            if !authorized {
+                return reply_json(req, 200, &json!({"code": 401, "msg": "You do not have access permissions"}));
+            }
+            let mut s = lock(state);
+            s.stats.record_infos += 1;
+            let rate = s.knobs.api_fail_rate;
+            if s.roll(rate) {
+                drop(s);
+                return reply_json(req, 503, &json!({"code": 503, "msg": "injected failure"}));
+            }
+            let Some(job) = param("taskId").and_then(|id| s.jobs.get(&id).cloned()) else {
+                drop(s);
+                return reply_json(req, 200, &json!({"code": 404, "msg": "task not found"}));
+            };
+            let id = param("taskId").unwrap_or_default();
+            let generation = Duration::from_millis(match job.behaviour {
+                Behaviour::Slow(ms) => ms,
+                _ => s.knobs.generation_ms,
+            });
+            let stuck = s.knobs.stuck || matches!(job.behaviour, Behaviour::Stuck);
+            drop(s);
+            let done = !stuck && job.started.elapsed() >= generation;
+            let url = format!("http://127.0.0.1:{port}/results/{id}/0.png");
+            let data = match (kontext, done, &job.behaviour) {
+                (_, false, _) => {
+                    if kontext {
+                        json!({"taskId": id, "successFlag": 0})
+                    } else {
+                        json!({"taskId": id, "status": "GENERATING", "progress": "0.50"})
+                    }
+                }
+                (false, true, Behaviour::Fail) => json!({"taskId": id, "status": "GENERATE_FAILED", "errorCode": 400, "errorMessage": "generation failed (simulated)"}),
+                (true, true, Behaviour::Fail) => json!({"taskId": id, "successFlag": 3, "errorCode": 400, "errorMessage": "generation failed (simulated)"}),
+                (false, true, _) => json!({"taskId": id, "status": "SUCCESS", "progress": "1.00", "successFlag": 1, "response": {"resultUrls": [url]}}),
+                (true, true, _) => json!({"taskId": id, "successFlag": 1, "response": {"resultImageUrl": url, "originImageUrl": url}}),
+            };
+            reply_json(req, 200, &json!({"code": 200, "msg": "success", "data": data}));
+        }
+        (Method::Get, p) if p.starts_with("/results/") => {
+            let mut parts = p.trim_start_matches("/results/").split('/');
+            let (id, file) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let n: usize = file.trim_end_matches(".png").parse().unwrap_or(usize::MAX);
+            let mut s = lock(state);
+            s.stats.downloads += 1;
+            let rate = s.knobs.download_fail_rate;
+            if s.roll(rate) {
+                drop(s);
+                return reply_json(req, 503, &json!({"error": "injected failure"}));
+            }
+            let job = s.jobs.get(id).cloned();
+            drop(s);
+            match job {
+                Some(job) if n == 0 => {
+                    let resp = Response::from_data(result_png(&job.prompt, n)).with_header(header("content-type", "image/png"));
+                    let _ = req.respond(resp);
+                }
+                _ => reply_json(req, 404, &json!({"error": "no such result"})),
+            }
+        }
+        _ => reply_json(req, 404, &json!({"code": 404, "msg": "not found"})),
+    }
+}

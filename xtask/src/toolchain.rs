@@ -1,0 +1,133 @@
+//! Installs what the build needs, only where it is missing, and builds the workers.
+//! See ../shared/TOOLCHAIN.md for why each piece installs the way it does here (no downloads
+//! outside the package registries).
+
+use crate::{root, run, Result};
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::SystemTime;
+
+const WORKER_BUILD_VERSION: &str = "0.8.7";
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+pub const WORKERS: [&str; 3] = ["api-worker", "consumer-worker", "cron-worker"];
+
+/// Paths of the installed tools worker-build and wrangler need.
+pub struct Toolchain {
+    pub wasm_bindgen: PathBuf,
+    pub worker_build: PathBuf,
+    pub esbuild: PathBuf,
+    pub wasm_opt: PathBuf,
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo_bin(name: &str) -> PathBuf {
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+    home.join("bin").join(name)
+}
+
+/// The wasm-bindgen version Cargo.lock pins: the CLI must match it exactly.
+fn locked_wasm_bindgen() -> Result<String> {
+    let lock = fs::read_to_string(root().join("Cargo.lock")).map_err(|e| format!("reading Cargo.lock: {e}"))?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == "name = \"wasm-bindgen\"" {
+            if let Some(v) = lines.next().and_then(|l| l.trim().strip_prefix("version = \"")) {
+                return Ok(v.trim_end_matches('"').to_owned());
+            }
+        }
+    }
+    Err("Cargo.lock has no wasm-bindgen entry".into())
+}
+
+pub fn ensure() -> Result<Toolchain> {
+    let root = root();
+
+    let targets = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !targets.lines().any(|l| l.trim() == WASM_TARGET) {
+        eprintln!("xtask: installing the {WASM_TARGET} target");
+        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+    }
+
+    let wanted = locked_wasm_bindgen()?;
+    let wasm_bindgen = cargo_bin("wasm-bindgen");
+    let have = output(Command::new(&wasm_bindgen).arg("--version")).unwrap_or_default();
+    if have.split_whitespace().nth(1) != Some(wanted.as_str()) {
+        eprintln!("xtask: installing wasm-bindgen-cli {wanted} (a few minutes, once)");
+        // no --locked: the CLI's lock pins a yanked webpki-roots (TOOLCHAIN.md)
+        run(Command::new("cargo").args(["install", "wasm-bindgen-cli", "--version", &wanted]))?;
+    }
+
+    let worker_build = cargo_bin("worker-build");
+    let have = output(Command::new(&worker_build).arg("--version")).unwrap_or_default();
+    if have.trim() != WORKER_BUILD_VERSION {
+        eprintln!("xtask: installing worker-build {WORKER_BUILD_VERSION} (a few minutes, once)");
+        run(Command::new("cargo").args(["install", "worker-build", "--version", WORKER_BUILD_VERSION, "--locked"]))?;
+    }
+
+    let node = output(Command::new("node").arg("--version")).ok_or("node is not installed; install Node.js 20.3 or newer")?;
+    let major: u32 = node.trim().trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    if major < 20 {
+        return Err(format!("Node.js {} is too old; wrangler needs 20.3 or newer", node.trim()));
+    }
+
+    // npm packages, pinned by package-lock.json; reinstalled only when the lock changes.
+    let lock = fs::read(root.join("package-lock.json")).map_err(|e| format!("reading package-lock.json: {e}"))?;
+    let stamp = root.join("node_modules/.edgeline-package-lock.json");
+    let bins = ["wrangler", "esbuild", "wasm-opt"];
+    let complete = bins.iter().all(|b| root.join("node_modules/.bin").join(b).exists());
+    if !complete || fs::read(&stamp).ok().as_deref() != Some(lock.as_slice()) {
+        eprintln!("xtask: installing npm packages (wrangler, esbuild, binaryen)");
+        run(Command::new("npm").current_dir(&root).args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]))?;
+        fs::write(&stamp, &lock).map_err(|e| format!("writing {}: {e}", stamp.display()))?;
+    }
+
+    Ok(Toolchain {
+        wasm_bindgen,
+        worker_build,
+        esbuild: root.join("node_modules/.bin/esbuild"),
+        wasm_opt: root.join("node_modules/.bin/wasm-opt"),
+    })
+}
+
+fn modified(path: &PathBuf) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Builds the three workers in release once: one cargo build for all (so their final link
+/// steps share the cores), then worker-build for each whose wasm changed.
+pub fn build_workers(t: &Toolchain) -> Result<()> {
+    let root = root();
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo.current_dir(&root).args(["build", "--lib", "--release", "--target", WASM_TARGET]);
+    for w in WORKERS {
+        cargo.args(["-p", w]);
+    }
+    // worker-build sets this for its own cargo run; setting it here too keeps both builds identical
+    cargo.env("WASM_BINDGEN_USE_JS_SYS", "1");
+    run(&mut cargo)?;
+
+    for w in WORKERS {
+        let compiled = root.join("target").join(WASM_TARGET).join("release").join(format!("{}.wasm", w.replace('-', "_")));
+        let built = root.join(w).join("build/index_bg.wasm");
+        let fresh = root.join(w).join("build/index.js").exists()
+            && matches!((modified(&built), modified(&compiled)), (Some(b), Some(c)) if b >= c);
+        if fresh {
+            continue;
+        }
+        eprintln!("xtask: packaging {w}");
+        run(Command::new(&t.worker_build)
+            .current_dir(root.join(w))
+            .arg("--release")
+            .env("WASM_BINDGEN_BIN", &t.wasm_bindgen)
+            .env("ESBUILD_BIN", &t.esbuild)
+            .env("WASM_OPT_BIN", &t.wasm_opt))?;
+    }
+    Ok(())
+}
