@@ -2,6 +2,9 @@
 //! one session on workerd (local D1, R2, KV, Queues) with state in a directory of its own, and
 //! the provider simulator beside it. Black-box: everything talks HTTP.
 
+// Test support: a failed expectation should stop the test loudly.
+#![allow(clippy::panic, clippy::expect_used)]
+
 pub mod client;
 pub mod dev;
 pub mod stack;

@@ -92,8 +92,10 @@ impl Policy {
         if secs < 1.0 {
             1
         } else {
-            // bounded by `max` above
-            secs.min(f64::from(u32::MAX)) as u32
+            // bounded by `max` (minutes) and clamped to u32 first: the cast cannot truncate
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let whole = secs.min(f64::from(u32::MAX)) as u32;
+            whole
         }
     }
 }

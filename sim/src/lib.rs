@@ -27,13 +27,15 @@ pub struct Knobs {
     pub api_fail_rate: f64,
     /// Share of result downloads answered with HTTP 503.
     pub download_fail_rate: f64,
+    /// Extra time before a result download answers.
+    pub download_delay_ms: u64,
     /// Every task stays GENERATING.
     pub stuck: bool,
 }
 
 impl Default for Knobs {
     fn default() -> Self {
-        Knobs { generation_ms: 1000, api_fail_rate: 0.0, download_fail_rate: 0.0, stuck: false }
+        Knobs { generation_ms: 1000, api_fail_rate: 0.0, download_fail_rate: 0.0, download_delay_ms: 0, stuck: false }
     }
 }
 
@@ -143,13 +145,10 @@ impl Sim {
     }
 }
 
+/// Headers here are static ASCII, which tiny_http always accepts.
+#[allow(clippy::expect_used)]
 fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|()| Header::from_bytes(&b"x-sim"[..], &b"1"[..]).unwrap_or_else(|()| unreachable_header()))
-}
-
-#[allow(clippy::panic)]
-fn unreachable_header() -> Header {
-    panic!("static header is valid")
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static ASCII header")
 }
 
 fn reply_json(req: Request, status: u16, body: &Value) {
@@ -285,7 +284,9 @@ fn handle(mut req: Request, state: &Mutex<State>, port: u16) {
                 return reply_json(req, 503, &json!({"error": "injected failure"}));
             }
             let job = s.jobs.get(id).cloned();
+            let delay = s.knobs.download_delay_ms;
             drop(s);
+            std::thread::sleep(Duration::from_millis(delay));
             match job {
                 Some(job) if n == 0 => {
                     let resp = Response::from_data(result_png(&job.prompt, n)).with_header(header("content-type", "image/png"));

@@ -35,7 +35,8 @@ pub fn png(seed: u64, size: u32) -> Vec<u8> {
         raw.push(0); // filter: none
         for x in 0..size {
             let v = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(u64::from(x * 31 + y * 17));
-            raw.extend_from_slice(&[(v >> 16) as u8, (v >> 24) as u8, (v >> 32) as u8]);
+            let b = v.to_le_bytes();
+            raw.extend_from_slice(&[b[2], b[3], b[4]]);
         }
     }
     let mut zlib = vec![0x78, 0x01];
