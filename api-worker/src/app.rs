@@ -4,7 +4,7 @@
 
 use crate::config::{self, Config};
 use crate::error::{json_response, ApiError, ApiResult};
-use crate::{admin, files, tasks};
+use crate::{admin, files, ops, tasks, webhooks};
 use shared::edge::{log, now_ms, Db, IoCounts, IoError, StepExt};
 use std::rc::Rc;
 use worker::{Bucket, Env, KvStore, Queue, Request, Response, RouteContext, Router};
@@ -71,6 +71,17 @@ async fn route(req: Request, env: Env, app: Rc<App>) -> Response {
         .post_async("/admin/users", |req, ctx| async move { reply(admin::create_user(req, &ctx.data).await) })
         .post_async("/admin/users/:id/sessions", |req, ctx| async move { reply(admin::create_session(req, &ctx).await) })
         .post_async("/admin/users/:id/grants", |req, ctx| async move { reply(admin::grant(req, &ctx).await) })
+        .post_async("/webhooks/ai/:provider", |req, ctx| async move { reply(webhooks::ai_callback(req, &ctx).await) })
+        .get_async("/admin/dead-letters", |req, ctx| async move { reply(ops::list_dead_letters(req, &ctx.data).await) })
+        .post_async("/admin/dead-letters/replay", |req, ctx| async move { reply(ops::replay_matching(req, &ctx.data).await) })
+        .post_async("/admin/dead-letters/discard", |req, ctx| async move { reply(ops::discard_matching(req, &ctx.data).await) })
+        .get_async("/admin/dead-letters/:id", |req, ctx| async move { reply(ops::show_dead_letter(req, &ctx).await) })
+        .post_async("/admin/dead-letters/:id/replay", |req, ctx| async move { reply(ops::replay_one(req, &ctx).await) })
+        .post_async("/admin/dead-letters/:id/discard", |req, ctx| async move { reply(ops::discard_one(req, &ctx).await) })
+        .get_async("/admin/tasks", |req, ctx| async move { reply(ops::list_tasks(req, &ctx.data).await) })
+        .get_async("/admin/tasks/:id", |req, ctx| async move { reply(ops::show_task(req, &ctx).await) })
+        .post_async("/admin/tasks/:id/retry", |req, ctx| async move { reply(ops::retry_task(req, &ctx).await) })
+        .post_async("/admin/queues/:queue/messages", |req, ctx| async move { reply(ops::send_messages(req, &ctx).await) })
         .get_async("/files/*key", |req, ctx| async move { reply(files::get(&req, &ctx).await) })
         .head_async("/files/*key", |req, ctx| async move { reply(files::get(&req, &ctx).await) });
     match router.run(req, env).await {

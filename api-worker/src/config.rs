@@ -1,6 +1,6 @@
 //! The api worker's configuration, read and checked once per request from `Env`.
 
-use shared::edge::{number, required, ConfigError};
+use shared::edge::{number, required, var, ConfigError};
 use worker::Env;
 
 pub struct Config {
@@ -20,6 +20,13 @@ pub struct Config {
     pub signed_url_ttl_secs: i64,
     /// Lifetime of a new session when none is asked for.
     pub session_ttl_secs: i64,
+    /// When set, kie.ai callbacks must carry a valid `X-Webhook-Signature`.
+    pub kie_webhook_secret: Option<String>,
+    /// Queue names as bound in wrangler.toml (dead letters record which queue they came from).
+    pub tasks_queue_name: String,
+    pub events_queue_name: String,
+    /// Fault injection for tests: every enqueue is sent twice. Off unless "true".
+    pub chaos_duplicate_sends: bool,
 }
 
 fn positive(env: &Env, name: &str, default: i64) -> Result<i64, ConfigError> {
@@ -54,6 +61,10 @@ impl Config {
             max_upload_bytes: size(env, "MAX_UPLOAD_BYTES", 10 * 1024 * 1024)?,
             signed_url_ttl_secs: positive(env, "SIGNED_URL_TTL_SECS", 3600)?,
             session_ttl_secs: positive(env, "SESSION_TTL_SECS", 30 * 24 * 3600)?,
+            kie_webhook_secret: var(env, "KIE_WEBHOOK_SECRET"),
+            tasks_queue_name: var(env, "TASKS_QUEUE_NAME").unwrap_or_else(|| "edgeline-tasks".into()),
+            events_queue_name: var(env, "EVENTS_QUEUE_NAME").unwrap_or_else(|| "edgeline-events".into()),
+            chaos_duplicate_sends: var(env, "CHAOS_DUPLICATE_SENDS").as_deref() == Some("true"),
         })
     }
 }
@@ -63,4 +74,5 @@ pub const DB: &str = "DB";
 pub const BUCKET: &str = "BUCKET";
 pub const KV: &str = "KV";
 pub const TASKS: &str = "TASKS";
+pub const EVENTS: &str = "EVENTS";
 

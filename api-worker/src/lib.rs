@@ -7,7 +7,9 @@ mod auth;
 mod config;
 mod error;
 mod files;
+mod ops;
 mod tasks;
+mod webhooks;
 
 use worker::{event, Context, Env, Request, Response, Result};
 

@@ -18,7 +18,7 @@ use shared::submit::{self, TaskInput};
 use shared::task::TaskStatus;
 use worker::{FormEntry, HttpMetadata, Request};
 
-const TASK_COLUMNS: &str = "id, task_no, status, input_params, external_provider, cost, result_keys, failure_reason,
+pub const TASK_COLUMNS: &str = "id, task_no, status, input_params, external_provider, cost, result_keys, failure_reason,
      created_at, updated_at, submitted_at, completed_at, deadline_at";
 
 /// A task row as the API reads it.
@@ -40,12 +40,12 @@ pub struct TaskRow {
 }
 
 impl TaskRow {
-    fn result_keys(&self) -> Vec<String> {
+    pub fn result_keys(&self) -> Vec<String> {
         self.result_keys.as_deref().and_then(|k| serde_json::from_str(k).ok()).unwrap_or_default()
     }
 
     /// The public view of a task: what the owner sees.
-    fn view(&self, app: &App) -> Value {
+    pub fn view(&self, app: &App) -> Value {
         let input: Option<TaskInput> = serde_json::from_str(&self.input_params).ok();
         let expires = now() + app.cfg.signed_url_ttl_secs;
         let results: Vec<Value> = self
@@ -105,7 +105,7 @@ pub async fn submit(mut req: Request, app: &App) -> ApiResult {
     };
 
     store_uploads(app, &user, &uploads).await?;
-    let created = hold_and_insert(app, &user, &input, idempotency_key.as_ref()).await;
+    let created = hold_and_insert(app, &user, &input, idempotency_key.as_ref(), None).await;
     let outcome = match created {
         Ok(outcome) => outcome,
         Err(e) => {
@@ -129,12 +129,19 @@ pub async fn submit(mut req: Request, app: &App) -> ApiResult {
     }
 }
 
-enum Created {
+pub enum Created {
     New(Box<TaskRow>),
     Replayed(Box<TaskRow>),
 }
 
-async fn hold_and_insert(app: &App, user: &UserId, input: &TaskInput, key: Option<&IdempotencyKey>) -> Result<Created, ApiError> {
+/// Holds the cost and inserts the task in one batch; a repeated key returns the task it made.
+pub async fn hold_and_insert(
+    app: &App,
+    user: &UserId,
+    input: &TaskInput,
+    key: Option<&IdempotencyKey>,
+    retry_of: Option<&TaskId>,
+) -> Result<Created, ApiError> {
     let task = TaskId::new();
     let at = now();
     let params = input.to_params();
@@ -148,6 +155,7 @@ async fn hold_and_insert(app: &App, user: &UserId, input: &TaskInput, key: Optio
         idempotency_key: key.map(IdempotencyKey::as_str),
         cost: input.model.cost(),
         deadline_at: at + app.cfg.task_deadline_secs,
+        retry_of,
         now: at,
     });
     let results = app.db.batch("reserve and insert task", &stmts).await?;
@@ -199,12 +207,16 @@ async fn hold_and_insert(app: &App, user: &UserId, input: &TaskInput, key: Optio
     )))
 }
 
-async fn enqueue_submit(app: &App, task: &TaskId) {
-    app.io.queue_send();
-    let sent = match app.tasks_queue() {
-        Ok(q) => q.send(TaskMessage::submit(*task)).await.step("queue send task.submit"),
-        Err(e) => Err(e),
-    };
+pub async fn enqueue_submit(app: &App, task: &TaskId) {
+    let copies = if app.cfg.chaos_duplicate_sends { 2 } else { 1 };
+    let mut sent = Ok(());
+    for _ in 0..copies {
+        app.io.queue_send();
+        sent = match app.tasks_queue() {
+            Ok(q) => q.send(TaskMessage::submit(*task)).await.step("queue send task.submit"),
+            Err(e) => Err(e),
+        };
+    }
     if let Err(e) = sent {
         // The task is durable and pending; the reconciler re-enqueues pending tasks it finds
         // without progress, so this is logged, not returned.

@@ -137,10 +137,17 @@ impl Handled {
             Next::Ack => msg.ack(),
             Next::Send { message, delay } => {
                 ctx.io.queue_send();
-                let sent = match ctx.env.queue(config::TASKS).step("binding TASKS") {
-                    Ok(q) => q.send(MessageBuilder::new(message.clone()).delay_seconds(*delay).build()).await.step("queue send"),
-                    Err(e) => Err(e),
-                };
+                let copies = if ctx.cfg.chaos_duplicate_sends { 2 } else { 1 };
+                let mut sent = Ok(());
+                for _ in 0..copies {
+                    sent = match ctx.env.queue(config::TASKS).step("binding TASKS") {
+                        Ok(q) => q.send(MessageBuilder::new(message.clone()).delay_seconds(*delay).build()).await.step("queue send"),
+                        Err(e) => Err(e),
+                    };
+                    if sent.is_err() {
+                        break;
+                    }
+                }
                 match sent {
                     Ok(()) => msg.ack(),
                     Err(e) => {

@@ -17,6 +17,9 @@ pub struct Config {
     pub tasks_queue: String,
     pub events_queue: String,
     pub dead_letter_queue: String,
+    /// Fault injection for tests: send every follow-up message twice, as an at-least-once
+    /// queue may deliver it. Off unless CHAOS_DUPLICATE_SENDS is "true".
+    pub chaos_duplicate_sends: bool,
 }
 
 fn secs(env: &Env, name: &str, default: u64) -> Result<Duration, ConfigError> {
@@ -55,6 +58,7 @@ impl Config {
             tasks_queue: required(env, "TASKS_QUEUE_NAME")?,
             events_queue: required(env, "EVENTS_QUEUE_NAME")?,
             dead_letter_queue: required(env, "DEAD_LETTER_QUEUE_NAME")?,
+            chaos_duplicate_sends: shared::edge::var(env, "CHAOS_DUPLICATE_SENDS").as_deref() == Some("true"),
         })
     }
 }

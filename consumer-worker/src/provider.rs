@@ -3,10 +3,12 @@
 
 use crate::batch::Ctx;
 use futures::future::{select, Either};
-use shared::keys::{image_extension, sniff_image};
+use shared::keys::image_extension;
 use shared::kie::{self, Progress};
+use shared::ids::TaskId;
 use shared::model::Model;
-use shared::retry::{classify_status, Failure};
+use shared::signing::callback_token;
+use shared::retry::{check_result_body, check_result_headers, classify_status, Failure};
 use std::time::Duration;
 use worker::wasm_bindgen::JsValue;
 use worker::{Delay, Fetch, Headers, Method, Request, RequestInit, Response};
@@ -52,9 +54,11 @@ async fn read(ctx: &Ctx, req: Request) -> Result<Vec<u8>, Failure> {
 }
 
 /// Creates the provider task; returns its id.
-pub async fn create(ctx: &Ctx, model: Model, prompt: &str, size: &str, image_urls: &[String]) -> Result<String, Failure> {
+pub async fn create(ctx: &Ctx, task: &TaskId, model: Model, prompt: &str, size: &str, image_urls: &[String]) -> Result<String, Failure> {
     let (create_path, _) = kie::endpoints(model);
-    let body = kie::create_body(model, prompt, size, image_urls, None).to_string();
+    let token = callback_token(ctx.cfg.files_signing_key.as_bytes(), &task.to_string());
+    let callback = kie::callback_url(&ctx.cfg.public_base_url, model, &task.to_string(), &token);
+    let body = kie::create_body(model, prompt, size, image_urls, Some(&callback)).to_string();
     let req = api_request(ctx, Method::Post, &format!("{}{create_path}", ctx.cfg.kie_base_url), Some(body))?;
     kie::parse_created(&read(ctx, req).await?)
 }
@@ -76,33 +80,16 @@ pub struct Image {
     pub extension: &'static str,
 }
 
-/// Downloads a result. Failed, empty or non-image downloads are transient (result URLs are
-/// flaky); one larger than the cap is permanent.
+/// Downloads a result, checked by `shared::retry::check_result_*`.
 pub async fn download(ctx: &Ctx, url: &str) -> Result<Image, Failure> {
     let req = Request::new(url, Method::Get).map_err(|e| Failure::permanent("bad_result_url", e.to_string()))?;
     let mut resp = send(ctx, req, DOWNLOAD_TIMEOUT).await?;
-    let retry_after = resp.headers().get("retry-after").ok().flatten();
-    if let Some(f) = classify_status(resp.status_code(), retry_after.as_deref()) {
-        // a result URL that is gone may come back (CDN lag); only the deadline ends this
-        return Err(Failure::transient("download_failed", f.detail().to_owned()));
-    }
-    let max = ctx.cfg.max_result_bytes;
-    let declared = resp.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(Failure::permanent("result_too_large", format!("result is larger than {max} bytes")));
-    }
+    let max = u64::try_from(ctx.cfg.max_result_bytes).unwrap_or(u64::MAX);
+    let declared = resp.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<u64>().ok());
     let declared_type = resp.headers().get("content-type").ok().flatten().unwrap_or_default();
-    if image_extension(&declared_type).is_none() {
-        return Err(Failure::transient("not_image", format!("result content type is {declared_type:?}")));
-    }
+    check_result_headers(resp.status_code(), declared, &declared_type, max)?;
     let bytes = resp.bytes().await.map_err(|e| Failure::transient("download_failed", e.to_string()))?;
-    if bytes.is_empty() {
-        return Err(Failure::transient("empty_result", "result body is empty"));
-    }
-    if bytes.len() > max {
-        return Err(Failure::permanent("result_too_large", format!("result is larger than {max} bytes")));
-    }
-    let content_type = sniff_image(&bytes).ok_or_else(|| Failure::transient("not_image", "result bytes are not an image"))?;
+    let content_type = check_result_body(&bytes, max)?;
     let extension = image_extension(content_type).unwrap_or("bin");
     Ok(Image { bytes, content_type, extension })
 }

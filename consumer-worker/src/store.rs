@@ -165,9 +165,10 @@ async fn finish(
         };
         let value = serde_json::to_string(&cached).unwrap_or_default();
         let put = ctx.kv().map_err(storage)?.put(&task_status_key(&end.task), value).step("kv put status").map_err(storage)?;
-        if let Err(e) = put.expiration_ttl(STATUS_TTL_SECS).execute().await.step("kv put status") {
+        match put.expiration_ttl(STATUS_TTL_SECS).execute().await.step("kv put status") {
+            Ok(()) => shared::edge::log(serde_json::json!({"event": "task.final_status_cached", "task_id": end.task.to_string(), "status": status.as_str()})),
             // D1 has the truth; the cache is an optimisation, so its failure is only logged.
-            shared::edge::log(serde_json::json!({"level": "warn", "event": "status_cache_failed", "cause": e.to_string()}));
+            Err(e) => shared::edge::log(serde_json::json!({"level": "warn", "event": "status_cache_failed", "cause": e.to_string()})),
         }
     }
     Ok(won)

@@ -36,6 +36,7 @@ pub async fn handle(ctx: &Ctx, body: &Value) -> Handled {
     let result = match &msg {
         TaskMessage::Submit { task_id, .. } => submit(ctx, task_id).await,
         TaskMessage::Poll { .. } => poll(ctx, &msg).await,
+        TaskMessage::Store { .. } => store(ctx, &msg).await,
     };
     match result {
         Ok(Step::Done) => Handled { next: Next::Ack, task_id, error: None },
@@ -92,7 +93,7 @@ async fn submit(ctx: &Ctx, task: &TaskId) -> Result<Step, Failure> {
             ),
         })
         .collect();
-    match provider::create(ctx, model, &input.prompt, &input.size, &urls).await {
+    match provider::create(ctx, task, model, &input.prompt, &input.size, &urls).await {
         Ok(external_id) => {
             if let Err(e) = store::accept(ctx, task, &external_id).await {
                 // The provider has the task: keep going. Completion records the external id
@@ -109,6 +110,7 @@ async fn submit(ctx: &Ctx, task: &TaskId) -> Result<Step, Failure> {
                 deadline_at,
                 attempt: 0,
                 failures: 0,
+                follow_up: true,
             };
             Ok(Step::Then(first_poll, ctx.cfg.poll.delay_secs(0)))
         }
@@ -124,7 +126,7 @@ async fn submit(ctx: &Ctx, task: &TaskId) -> Result<Step, Failure> {
 }
 
 async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
-    let TaskMessage::Poll { task_id, user_id, model, external_id, cost, deadline_at, attempt, .. } = msg else {
+    let TaskMessage::Poll { task_id, user_id, model, external_id, cost, deadline_at, attempt, follow_up, .. } = msg else {
         return Ok(Step::Done);
     };
     let end = Ending { task: *task_id, user: *user_id, cost: *cost };
@@ -133,20 +135,52 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
         return Ok(Step::Done);
     }
     match provider::record(ctx, *model, external_id).await? {
+        // a callback-prompted poll leaves the waiting to the chain that was already running
+        Progress::Generating if !follow_up => Ok(Step::Done),
         Progress::Generating => Ok(Step::Then(msg.next_poll(), ctx.cfg.poll.delay_secs(attempt + 1))),
         Progress::Failed { class, reason } => {
             store::fail(ctx, &end, &format!("{class}: {reason}")).await?;
             Ok(Step::Done)
         }
         Progress::Succeeded { urls } => {
-            if store::known_ended(ctx, task_id).await {
-                return Ok(Step::Done);
+            let Some(next) = msg.store(urls) else { return Ok(Step::Done) };
+            // Store now; if a download fails, the store step retries on its own from here.
+            match store(ctx, &next).await {
+                Err(f @ Failure::Transient { .. }) => {
+                    let delay = ctx.cfg.transient.delay_secs(0);
+                    shared::edge::log(serde_json::json!({"event": "store_deferred", "task_id": task_id.to_string(), "error_class": f.class(), "error": f.detail()}));
+                    Ok(Step::Then(next.after_failure(), delay))
+                }
+                other => other,
             }
-            let keys = store_results(ctx, *model, task_id, &urls).await?;
-            store::complete(ctx, &end, external_id, &urls, &keys).await?;
-            Ok(Step::Done)
         }
     }
+}
+
+/// Downloads the results, stores them and settles the task. A result over the size cap fails
+/// the task; other failures are transient and retried by the caller.
+async fn store(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
+    let TaskMessage::Store { task_id, user_id, model, external_id, cost, deadline_at, urls, .. } = msg else {
+        return Ok(Step::Done);
+    };
+    let end = Ending { task: *task_id, user: *user_id, cost: *cost };
+    if store::known_ended(ctx, task_id).await {
+        return Ok(Step::Done);
+    }
+    if now() >= *deadline_at {
+        store::fail(ctx, &end, "deadline_exceeded").await?;
+        return Ok(Step::Done);
+    }
+    let keys = match store_results(ctx, *model, task_id, urls).await {
+        Ok(keys) => keys,
+        Err(Failure::Permanent { class, detail }) => {
+            store::fail(ctx, &end, &format!("{class}: {detail}")).await?;
+            return Ok(Step::Done);
+        }
+        Err(transient) => return Err(transient),
+    };
+    store::complete(ctx, &end, external_id, urls, &keys).await?;
+    Ok(Step::Done)
 }
 
 /// Downloads every result into R2 at its deterministic key; a repeat overwrites the same

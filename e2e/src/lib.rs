@@ -5,9 +5,11 @@
 // Test support: a failed expectation should stop the test loudly.
 #![allow(clippy::panic, clippy::expect_used)]
 
+pub mod check;
 pub mod client;
 pub mod dev;
 pub mod stack;
+pub mod suite;
 
 pub use client::Client;
 pub use stack::{Stack, StackOptions};

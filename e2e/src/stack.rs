@@ -218,6 +218,16 @@ impl Stack {
         fs::read_to_string(self.state_dir.join("wrangler.log")).unwrap_or_default()
     }
 
+    /// The structured lines the workers logged (`[edgeline-x] {json}`), optionally of one event.
+    pub fn events(&self, event: Option<&str>) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split_once("] {").map(|(_, rest)| format!("{{{rest}")))
+            .filter_map(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+            .filter(|v| event.is_none_or(|e| v["event"] == e))
+            .collect()
+    }
+
     pub fn client(&self) -> crate::Client {
         crate::Client::new(&self.api)
     }

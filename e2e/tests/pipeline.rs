@@ -2,26 +2,14 @@
 //! local D1, R2, KV and Queues) running all three workers, and the kie.ai simulator.
 //! One stack for the whole run; tests isolate themselves by user.
 
+use e2e::check::{ensure, eq};
 use e2e::client::{multipart, Client};
 use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN, FILES_SIGNING_KEY};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn ensure(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
-}
-
-fn eq<T: PartialEq + std::fmt::Debug>(got: T, want: T, what: &str) -> Result<(), Failed> {
-    ensure(got == want, format!("{what}: got {got:?}, want {want:?}"))
-}
 
 fn submit(c: &Client, token: &str, body: Value) -> e2e::client::Reply {
     c.post_json("/api/tasks", Some(token), &body)
@@ -261,37 +249,19 @@ fn admin_and_files_are_guarded(stack: &Stack) -> Result<(), Failed> {
 }
 
 fn main() {
-    let args = Arguments::from_args();
-    let stack = match Stack::start(StackOptions::default()) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            eprintln!("could not start the local stack: {e}");
-            std::process::exit(1);
-        }
-    };
-    type Case = fn(&Stack) -> Result<(), Failed>;
-    let cases: Vec<(&str, Case)> = vec![
-        ("golden_path_4o", golden_path_4o),
-        ("kontext_with_upload", kontext_with_upload),
-        ("failed_generation_restores_balance", failed_generation_restores_balance),
-        ("idempotent_submit", idempotent_submit),
-        ("short_balance_is_402_and_writes_nothing", short_balance_is_402_and_writes_nothing),
-        ("other_users_tasks_are_404", other_users_tasks_are_404),
-        ("bad_input_gets_json_4xx", bad_input_gets_json_4xx),
-        ("listing_is_newest_first_and_paginated", listing_is_newest_first_and_paginated),
-        ("admin_and_files_are_guarded", admin_and_files_are_guarded),
-    ];
-    let trials = cases
-        .into_iter()
-        .map(|(name, case)| {
-            let stack = stack.clone();
-            Trial::test(name, move || case(&stack))
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    if conclusion.has_failed() {
-        eprintln!("--- wrangler log (last 80 lines) ---\n{}", stack.log_tail(80));
-    }
-    drop(stack);
-    conclusion.exit();
+    e2e::suite::run(
+        StackOptions::default(),
+        |_| {},
+        vec![
+            ("golden_path_4o", golden_path_4o),
+            ("kontext_with_upload", kontext_with_upload),
+            ("failed_generation_restores_balance", failed_generation_restores_balance),
+            ("idempotent_submit", idempotent_submit),
+            ("short_balance_is_402_and_writes_nothing", short_balance_is_402_and_writes_nothing),
+            ("other_users_tasks_are_404", other_users_tasks_are_404),
+            ("bad_input_gets_json_4xx", bad_input_gets_json_4xx),
+            ("listing_is_newest_first_and_paginated", listing_is_newest_first_and_paginated),
+            ("admin_and_files_are_guarded", admin_and_files_are_guarded),
+        ],
+    )
 }

@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::rc::Rc;
 use worker::wasm_bindgen::JsValue;
-use worker::{D1Database, D1PreparedStatement, D1Result, Env};
+use worker::{BatchMessageBuilder, D1Database, D1PreparedStatement, D1Result, Env, Queue, QueueContentType, RawMessageBuilder};
 
 /// Calls this invocation made, by kind, for the per-message log line and the cost benchmark.
 #[derive(Debug, Default)]
@@ -216,3 +216,30 @@ pub struct CachedStatus {
 
 /// How long final statuses stay in KV.
 pub const STATUS_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// Queue limits for one `send_batch`.
+const BATCH_MAX_MESSAGES: usize = 100;
+const BATCH_MAX_BYTES: usize = 250 * 1024;
+
+/// Sends JSON bodies (as text, sent as JS objects) in as few batches as the queue's limits allow.
+pub async fn send_json_batch(io: &IoCounts, queue: &Queue, bodies: &[String], delay_seconds: u32) -> Result<(), IoError> {
+    let mut start = 0;
+    while start < bodies.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < bodies.len() && end - start < BATCH_MAX_MESSAGES && (end == start || bytes + bodies[end].len() <= BATCH_MAX_BYTES) {
+            bytes += bodies[end].len();
+            end += 1;
+        }
+        let mut messages = Vec::with_capacity(end - start);
+        for text in &bodies[start..end] {
+            let value = worker::js_sys::JSON::parse(text)
+                .map_err(|_| IoError { step: "queue send".into(), cause: "body is not JSON".into() })?;
+            messages.push(RawMessageBuilder::new(value).delay_seconds(delay_seconds).build_with_content_type(QueueContentType::Json));
+        }
+        bump(&io.queue_sends, 1);
+        queue.send_raw_batch(BatchMessageBuilder::new().messages(messages).build()).await.step("queue send batch")?;
+        start = end;
+    }
+    Ok(())
+}

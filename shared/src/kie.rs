@@ -138,6 +138,22 @@ fn string_list(v: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Where kie.ai should post when a task finishes: our webhook route with the task and its token.
+pub fn callback_url(base: &str, model: Model, task_id: &str, token: &str) -> String {
+    format!("{base}/webhooks/ai/{}?task={task_id}&token={token}", model.as_str())
+}
+
+/// The provider's task id in a callback body (`{code, msg, data: {taskId, info: {...}}}`). The
+/// results in it are never trusted: the callback only prompts a poll of record-info.
+pub fn parse_callback(body: &[u8]) -> Result<String, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
+    v.pointer("/data/taskId")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty() && id.len() <= 256)
+        .map(str::to_owned)
+        .ok_or_else(|| "data.taskId is missing".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +191,17 @@ mod tests {
         assert_eq!(parse_record(Model::Kie4o, ok).unwrap(), Progress::Succeeded { urls: vec!["u1".into(), "u2".into()] });
         let failed = br#"{"code":200,"data":{"status":"GENERATE_FAILED","errorCode":400,"errorMessage":"nsfw"}}"#;
         assert!(matches!(parse_record(Model::Kie4o, failed).unwrap(), Progress::Failed { class: "generate_failed", .. }));
+    }
+
+    #[test]
+    fn callbacks() {
+        assert_eq!(parse_callback(br#"{"code":200,"msg":"ok","data":{"taskId":"4o1","info":{"result_urls":["u"]}}}"#).unwrap(), "4o1");
+        assert!(parse_callback(b"{").is_err());
+        assert!(parse_callback(br#"{"code":200,"data":{}}"#).is_err());
+        assert_eq!(
+            callback_url("https://api", Model::Kie4o, "t1", "abc"),
+            "https://api/webhooks/ai/kie_4o?task=t1&token=abc"
+        );
     }
 
     #[test]

@@ -221,6 +221,8 @@ pub struct NewTaskHold<'a> {
     pub idempotency_key: Option<&'a str>,
     pub cost: Credits,
     pub deadline_at: i64,
+    /// The failed task this one retries, if any.
+    pub retry_of: Option<&'a TaskId>,
     pub now: i64,
 }
 
@@ -228,8 +230,8 @@ pub fn reserve_task(h: NewTaskHold<'_>) -> [Stmt; 2] {
     let insert_task = Stmt::new(
         format!(
             "INSERT INTO ai_tasks (id, task_no, user_id, status, input_params, external_provider,
-                                   idempotency_key, cost, deadline_at, created_at, updated_at)
-             SELECT ?3, ?4, ?1, 'pending', ?5, ?6, ?7, ?8, ?9, ?2, ?2
+                                   idempotency_key, cost, deadline_at, retry_of, created_at, updated_at)
+             SELECT ?3, ?4, ?1, 'pending', ?5, ?6, ?7, ?8, ?9, ?10, ?2, ?2
              WHERE {BALANCE_SQL} >= ?8
              ON CONFLICT DO NOTHING"
         ),
@@ -243,6 +245,7 @@ pub fn reserve_task(h: NewTaskHold<'_>) -> [Stmt; 2] {
             h.idempotency_key.map(str::to_owned).into(),
             h.cost.get().into(),
             h.deadline_at.into(),
+            h.retry_of.map(ToString::to_string).into(),
         ],
     );
     let hold = Stmt::new(

@@ -34,7 +34,30 @@ pub enum TaskMessage {
         /// retry backoff and the give-up decision. Reset by a poll that gets an answer.
         #[serde(default)]
         failures: u32,
+        /// Whether a "still generating" answer schedules the next poll. A poll prompted by a
+        /// provider callback does not, so callbacks never start a second chain of polls.
+        #[serde(default = "yes")]
+        follow_up: bool,
     },
+    /// Download a finished task's results and settle it. Sent when the provider reported success
+    /// but a download failed: it retries the downloads alone, never the generation.
+    #[serde(rename = "task.store")]
+    Store {
+        v: u32,
+        task_id: TaskId,
+        user_id: UserId,
+        model: Model,
+        external_id: String,
+        cost: Credits,
+        deadline_at: i64,
+        urls: Vec<String>,
+        /// Consecutive failed attempts to store.
+        attempt: u32,
+    },
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Messages on the `events` queue: a stored webhook event to apply.
@@ -74,6 +97,18 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &serde_json::Value) -> Result<T
     serde_json::from_value(body.clone()).map_err(|e| MessageError::Malformed(e.to_string()))
 }
 
+/// A dead message made ready to send again: its retry counters start over (the body is
+/// otherwise unchanged), so the first transient failure after a replay is not its last.
+pub fn fresh_for_replay(body: &mut serde_json::Value) {
+    if let Some(obj) = body.as_object_mut() {
+        for counter in ["attempt", "failures"] {
+            if obj.get(counter).is_some_and(serde_json::Value::is_u64) && !(counter == "attempt" && obj.get("type").and_then(|t| t.as_str()) == Some("task.poll")) {
+                obj.insert(counter.into(), 0.into());
+            }
+        }
+    }
+}
+
 /// The `type` field of any body, for logs and the dead-letter archive.
 pub fn type_of(body: &serde_json::Value) -> Option<&str> {
     body.get("type").and_then(serde_json::Value::as_str)
@@ -86,13 +121,13 @@ impl TaskMessage {
 
     pub fn task_id(&self) -> TaskId {
         match self {
-            TaskMessage::Submit { task_id, .. } | TaskMessage::Poll { task_id, .. } => *task_id,
+            TaskMessage::Submit { task_id, .. } | TaskMessage::Poll { task_id, .. } | TaskMessage::Store { task_id, .. } => *task_id,
         }
     }
 
     pub fn attempt(&self) -> u32 {
         match self {
-            TaskMessage::Submit { attempt, .. } | TaskMessage::Poll { attempt, .. } => *attempt,
+            TaskMessage::Submit { attempt, .. } | TaskMessage::Poll { attempt, .. } | TaskMessage::Store { attempt, .. } => *attempt,
         }
     }
 
@@ -100,13 +135,32 @@ impl TaskMessage {
         match self {
             TaskMessage::Submit { .. } => "task.submit",
             TaskMessage::Poll { .. } => "task.poll",
+            TaskMessage::Store { .. } => "task.store",
+        }
+    }
+
+    /// The store step for a poll that found the results ready.
+    pub fn store(&self, urls: Vec<String>) -> Option<Self> {
+        match self {
+            TaskMessage::Poll { task_id, user_id, model, external_id, cost, deadline_at, .. } => Some(TaskMessage::Store {
+                v: VERSION,
+                task_id: *task_id,
+                user_id: *user_id,
+                model: *model,
+                external_id: external_id.clone(),
+                cost: *cost,
+                deadline_at: *deadline_at,
+                urls,
+                attempt: 0,
+            }),
+            _ => None,
         }
     }
 
     /// How many times this step has failed transiently in a row.
     pub fn failures(&self) -> u32 {
         match self {
-            TaskMessage::Submit { attempt, .. } => *attempt,
+            TaskMessage::Submit { attempt, .. } | TaskMessage::Store { attempt, .. } => *attempt,
             TaskMessage::Poll { failures, .. } => *failures,
         }
     }
@@ -115,7 +169,7 @@ impl TaskMessage {
     pub fn after_failure(&self) -> Self {
         let mut next = self.clone();
         match &mut next {
-            TaskMessage::Submit { attempt, .. } => *attempt += 1,
+            TaskMessage::Submit { attempt, .. } | TaskMessage::Store { attempt, .. } => *attempt += 1,
             TaskMessage::Poll { failures, .. } => *failures += 1,
         }
         next
@@ -149,6 +203,7 @@ mod tests {
             deadline_at: 1000,
             attempt: 2,
             failures: 0,
+            follow_up: true,
         };
         for m in [TaskMessage::submit(TaskId::new()), poll] {
             let body = serde_json::to_value(&m).unwrap();
@@ -174,15 +229,34 @@ mod tests {
             deadline_at: 0,
             attempt: 4,
             failures: 0,
+            follow_up: true,
         };
         let failed = poll.after_failure().after_failure();
         assert_eq!((failed.attempt(), failed.failures()), (4, 2));
         let next = failed.next_poll();
         assert_eq!((next.attempt(), next.failures()), (5, 0));
+        let store = failed.store(vec!["u".into()]).unwrap();
+        assert_eq!((store.kind(), store.failures()), ("task.store", 0));
+        assert_eq!(store.after_failure().failures(), 1);
+        assert_eq!(parse::<TaskMessage>(&serde_json::to_value(&store).unwrap()).unwrap(), store);
         // a poll written before `failures` existed still parses
         let mut body = serde_json::to_value(&poll).unwrap();
         body.as_object_mut().unwrap().remove("failures");
+        body.as_object_mut().unwrap().remove("follow_up");
         assert_eq!(parse::<TaskMessage>(&body).unwrap(), poll);
+    }
+
+    #[test]
+    fn replay_resets_retry_counters_only() {
+        let mut submit = json!({"v": 1, "type": "task.submit", "task_id": "x", "attempt": 7});
+        fresh_for_replay(&mut submit);
+        assert_eq!(submit["attempt"], 0);
+        let mut poll = json!({"v": 1, "type": "task.poll", "attempt": 12, "failures": 5, "external_id": "e"});
+        fresh_for_replay(&mut poll);
+        assert_eq!((poll["attempt"].clone(), poll["failures"].clone(), poll["external_id"].clone()), (json!(12), json!(0), json!("e")));
+        let mut garbage = json!("not an object");
+        fresh_for_replay(&mut garbage);
+        assert_eq!(garbage, json!("not an object"));
     }
 
     #[test]

@@ -132,6 +132,34 @@ pub fn classify_status(status: u16, retry_after: Option<&str>) -> Option<Failure
     }
 }
 
+/// Checks a result download's status and headers before reading its body. A failed or
+/// non-image response is transient (result URLs are flaky and may come back); one declared
+/// larger than the cap is permanent.
+pub fn check_result_headers(status: u16, content_length: Option<u64>, content_type: &str, max_bytes: u64) -> Result<(), Failure> {
+    if let Some(f) = classify_status(status, None) {
+        return Err(Failure::transient("download_failed", f.detail().to_owned()));
+    }
+    if content_length.is_some_and(|n| n > max_bytes) {
+        return Err(Failure::permanent("result_too_large", format!("result is larger than {max_bytes} bytes")));
+    }
+    if crate::keys::image_extension(content_type).is_none() {
+        return Err(Failure::transient("not_image", format!("result content type is {content_type:?}")));
+    }
+    Ok(())
+}
+
+/// Checks a downloaded result's bytes: not empty, within the cap, really an image. Returns the
+/// content type the bytes are.
+pub fn check_result_body(bytes: &[u8], max_bytes: u64) -> Result<&'static str, Failure> {
+    if bytes.is_empty() {
+        return Err(Failure::transient("empty_result", "result body is empty"));
+    }
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > max_bytes {
+        return Err(Failure::permanent("result_too_large", format!("result is larger than {max_bytes} bytes")));
+    }
+    crate::keys::sniff_image(bytes).ok_or_else(|| Failure::transient("not_image", "result bytes are not an image"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +203,19 @@ mod tests {
     fn retry_after_is_honoured_when_longer_than_backoff() {
         let f = classify_status(429, Some("120")).unwrap();
         assert_eq!(decide(&f, 0, &Policy::TRANSIENT), Decision::RetryAfter { seconds: 120 });
+    }
+
+    #[test]
+    fn result_downloads_are_classified() {
+        assert_eq!(check_result_headers(200, Some(10), "image/png", 100), Ok(()));
+        assert_eq!(check_result_headers(503, None, "image/png", 100).unwrap_err().class(), "download_failed");
+        assert!(matches!(check_result_headers(404, None, "image/png", 100), Err(Failure::Transient { .. })));
+        assert!(matches!(check_result_headers(200, Some(101), "image/png", 100), Err(Failure::Permanent { .. })));
+        assert_eq!(check_result_headers(200, None, "text/html", 100).unwrap_err().class(), "not_image");
+        assert_eq!(check_result_body(b"", 100).unwrap_err().class(), "empty_result");
+        assert_eq!(check_result_body(b"<html>", 100).unwrap_err().class(), "not_image");
+        assert!(matches!(check_result_body(&[0u8; 101], 100), Err(Failure::Permanent { .. })));
+        assert_eq!(check_result_body(b"\x89PNG\r\n\x1a\n....", 100), Ok("image/png"));
     }
 
     #[test]

@@ -65,6 +65,32 @@ pub fn signed_file_url(base: &str, secret: &[u8], key: &str, expires_at: i64) ->
     format!("{base}/files/{key}?exp={expires_at}&sig={}", file_signature(secret, key, expires_at))
 }
 
+/// The per-task token in a provider callback URL: only we can make it, and it names one task.
+pub fn callback_token(secret: &[u8], task_id: &str) -> String {
+    hmac_hex(secret, format!("callback\n{task_id}").as_bytes())
+}
+
+pub fn verify_callback_token(secret: &[u8], task_id: &str, token: &str) -> bool {
+    verify_hmac_hex(secret, format!("callback\n{task_id}").as_bytes(), token)
+}
+
+/// kie.ai's optional callback signature: base64(HMAC-SHA256(taskId + "." + timestamp)).
+pub fn kie_callback_signature(secret: &[u8], provider_task_id: &str, timestamp: &str) -> String {
+    use base64::engine::general_purpose::STANDARD;
+    let mut m = mac(secret);
+    m.update(format!("{provider_task_id}.{timestamp}").as_bytes());
+    STANDARD.encode(m.finalize().into_bytes())
+}
+
+/// Checks kie.ai's callback signature in constant time.
+pub fn verify_kie_callback(secret: &[u8], provider_task_id: &str, timestamp: &str, signature: &str) -> bool {
+    use base64::engine::general_purpose::STANDARD;
+    let Ok(sig) = STANDARD.decode(signature.trim()) else { return false };
+    let mut m = mac(secret);
+    m.update(format!("{provider_task_id}.{timestamp}").as_bytes());
+    m.verify_slice(&sig).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +114,19 @@ mod tests {
         assert!(!verify_file_signature(b"s", "result/b.png", 100, &sig, 0), "other key");
         assert!(!verify_file_signature(b"s", "result/a.png", 101, &sig, 0), "other expiry");
         assert!(!verify_file_signature(b"t", "result/a.png", 100, &sig, 0), "other secret");
+    }
+
+    #[test]
+    fn callback_tokens_and_kie_signatures() {
+        let t = callback_token(b"k", "task-1");
+        assert!(verify_callback_token(b"k", "task-1", &t));
+        assert!(!verify_callback_token(b"k", "task-2", &t));
+        assert!(!verify_callback_token(b"other", "task-1", &t));
+        let sig = kie_callback_signature(b"whsec", "4o123", "1700000000");
+        assert!(verify_kie_callback(b"whsec", "4o123", "1700000000", &sig));
+        assert!(!verify_kie_callback(b"whsec", "4o123", "1700000001", &sig));
+        assert!(!verify_kie_callback(b"whsec", "4o124", "1700000000", &sig));
+        assert!(!verify_kie_callback(b"whsec", "4o123", "1700000000", "%%%"));
     }
 
     #[test]

@@ -4,8 +4,11 @@
 //!
 //! Knobs ([`Knobs`], also `POST /_sim/knobs`) make it slow or flaky for everyone; directives in a
 //! prompt make one task behave: `[sim:fail]` (generation fails), `[sim:refuse]` (create refused
-//! as a content-policy violation), `[sim:stuck]` (never finishes), `[sim:slow=MS]`.
-//! `GET /_sim/stats` reports what was called.
+//! as a content-policy violation), `[sim:stuck]` (never finishes), `[sim:slow=MS]`,
+//! `[sim:flaky=N]` (N% of this task's calls answer 503, evenly spaced so runs are repeatable;
+//! `heal` ends it). When a create names a `callBackUrl`, the simulator posts kie.ai's callback
+//! there once the task ends, signed when `webhook_secret` is set. `GET /_sim/stats` reports
+//! what was called.
 
 mod png;
 
@@ -31,11 +34,23 @@ pub struct Knobs {
     pub download_delay_ms: u64,
     /// Every task stays GENERATING.
     pub stuck: bool,
+    /// Post callbacks to `callBackUrl` when tasks end.
+    pub callbacks: bool,
+    /// Sign callbacks like kie.ai (`X-Webhook-Timestamp`, `X-Webhook-Signature`).
+    pub webhook_secret: Option<String>,
 }
 
 impl Default for Knobs {
     fn default() -> Self {
-        Knobs { generation_ms: 1000, api_fail_rate: 0.0, download_fail_rate: 0.0, download_delay_ms: 0, stuck: false }
+        Knobs {
+            generation_ms: 1000,
+            api_fail_rate: 0.0,
+            download_fail_rate: 0.0,
+            download_delay_ms: 0,
+            stuck: false,
+            callbacks: true,
+            webhook_secret: None,
+        }
     }
 }
 
@@ -50,6 +65,10 @@ pub struct Stats {
     pub creates_by_prompt: HashMap<String, u64>,
     /// Input image URLs received per prompt.
     pub inputs_by_prompt: HashMap<String, Vec<String>>,
+    /// Callbacks posted, per prompt: (URL, body, HTTP status the API answered).
+    pub callbacks_by_prompt: HashMap<String, Vec<(String, String, u16)>>,
+    /// Calls that failed because of a `[sim:flaky=N]` directive, per prompt.
+    pub flaky_failures_by_prompt: HashMap<String, u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,9 +93,31 @@ struct State {
     jobs: HashMap<String, Job>,
     seq: u64,
     rng: u64,
+    /// Calls seen per flaky prompt, to space its failures evenly.
+    flaky_calls: HashMap<String, u64>,
+    healed: std::collections::HashSet<String>,
+}
+
+/// The N in a `[sim:flaky=N]` directive.
+fn flaky_rate(prompt: &str) -> Option<u64> {
+    prompt.split("[sim:flaky=").nth(1).and_then(|r| r.split(']').next()).and_then(|n| n.parse().ok())
 }
 
 impl State {
+    /// Whether this call for a flaky prompt fails: call i fails when floor((i+1)N/100) grows,
+    /// so N% of calls fail, spread evenly (50 fails every second call, 100 every call).
+    fn flaky(&mut self, prompt: &str) -> bool {
+        let Some(rate) = flaky_rate(prompt).filter(|_| !self.healed.contains(prompt)) else { return false };
+        let calls = self.flaky_calls.entry(prompt.to_owned()).or_default();
+        let i = *calls;
+        *calls += 1;
+        let fails = (i + 1) * rate / 100 > i * rate / 100;
+        if fails {
+            *self.stats.flaky_failures_by_prompt.entry(prompt.to_owned()).or_default() += 1;
+        }
+        fails
+    }
+
     /// Deterministic coin flips, so a run with the same calls fails the same calls.
     fn roll(&mut self, rate: f64) -> bool {
         if rate <= 0.0 {
@@ -143,6 +184,11 @@ impl Sim {
     pub fn set_knobs(&self, knobs: Knobs) {
         lock(&self.state).knobs = knobs;
     }
+
+    /// Fixes whatever fault a prompt's directives ask for: later calls for it behave normally.
+    pub fn heal(&self, prompt: &str) {
+        lock(&self.state).healed.insert(prompt.to_owned());
+    }
 }
 
 /// Headers here are static ASCII, which tiny_http always accepts.
@@ -158,7 +204,33 @@ fn reply_json(req: Request, status: u16, body: &Value) {
     let _ = req.respond(resp);
 }
 
-fn handle(mut req: Request, state: &Mutex<State>, port: u16) {
+/// Posts kie.ai's callback for a finished task after its generation time, as kie.ai does,
+/// and records what the API answered.
+#[allow(clippy::too_many_arguments)]
+fn post_callback(state: &Arc<Mutex<State>>, port: u16, url: &str, id: &str, prompt: &str, kontext: bool, failed: bool, generation_ms: u64) {
+    std::thread::sleep(Duration::from_millis(generation_ms + 50));
+    let result = format!("http://127.0.0.1:{port}/results/{id}/0.png");
+    let body = match (failed, kontext) {
+        (true, _) => json!({"code": 501, "msg": "generation failed (simulated)", "data": {"taskId": id, "info": null}}),
+        (false, false) => json!({"code": 200, "msg": "success", "data": {"taskId": id, "info": {"result_urls": [result]}}}),
+        (false, true) => json!({"code": 200, "msg": "success", "data": {"taskId": id, "info": {"resultImageUrl": result}}}),
+    };
+    let secret = lock(state).knobs.webhook_secret.clone();
+    let mut req = ureq::post(url).timeout(Duration::from_secs(10)).set("content-type", "application/json");
+    if let Some(secret) = secret {
+        let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0).to_string();
+        let sig = shared::signing::kie_callback_signature(secret.as_bytes(), id, &ts);
+        req = req.set("x-webhook-timestamp", &ts).set("x-webhook-signature", &sig);
+    }
+    let status = match req.send_string(&body.to_string()) {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(_) => 0,
+    };
+    lock(state).stats.callbacks_by_prompt.entry(prompt.to_owned()).or_default().push((url.to_owned(), body.to_string(), status));
+}
+
+fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
     let url = req.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let path = path.to_owned();
@@ -191,16 +263,16 @@ fn handle(mut req: Request, state: &Mutex<State>, port: u16) {
                 return reply_json(req, 200, &json!({"code": 401, "msg": "You do not have access permissions"}));
             }
             let mut s = lock(state);
-            let rate = s.knobs.api_fail_rate;
-            if s.roll(rate) {
-                drop(s);
-                return reply_json(req, 503, &json!({"code": 503, "msg": "injected failure"}));
-            }
             let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
             let Some(prompt) = parsed.get("prompt").and_then(Value::as_str).map(str::to_owned) else {
                 drop(s);
                 return reply_json(req, 200, &json!({"code": 422, "msg": "prompt is required"}));
             };
+            let rate = s.knobs.api_fail_rate;
+            if s.roll(rate) || s.flaky(&prompt) {
+                drop(s);
+                return reply_json(req, 503, &json!({"code": 503, "msg": "injected failure"}));
+            }
             let inputs: Vec<String> = if kontext {
                 parsed.get("inputImage").and_then(Value::as_str).map(|u| vec![u.to_owned()]).unwrap_or_default()
             } else {
@@ -213,11 +285,15 @@ fn handle(mut req: Request, state: &Mutex<State>, port: u16) {
             s.stats.creates += 1;
             *s.stats.creates_by_prompt.entry(prompt.clone()).or_default() += 1;
             s.stats.inputs_by_prompt.insert(prompt.clone(), inputs);
-            if prompt.contains("[sim:refuse]") {
+            // a healed prompt behaves normally: the fault it asked for is fixed
+            let healed = s.healed.contains(&prompt);
+            if prompt.contains("[sim:refuse]") && !healed {
                 drop(s);
                 return reply_json(req, 200, &json!({"code": 400, "msg": "The content violates our content policy"}));
             }
-            let behaviour = if prompt.contains("[sim:fail]") {
+            let behaviour = if healed {
+                Behaviour::Normal
+            } else if prompt.contains("[sim:fail]") {
                 Behaviour::Fail
             } else if prompt.contains("[sim:stuck]") {
                 Behaviour::Stuck
@@ -228,9 +304,21 @@ fn handle(mut req: Request, state: &Mutex<State>, port: u16) {
             };
             s.seq += 1;
             let id = format!("{}{:08}", if kontext { "kx" } else { "4o" }, s.seq);
-            s.jobs.insert(id.clone(), Job { prompt, started: Instant::now(), behaviour });
+            let generation = match behaviour {
+                Behaviour::Slow(ms) => ms,
+                _ => s.knobs.generation_ms,
+            };
+            let callback = parsed.get("callBackUrl").and_then(Value::as_str).map(str::to_owned);
+            let will_finish = !s.knobs.stuck && !matches!(behaviour, Behaviour::Stuck);
+            let send_callback = s.knobs.callbacks && will_finish;
+            let failed = matches!(behaviour, Behaviour::Fail);
+            s.jobs.insert(id.clone(), Job { prompt: prompt.clone(), started: Instant::now(), behaviour });
             drop(s);
             reply_json(req, 200, &json!({"code": 200, "msg": "success", "data": {"taskId": id}}));
+            if let (true, Some(url)) = (send_callback, callback) {
+                let state = Arc::clone(state);
+                std::thread::spawn(move || post_callback(&state, port, &url, &id, &prompt, kontext, failed, generation));
+            }
         }
         (Method::Get, "/api/v1/gpt4o-image/record-info") | (Method::Get, "/api/v1/flux/kontext/record-info") => {
             let kontext = path.contains("kontext");
@@ -239,15 +327,15 @@ fn handle(mut req: Request, state: &Mutex<State>, port: u16) {
             }
             let mut s = lock(state);
             s.stats.record_infos += 1;
-            let rate = s.knobs.api_fail_rate;
-            if s.roll(rate) {
-                drop(s);
-                return reply_json(req, 503, &json!({"code": 503, "msg": "injected failure"}));
-            }
             let Some(job) = param("taskId").and_then(|id| s.jobs.get(&id).cloned()) else {
                 drop(s);
                 return reply_json(req, 200, &json!({"code": 404, "msg": "task not found"}));
             };
+            let rate = s.knobs.api_fail_rate;
+            if s.roll(rate) || s.flaky(&job.prompt) {
+                drop(s);
+                return reply_json(req, 503, &json!({"code": 503, "msg": "injected failure"}));
+            }
             let id = param("taskId").unwrap_or_default();
             let generation = Duration::from_millis(match job.behaviour {
                 Behaviour::Slow(ms) => ms,
@@ -278,12 +366,16 @@ fn handle(mut req: Request, state: &Mutex<State>, port: u16) {
             let n: usize = file.trim_end_matches(".png").parse().unwrap_or(usize::MAX);
             let mut s = lock(state);
             s.stats.downloads += 1;
+            let job = s.jobs.get(id).cloned();
             let rate = s.knobs.download_fail_rate;
-            if s.roll(rate) {
+            let flaky = match &job {
+                Some(j) => s.flaky(&j.prompt),
+                None => false,
+            };
+            if s.roll(rate) || flaky {
                 drop(s);
                 return reply_json(req, 503, &json!({"error": "injected failure"}));
             }
-            let job = s.jobs.get(id).cloned();
             let delay = s.knobs.download_delay_ms;
             drop(s);
             std::thread::sleep(Duration::from_millis(delay));

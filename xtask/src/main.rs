@@ -5,7 +5,9 @@
 //! - `test`: install what is missing, build, run every test (unit and end-to-end).
 //! - `build`: install what is missing and build the three workers (skipped when up to date).
 //! - `toolchain`: only install what is missing.
+//! - `admin …`: the operators' CLI over the admin API (see `admin.rs`).
 
+mod admin;
 mod toolchain;
 
 use std::path::{Path, PathBuf};
@@ -39,12 +41,19 @@ fn main() -> ExitCode {
             toolchain::build_workers(&t)?;
             e2e::dev::run(&args[1..]).map_err(|e| e.to_string())
         }),
+        Some("admin") => return match admin::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("admin: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("test") => toolchain::ensure().and_then(|t| {
             toolchain::build_workers(&t)?;
             test(&args[1..])
         }),
         _ => {
-            eprintln!("usage: cargo xtask <dev|test|build|toolchain>");
+            eprintln!("usage: cargo xtask <dev|test|build|toolchain|admin>");
             return ExitCode::from(2);
         }
     };

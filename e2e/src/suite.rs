@@ -1,0 +1,33 @@
+//! Runs a list of end-to-end cases against one stack: start it, run the cases in parallel
+//! (they isolate themselves by user), print the workers' log tail if any failed, stop it.
+
+use crate::stack::{Stack, StackOptions};
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::sync::Arc;
+
+pub type Case = fn(&Stack) -> Result<(), Failed>;
+
+pub fn run(options: StackOptions, setup: fn(&Stack), cases: Vec<(&'static str, Case)>) -> ! {
+    let args = Arguments::from_args();
+    let stack = match Stack::start(options) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("could not start the local stack: {e}");
+            std::process::exit(1);
+        }
+    };
+    setup(&stack);
+    let trials = cases
+        .into_iter()
+        .map(|(name, case)| {
+            let stack = stack.clone();
+            Trial::test(name, move || case(&stack))
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    if conclusion.has_failed() {
+        eprintln!("--- wrangler log (last 120 lines) ---\n{}", stack.log_tail(120));
+    }
+    drop(stack);
+    conclusion.exit()
+}
