@@ -251,6 +251,26 @@ pub async fn show_dead_letter(req: Request, ctx: &Ctx) -> ApiResult {
     json(&view, 200)
 }
 
+/// Runs one conditional UPDATE per row in one batch and returns the rows it changed: the rows
+/// this call won, whatever else is acting on them.
+async fn apply_each<'r>(app: &App, what: &str, rows: &'r [DeadLetter], stmt: impl Fn(&DeadLetter) -> Stmt) -> Result<Vec<&'r DeadLetter>, ApiError> {
+    if rows.is_empty() {
+        return Ok(vec![]);
+    }
+    let stmts: Vec<Stmt> = rows.iter().map(stmt).collect();
+    let results = app.db.batch(what, &stmts).await?;
+    Ok(rows.iter().zip(&results).filter(|(_, r)| changes(r) == 1).map(|(row, _)| row).collect())
+}
+
+/// One audit row per dead letter acted on.
+async fn audit_each(app: &App, actor: &str, action: &str, rows: &[&DeadLetter], detail: impl Fn(&DeadLetter) -> Value) -> Result<(), ApiError> {
+    let audits: Vec<Stmt> = rows.iter().map(|r| audit(actor, action, &r.id, &detail(r))).collect();
+    if !audits.is_empty() {
+        app.db.batch(&format!("audit {action}"), &audits).await?;
+    }
+    Ok(())
+}
+
 fn queue_for(app: &App, name: &str) -> Result<Queue, ApiError> {
     let binding = if name == app.cfg.tasks_queue_name {
         crate::config::TASKS
@@ -265,22 +285,15 @@ fn queue_for(app: &App, name: &str) -> Result<Queue, ApiError> {
 /// Marks the given dead letters replayed (only those still `dead`, or any with `force`), sends
 /// the ones this call marked, and audits it. Returns the ids sent.
 async fn replay(app: &App, actor: &str, rows: Vec<DeadLetter>, force: bool) -> Result<Vec<String>, ApiError> {
-    if rows.is_empty() {
-        return Ok(vec![]);
-    }
     let at = now();
-    let claims: Vec<Stmt> = rows
-        .iter()
-        .map(|r| {
-            Stmt::new(
-                "UPDATE dead_letters SET status = 'replayed', replayed_at = ?2, replayed_by = ?3, replay_count = replay_count + 1
-                 WHERE id = ?1 AND (status = 'dead' OR ?4 = 1)",
-                vec![r.id.clone().into(), at.into(), actor.into(), Param::Int(i64::from(force))],
-            )
-        })
-        .collect();
-    let results = app.db.batch("claim dead letters for replay", &claims).await?;
-    let claimed: Vec<&DeadLetter> = rows.iter().zip(&results).filter(|(_, r)| changes(r) == 1).map(|(row, _)| row).collect();
+    let claimed = apply_each(app, "claim dead letters for replay", &rows, |r| {
+        Stmt::new(
+            "UPDATE dead_letters SET status = 'replayed', replayed_at = ?2, replayed_by = ?3, replay_count = replay_count + 1
+             WHERE id = ?1 AND (status = 'dead' OR ?4 = 1)",
+            vec![r.id.clone().into(), at.into(), actor.into(), Param::Int(i64::from(force))],
+        )
+    })
+    .await?;
 
     let mut by_queue: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
     for row in &claimed {
@@ -306,15 +319,8 @@ async fn replay(app: &App, actor: &str, rows: Vec<DeadLetter>, force: bool) -> R
             return Err(e.into());
         }
     }
-    let ids: Vec<String> = claimed.iter().map(|r| r.id.clone()).collect();
-    let audits: Vec<Stmt> = claimed
-        .iter()
-        .map(|r| audit(actor, "dead_letter.replay", &r.id, &json!({"queue": r.source_queue, "force": force})))
-        .collect();
-    if !audits.is_empty() {
-        app.db.batch("audit replays", &audits).await?;
-    }
-    Ok(ids)
+    audit_each(app, actor, "dead_letter.replay", &claimed, |r| json!({"queue": r.source_queue, "force": force})).await?;
+    Ok(claimed.iter().map(|r| r.id.clone()).collect())
 }
 
 /// `POST /admin/dead-letters/:id/replay?force=true`
@@ -373,26 +379,16 @@ pub async fn replay_matching(mut req: Request, app: &App) -> ApiResult {
 }
 
 async fn discard(app: &App, actor: &str, rows: &[DeadLetter]) -> Result<Vec<String>, ApiError> {
-    if rows.is_empty() {
-        return Ok(vec![]);
-    }
     let at = now();
-    let stmts: Vec<Stmt> = rows
-        .iter()
-        .map(|r| {
-            Stmt::new(
-                "UPDATE dead_letters SET status = 'discarded', discarded_at = ?2, discarded_by = ?3 WHERE id = ?1 AND status = 'dead'",
-                vec![r.id.clone().into(), at.into(), actor.into()],
-            )
-        })
-        .collect();
-    let results = app.db.batch("discard dead letters", &stmts).await?;
-    let done: Vec<String> = rows.iter().zip(&results).filter(|(_, r)| changes(r) == 1).map(|(row, _)| row.id.clone()).collect();
-    let audits: Vec<Stmt> = done.iter().map(|id| audit(actor, "dead_letter.discard", id, &json!({}))).collect();
-    if !audits.is_empty() {
-        app.db.batch("audit discards", &audits).await?;
-    }
-    Ok(done)
+    let done = apply_each(app, "discard dead letters", rows, |r| {
+        Stmt::new(
+            "UPDATE dead_letters SET status = 'discarded', discarded_at = ?2, discarded_by = ?3 WHERE id = ?1 AND status = 'dead'",
+            vec![r.id.clone().into(), at.into(), actor.into()],
+        )
+    })
+    .await?;
+    audit_each(app, actor, "dead_letter.discard", &done, |_| json!({})).await?;
+    Ok(done.iter().map(|r| r.id.clone()).collect())
 }
 
 /// `POST /admin/dead-letters/:id/discard`

@@ -11,20 +11,30 @@ use shared::signing::callback_token;
 use shared::retry::{check_result_body, check_result_headers, classify_status, Failure};
 use std::time::Duration;
 use worker::wasm_bindgen::JsValue;
-use worker::{Delay, Fetch, Headers, Method, Request, RequestInit, Response};
+use worker::js_sys::futures::JsFuture;
+use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit, Response, ResponseBody};
 
 const API_TIMEOUT: Duration = Duration::from_secs(30);
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A fetch with a timeout. A fetch that times out is aborted, so it gives its connection back:
+/// a batch is one invocation with at most 6 connections open at once.
 async fn send(ctx: &Ctx, req: Request, timeout: Duration) -> Result<Response, Failure> {
     ctx.io.fetch();
+    let started = shared::edge::now_ms();
+    let controller = AbortController::default();
+    let signal = controller.signal();
     let fetcher = Fetch::Request(req);
-    let fetch = Box::pin(fetcher.send());
+    let fetch = Box::pin(fetcher.send_with_signal(&signal));
     let outcome = match select(fetch, Box::pin(Delay::from(timeout))).await {
         Either::Left((Ok(resp), _)) => Ok(resp),
         Either::Left((Err(e), _)) => Err(Failure::transient("network", e.to_string())),
-        Either::Right(_) => Err(Failure::transient("timeout", format!("no response within {}s", timeout.as_secs()))),
+        Either::Right(_) => {
+            controller.abort();
+            Err(Failure::transient("timeout", format!("no response within {}s", timeout.as_secs())))
+        }
     };
+    shared::edge::IoCounts::add_ms(&ctx.io.fetch_ms, started);
     outcome
 }
 
@@ -44,10 +54,19 @@ fn api_request(ctx: &Ctx, method: Method, url: &str, body: Option<String>) -> Re
     Request::new_with_init(url, &init).map_err(|e| Failure::permanent("bad_request", e.to_string()))
 }
 
+/// Lets go of a response body we will not read. An unread body keeps its connection open
+/// until the invocation ends, and the batch's other fetches would queue behind it.
+async fn discard(resp: &Response) {
+    if let ResponseBody::Stream(stream) = resp.body() {
+        let _ = JsFuture::from(stream.cancel()).await;
+    }
+}
+
 async fn read(ctx: &Ctx, req: Request) -> Result<Vec<u8>, Failure> {
     let mut resp = send(ctx, req, API_TIMEOUT).await?;
     let retry_after = resp.headers().get("retry-after").ok().flatten();
     if let Some(f) = classify_status(resp.status_code(), retry_after.as_deref()) {
+        discard(&resp).await;
         return Err(f);
     }
     resp.bytes().await.map_err(|e| Failure::transient("network", format!("reading provider response: {e}")))
@@ -87,7 +106,10 @@ pub async fn download(ctx: &Ctx, url: &str) -> Result<Image, Failure> {
     let max = u64::try_from(ctx.cfg.max_result_bytes).unwrap_or(u64::MAX);
     let declared = resp.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<u64>().ok());
     let declared_type = resp.headers().get("content-type").ok().flatten().unwrap_or_default();
-    check_result_headers(resp.status_code(), declared, &declared_type, max)?;
+    if let Err(f) = check_result_headers(resp.status_code(), declared, &declared_type, max) {
+        discard(&resp).await;
+        return Err(f);
+    }
     let bytes = resp.bytes().await.map_err(|e| Failure::transient("download_failed", e.to_string()))?;
     let content_type = check_result_body(&bytes, max)?;
     let extension = image_extension(content_type).unwrap_or("bin");

@@ -62,7 +62,7 @@ pub struct Stack {
     pub sim: sim::Sim,
     pub state_dir: PathBuf,
     child: Option<Child>,
-    keep_state: bool,
+    keep_state: std::sync::atomic::AtomicBool,
     own_group: bool,
 }
 
@@ -180,7 +180,7 @@ impl Stack {
             sim,
             state_dir,
             child: Some(child),
-            keep_state: opts.keep_state,
+            keep_state: opts.keep_state.into(),
             own_group: opts.own_process_group,
         };
         stack.wait_healthy(Duration::from_secs(90))?;
@@ -232,6 +232,11 @@ impl Stack {
         crate::Client::new(&self.api)
     }
 
+    /// Keeps the state directory (logs, D1, R2, KV) after the stack stops, for a post-mortem.
+    pub fn keep_state(&self) {
+        self.keep_state.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Blocks until wrangler exits (for `cargo xtask dev`).
     pub fn wait(&mut self) {
         if let Some(child) = self.child.as_mut() {
@@ -253,7 +258,7 @@ impl Stack {
         }
         let _ = Command::new("kill").args(["-s", "KILL", "--", &group]).status();
         let _ = child.wait();
-        if !self.keep_state {
+        if !self.keep_state.load(std::sync::atomic::Ordering::SeqCst) {
             let _ = fs::remove_dir_all(&self.state_dir);
         }
     }

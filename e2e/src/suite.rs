@@ -16,6 +16,10 @@ pub fn run(options: StackOptions, setup: fn(&Stack), cases: Vec<(&'static str, C
             std::process::exit(1);
         }
     };
+    if std::env::var_os("E2E_KEEP_STATE").is_some() {
+        stack.keep_state();
+        eprintln!("state kept in {}", stack.state_dir.display());
+    }
     setup(&stack);
     let trials = cases
         .into_iter()
@@ -26,7 +30,9 @@ pub fn run(options: StackOptions, setup: fn(&Stack), cases: Vec<(&'static str, C
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
     if conclusion.has_failed() {
+        stack.keep_state();
         eprintln!("--- wrangler log (last 120 lines) ---\n{}", stack.log_tail(120));
+        eprintln!("--- the whole log and state are kept in {} ---", stack.state_dir.display());
     }
     drop(stack);
     conclusion.exit()

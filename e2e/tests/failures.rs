@@ -180,6 +180,17 @@ fn garbage_is_archived_and_neighbours_complete(stack: &Stack) -> Result<(), Fail
         });
         if let Some(dl) = found {
             ensure(dl["error_text"].as_str().is_some_and(|t| t.contains("not a JSON object")), format!("reason {}", dl["error_text"]))?;
+            // nothing to recover here: the operator discards it, once
+            let dl_id = dl["id"].as_str().unwrap_or_default();
+            let (ok, out) = cli(stack, &["dlq", "discard", "--id", dl_id]);
+            ensure(ok && out.contains(": discarded"), format!("discard: {out}"))?;
+            let (ok, out) = cli(stack, &["dlq", "discard", "--id", dl_id]);
+            ensure(ok && out.contains("not discarded"), format!("second discard: {out}"))?;
+            let (ok, out) = cli(stack, &["dlq", "replay", "--id", dl_id]);
+            ensure(ok && out.contains("not sent"), format!("a discarded letter is not replayed: {out}"))?;
+            let shown = c.get(&format!("/admin/dead-letters/{dl_id}"), Some(ADMIN_TOKEN)).json();
+            eq(shown["status"].as_str(), Some("discarded"), "status")?;
+            eq(shown["discarded_by"].as_str(), Some("e2e-operator"), "who")?;
             break;
         }
         ensure(started.elapsed() < Duration::from_secs(20), "the garbage message was archived")?;

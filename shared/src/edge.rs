@@ -20,6 +20,9 @@ pub struct IoCounts {
     pub kv: Cell<u32>,
     pub fetch: Cell<u32>,
     pub queue_sends: Cell<u32>,
+    /// Milliseconds spent waiting on D1 and on outbound fetches.
+    pub d1_ms: Cell<u64>,
+    pub fetch_ms: Cell<u64>,
 }
 
 fn bump(c: &Cell<u32>, n: u32) {
@@ -39,6 +42,11 @@ impl IoCounts {
     pub fn queue_send(&self) {
         bump(&self.queue_sends, 1);
     }
+    /// Adds the time since `started_ms` to a duration counter.
+    pub fn add_ms(counter: &Cell<u64>, started_ms: u64) {
+        counter.set(counter.get().saturating_add(now_ms().saturating_sub(started_ms)));
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "d1_round_trips": self.d1_round_trips.get(),
@@ -47,6 +55,8 @@ impl IoCounts {
             "kv": self.kv.get(),
             "fetch": self.fetch.get(),
             "queue_sends": self.queue_sends.get(),
+            "d1_ms": self.d1_ms.get(),
+            "fetch_ms": self.fetch_ms.get(),
         })
     }
 }
@@ -127,7 +137,10 @@ impl Db {
     /// All rows of a query.
     pub async fn all<T: DeserializeOwned>(&self, what: &str, stmt: &Stmt) -> Result<Vec<T>, IoError> {
         self.count(1);
-        let result = self.prepare(stmt)?.all().await.step(format!("d1 {what}"))?;
+        let started = now_ms();
+        let result = self.prepare(stmt)?.all().await.step(format!("d1 {what}"));
+        IoCounts::add_ms(&self.io.d1_ms, started);
+        let result = result?;
         result.results::<T>().step(format!("d1 {what}: decode rows"))
     }
 
@@ -139,15 +152,20 @@ impl Db {
     /// Runs a write and returns how many rows it changed (`meta.changes`).
     pub async fn run(&self, what: &str, stmt: &Stmt) -> Result<usize, IoError> {
         self.count(1);
-        let result = self.prepare(stmt)?.run().await.step(format!("d1 {what}"))?;
-        Ok(changes(&result))
+        let started = now_ms();
+        let result = self.prepare(stmt)?.run().await.step(format!("d1 {what}"));
+        IoCounts::add_ms(&self.io.d1_ms, started);
+        Ok(changes(&result?))
     }
 
     /// Runs statements as one transaction (all or nothing) in one round trip.
     pub async fn batch(&self, what: &str, stmts: &[Stmt]) -> Result<Vec<D1Result>, IoError> {
         self.count(stmts.len());
         let prepared = stmts.iter().map(|s| self.prepare(s)).collect::<Result<Vec<_>, _>>()?;
-        self.db.batch(prepared).await.step(format!("d1 {what}"))
+        let started = now_ms();
+        let result = self.db.batch(prepared).await.step(format!("d1 {what}"));
+        IoCounts::add_ms(&self.io.d1_ms, started);
+        result
     }
 }
 
