@@ -4,7 +4,7 @@
 
 use crate::config::{self, Config};
 use crate::error::{json_response, ApiError, ApiResult};
-use crate::{admin, files, ops, tasks, webhooks};
+use crate::{admin, files, ops, orders, tasks, webhooks};
 use shared::edge::{log, now_ms, Db, IoCounts, IoError, StepExt};
 use std::rc::Rc;
 use worker::{Bucket, Env, KvStore, Queue, Request, Response, RouteContext, Router};
@@ -71,6 +71,12 @@ async fn route(req: Request, env: Env, app: Rc<App>) -> Response {
         .post_async("/admin/users", |req, ctx| async move { reply(admin::create_user(req, &ctx.data).await) })
         .post_async("/admin/users/:id/sessions", |req, ctx| async move { reply(admin::create_session(req, &ctx).await) })
         .post_async("/admin/users/:id/grants", |req, ctx| async move { reply(admin::grant(req, &ctx).await) })
+        .post_async("/api/orders", |req, ctx| async move { reply(orders::create(req, &ctx.data).await) })
+        .get_async("/api/orders", |req, ctx| async move { reply(orders::list(req, &ctx.data).await) })
+        .get_async("/api/orders/:id", |req, ctx| async move { reply(orders::get(req, &ctx).await) })
+        .get_async("/api/subscription", |req, ctx| async move { reply(orders::subscription(req, &ctx.data).await) })
+        .post_async("/webhooks/creem", |req, ctx| async move { reply(webhooks::creem(req, &ctx.data).await) })
+        .get_async("/admin/webhook-events", |req, ctx| async move { reply(ops::list_webhook_events(req, &ctx.data).await) })
         .post_async("/webhooks/ai/:provider", |req, ctx| async move { reply(webhooks::ai_callback(req, &ctx).await) })
         .get_async("/admin/dead-letters", |req, ctx| async move { reply(ops::list_dead_letters(req, &ctx.data).await) })
         .post_async("/admin/dead-letters/replay", |req, ctx| async move { reply(ops::replay_matching(req, &ctx.data).await) })

@@ -27,6 +27,22 @@ pub struct Config {
     pub events_queue_name: String,
     /// Fault injection for tests: every enqueue is sent twice. Off unless "true".
     pub chaos_duplicate_sends: bool,
+    /// What users can buy.
+    pub catalog: shared::catalog::Catalog,
+    /// The payment provider (Creem's API, or the local simulator).
+    pub creem_base_url: String,
+    pub creem_api_key: String,
+    /// Secrets that may have signed a Creem webhook (`creem-signature`); several during rotation.
+    pub creem_webhook_secrets: Vec<String>,
+    /// `whsec_…` secrets for Standard Webhooks deliveries (`webhook-signature`).
+    pub standard_webhook_secrets: Vec<String>,
+    /// Where Creem sends the buyer after paying.
+    pub checkout_success_url: String,
+}
+
+/// A comma-separated list variable (empty entries dropped).
+fn list(env: &Env, name: &str) -> Vec<String> {
+    var(env, name).map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()).unwrap_or_default()
 }
 
 fn positive(env: &Env, name: &str, default: i64) -> Result<i64, ConfigError> {
@@ -65,6 +81,12 @@ impl Config {
             tasks_queue_name: var(env, "TASKS_QUEUE_NAME").unwrap_or_else(|| "edgeline-tasks".into()),
             events_queue_name: var(env, "EVENTS_QUEUE_NAME").unwrap_or_else(|| "edgeline-events".into()),
             chaos_duplicate_sends: var(env, "CHAOS_DUPLICATE_SENDS").as_deref() == Some("true"),
+            catalog: shared::catalog::Catalog::parse(&required(env, "CATALOG")?).map_err(ConfigError)?,
+            creem_base_url: required(env, "CREEM_BASE_URL")?.trim_end_matches('/').to_owned(),
+            creem_api_key: required(env, "CREEM_API_KEY")?,
+            creem_webhook_secrets: list(env, "CREEM_WEBHOOK_SECRETS"),
+            standard_webhook_secrets: list(env, "STANDARD_WEBHOOK_SECRETS"),
+            checkout_success_url: var(env, "CHECKOUT_SUCCESS_URL").unwrap_or_else(|| "https://example.com/paid".into()),
         })
     }
 }

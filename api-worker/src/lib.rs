@@ -8,6 +8,7 @@ mod config;
 mod error;
 mod files;
 mod ops;
+mod orders;
 mod tasks;
 mod webhooks;
 

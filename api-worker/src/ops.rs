@@ -595,3 +595,27 @@ pub async fn send_messages(mut req: Request, ctx: &Ctx) -> ApiResult {
     app.db.run("audit send", &audit(&actor, "queue.send", &name, &json!({"count": texts.len(), "delay_seconds": delay}))).await?;
     json(&json!({"sent": texts.len()}), 202)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Webhook events
+// ---------------------------------------------------------------------------------------------
+
+/// `GET /admin/webhook-events?status=&type=&limit=`: what providers told us and what became of it
+/// (rejected bodies and disputes included).
+pub async fn list_webhook_events(req: Request, app: &App) -> ApiResult {
+    auth::admin(&req, app).await?;
+    let limit = limit_param(&req, 50, MAX_PAGE)?;
+    let rows: Vec<Value> = app
+        .db
+        .all(
+            "list webhook events",
+            &Stmt::new(
+                "SELECT id, provider, event_id, event_type, status, error, received_at, processed_at FROM webhook_events
+                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR event_type = ?2)
+                 ORDER BY received_at DESC, id DESC LIMIT ?3",
+                vec![query(&req, "status").into(), query(&req, "type").into(), Param::Int(limit)],
+            ),
+        )
+        .await?;
+    json(&json!({"webhook_events": rows}), 200)
+}

@@ -88,3 +88,71 @@ pub async fn ai_callback(mut req: Request, ctx: &Ctx) -> ApiResult {
     app.tasks_queue()?.send(poll).await.step("queue send callback poll")?;
     json(&json!({"received": true}), 200)
 }
+
+/// Largest webhook body we accept.
+const MAX_WEBHOOK_BYTES: usize = 256 * 1024;
+const STANDARD_WEBHOOK_TOLERANCE_SECS: i64 = 300;
+
+/// `POST /webhooks/creem`: verify the signature over the raw body (Creem's `creem-signature`, or
+/// Standard Webhooks headers), store the event once per (provider, event id), enqueue it, answer
+/// 200. Nothing is applied here; a bad signature stores nothing.
+pub async fn creem(mut req: Request, app: &crate::app::App) -> ApiResult {
+    let body = body_bytes(&mut req, MAX_WEBHOOK_BYTES).await?;
+    let header = |name: &str| req.headers().get(name).ok().flatten();
+    let standard_id = header("webhook-id");
+    let verified = if let Some(sig) = header("creem-signature") {
+        shared::signing::verify_creem(&body, &sig, &app.cfg.creem_webhook_secrets)
+    } else if let (Some(id), Some(ts), Some(sig)) = (&standard_id, header("webhook-timestamp"), header("webhook-signature")) {
+        shared::signing::verify_standard_webhook(id, &ts, &sig, &body, &app.cfg.standard_webhook_secrets, now(), STANDARD_WEBHOOK_TOLERANCE_SECS).is_ok()
+    } else {
+        false
+    };
+    if !verified {
+        return Err(ApiError::Unauthorized("missing or invalid webhook signature"));
+    }
+    let payload = String::from_utf8_lossy(&body).into_owned();
+    let (event_id, event_type, status, error) = match shared::payments::parse_event(&body) {
+        Ok(e) => (standard_id.unwrap_or(e.id), Some(e.event_type), "received", None),
+        // Signed but unreadable: keep it for operators and acknowledge, or the provider would
+        // retry it forever.
+        Err(reason) => (
+            standard_id.unwrap_or_else(|| format!("unreadable:{}", &shared::signing::token_digest(&payload)[..32])),
+            None,
+            "rejected",
+            Some(reason),
+        ),
+    };
+    let row_id = format!("whe_{}", &shared::signing::token_digest(&format!("creem\n{event_id}"))[..32]);
+    let inserted = app
+        .db
+        .run(
+            "store webhook event",
+            &Stmt::new(
+                "INSERT INTO webhook_events (id, provider, event_id, event_type, payload, status, error, received_at)
+                 VALUES (?1, 'creem', ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                vec![row_id.clone().into(), event_id.clone().into(), event_type.clone().into(), payload.into(), status.into(), error.clone().into(), now().into()],
+            ),
+        )
+        .await?;
+    if status == "rejected" {
+        return json(&json!({"received": true, "accepted": false, "reason": error}), 200);
+    }
+    if inserted == 0 {
+        // A repeat. If the first delivery was stored but never queued, queue it now.
+        let stored: Option<serde_json::Value> = app
+            .db
+            .first("webhook event status", &Stmt::new("SELECT status FROM webhook_events WHERE id = ?1", vec![row_id.clone().into()]))
+            .await?;
+        if stored.as_ref().and_then(|s| s["status"].as_str()) != Some("received") {
+            return json(&json!({"received": true, "duplicate": true}), 200);
+        }
+    }
+    app.io.queue_send();
+    app.env
+        .queue(crate::config::EVENTS)
+        .step("binding EVENTS")?
+        .send(shared::messages::EventMessage::apply(&row_id))
+        .await
+        .step("queue send webhook.apply")?;
+    json(&json!({"received": true, "duplicate": inserted == 0}), 200)
+}

@@ -4,10 +4,10 @@
 use crate::config::{self, Config};
 use crate::{dead_letters, tasks};
 use serde_json::{json, Value};
-use shared::edge::{log, now_ms, Db, IoCounts, IoError, StepExt};
-use shared::messages::{self, TaskMessage};
+use shared::edge::{log, now_ms, send_json_batch, Db, IoCounts, IoError, StepExt};
+use shared::messages;
 use std::rc::Rc;
-use worker::{Env, MessageBatch, MessageBuilder, MessageExt, QueueRetryOptionsBuilder, RawMessage};
+use worker::{Env, MessageBatch, MessageExt, QueueRetryOptionsBuilder, RawMessage};
 
 /// What one message's handling needs.
 pub struct Ctx {
@@ -33,9 +33,9 @@ impl Ctx {
 pub enum Next {
     /// Done: acknowledge.
     Ack,
-    /// Send this follow-up (the next poll, or the same step again) after `delay` seconds, then
-    /// acknowledge. If the send fails the message itself is retried by the queue.
-    Send { message: TaskMessage, delay: u32 },
+    /// Send this follow-up (JSON text, to the queue bound as `binding`) after `delay` seconds,
+    /// then acknowledge. If the send fails the message itself is retried by the queue.
+    Send { binding: &'static str, message: String, delay: u32 },
     /// Archive for operators, then acknowledge.
     DeadLetter { class: String, reason: String },
 }
@@ -45,6 +45,13 @@ pub struct Handled {
     pub next: Next,
     pub task_id: Option<String>,
     pub error: Option<(String, String)>,
+}
+
+impl Next {
+    /// A task message to send to the tasks queue.
+    pub fn task(msg: &messages::TaskMessage, delay: u32) -> Next {
+        Next::Send { binding: config::TASKS, message: serde_json::to_string(msg).unwrap_or_default(), delay }
+    }
 }
 
 impl Handled {
@@ -96,9 +103,7 @@ async fn handle_one(msg: &RawMessage, queue: &str, cfg: &Rc<Config>, env: &Env) 
             if queue == cfg.tasks_queue {
                 tasks::handle(&ctx, &body).await
             } else if queue == cfg.events_queue {
-                // Payment events are applied by the payments pipeline; until it exists, an
-                // event message is archived so that nothing is lost and it can be replayed.
-                Handled::dead("unsupported", "no handler for events on this deployment yet")
+                crate::events::handle(&ctx, &body).await
             } else if queue == cfg.dead_letter_queue {
                 dead_letters::from_dead_letter_queue(&ctx, &msg.id(), &body, &text).await
             } else {
@@ -135,19 +140,13 @@ impl Handled {
         let retry_later = |secs: u32| msg.retry_with_options(&QueueRetryOptionsBuilder::new().with_delay_seconds(secs).build());
         match &self.next {
             Next::Ack => msg.ack(),
-            Next::Send { message, delay } => {
-                ctx.io.queue_send();
+            Next::Send { binding, message, delay } => {
                 let copies = if ctx.cfg.chaos_duplicate_sends { 2 } else { 1 };
-                let mut sent = Ok(());
-                for _ in 0..copies {
-                    sent = match ctx.env.queue(config::TASKS).step("binding TASKS") {
-                        Ok(q) => q.send(MessageBuilder::new(message.clone()).delay_seconds(*delay).build()).await.step("queue send"),
-                        Err(e) => Err(e),
-                    };
-                    if sent.is_err() {
-                        break;
-                    }
-                }
+                let bodies = vec![message.clone(); copies];
+                let sent = match ctx.env.queue(binding).step(format!("binding {binding}")) {
+                    Ok(q) => send_json_batch(&ctx.io, &q, &bodies, *delay).await,
+                    Err(e) => Err(e),
+                };
                 match sent {
                     Ok(()) => msg.ack(),
                     Err(e) => {

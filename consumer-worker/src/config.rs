@@ -20,6 +20,8 @@ pub struct Config {
     /// Fault injection for tests: send every follow-up message twice, as an at-least-once
     /// queue may deliver it. Off unless CHAOS_DUPLICATE_SENDS is "true".
     pub chaos_duplicate_sends: bool,
+    /// What users can buy: how payment events map to packs and plans.
+    pub catalog: shared::catalog::Catalog,
 }
 
 fn secs(env: &Env, name: &str, default: u64) -> Result<Duration, ConfigError> {
@@ -59,6 +61,7 @@ impl Config {
             events_queue: required(env, "EVENTS_QUEUE_NAME")?,
             dead_letter_queue: required(env, "DEAD_LETTER_QUEUE_NAME")?,
             chaos_duplicate_sends: shared::edge::var(env, "CHAOS_DUPLICATE_SENDS").as_deref() == Some("true"),
+            catalog: shared::catalog::Catalog::parse(&required(env, "CATALOG")?).map_err(ConfigError)?,
         })
     }
 }
@@ -67,3 +70,4 @@ pub const DB: &str = "DB";
 pub const BUCKET: &str = "BUCKET";
 pub const KV: &str = "KV";
 pub const TASKS: &str = "TASKS";
+pub const EVENTS: &str = "EVENTS";

@@ -5,6 +5,7 @@
 mod batch;
 mod config;
 mod dead_letters;
+mod events;
 mod provider;
 mod store;
 mod tasks;

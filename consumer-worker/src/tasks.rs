@@ -54,7 +54,7 @@ pub async fn handle(ctx: &Ctx, body: &Value) -> Handled {
 }
 
 fn send(msg: &TaskMessage, delay: u32) -> Next {
-    Next::Send { message: msg.clone(), delay }
+    Next::task(msg, delay)
 }
 
 async fn submit(ctx: &Ctx, task: &TaskId) -> Result<Step, Failure> {

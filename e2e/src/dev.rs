@@ -30,6 +30,7 @@ pub fn run(_args: &[String]) -> Result<(), String> {
     let mut vars = dev_vars()?;
     vars.insert("KIE_BASE_URL".into(), format!("http://127.0.0.1:{SIM_PORT}"));
     vars.insert("PUBLIC_BASE_URL".into(), format!("http://127.0.0.1:{API_PORT}"));
+    vars.insert("CREEM_BASE_URL".into(), format!("http://127.0.0.1:{SIM_PORT}"));
     let admin = vars.get("ADMIN_TOKEN").cloned().ok_or(".dev.vars has no ADMIN_TOKEN")?;
     let state = root().join(".state");
     let mut stack = Stack::start(StackOptions {

@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 pub const FILES_SIGNING_KEY: &str = "e2e-files-signing-key-0123456789";
+/// Creem webhook secrets the stack accepts (two, as during a rotation).
+pub const CREEM_WEBHOOK_SECRET: &str = "e2e-creem-webhook-secret";
+pub const CREEM_OLD_SECRET: &str = "e2e-creem-old-secret";
+/// A Standard Webhooks secret (`whsec_` + base64).
+pub const STANDARD_WEBHOOK_SECRET: &str = "whsec_ZTJlLXN0YW5kYXJkLXdlYmhvb2stc2VjcmV0";
 
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
@@ -127,6 +132,10 @@ impl Stack {
             ("KIE_API_KEY", "e2e-kie-key".to_owned()),
             ("ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
             ("FILES_SIGNING_KEY", FILES_SIGNING_KEY.to_owned()),
+            ("CREEM_BASE_URL", sim.base_url()),
+            ("CREEM_API_KEY", "e2e-creem-key".to_owned()),
+            ("CREEM_WEBHOOK_SECRETS", format!("{CREEM_OLD_SECRET},{CREEM_WEBHOOK_SECRET}")),
+            ("STANDARD_WEBHOOK_SECRETS", STANDARD_WEBHOOK_SECRET.to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -14,6 +14,10 @@
 //!    a replayed settlement changes nothing.
 //! 4. The balance is the sum of all rows minus the unspent part of expired grants
 //!    ([`balance`], [`BALANCE_SQL`]). A trigger stops any grant from being drawn beyond its amount.
+//! 5. A refund claws back what an order granted with one `clawback` row of `-amount` (keyed by
+//!    the order, so once). A clawed-back grant no longer backs consumptions and does not lapse
+//!    again when it expires; what was already spent from it stays spent, so the balance may go
+//!    below zero, and then no hold fits until credits are added.
 //!
 //! Statements are built here as data ([`Stmt`]) and bound by the workers, so the rule and the
 //! SQL that enforces it sit side by side.
@@ -132,10 +136,15 @@ fn expired(expires_at: Option<i64>, now: i64) -> bool {
 /// The spendable balance: every row counts, except what is left unspent of expired grants.
 /// `used(grant_id)` is how much of a grant consumptions have drawn.
 pub fn balance(entries: &[Entry], used: impl Fn(&str) -> i64, now: i64) -> Credits {
+    balance_with_clawbacks(entries, used, |_| false, now)
+}
+
+/// [`balance`] where `clawed_back(grant_id)` says whether a refund took the grant back.
+pub fn balance_with_clawbacks(entries: &[Entry], used: impl Fn(&str) -> i64, clawed_back: impl Fn(&str) -> bool, now: i64) -> Credits {
     let total: i64 = entries.iter().map(|e| e.amount).sum();
     let lapsed: i64 = entries
         .iter()
-        .filter(|e| e.kind.is_grant() && e.amount > 0 && expired(e.expires_at, now))
+        .filter(|e| e.kind.is_grant() && e.amount > 0 && expired(e.expires_at, now) && !clawed_back(&e.id))
         .map(|e| (e.amount - used(&e.id)).max(0))
         .sum();
     Credits(total - lapsed)
@@ -147,7 +156,9 @@ pub const BALANCE_SQL: &str = "(COALESCE((SELECT SUM(amount) FROM credit_records
  - COALESCE((SELECT SUM(g.amount - COALESCE((SELECT SUM(c.amount) FROM credit_consumptions c WHERE c.from_record_id = g.id), 0))
              FROM credit_records g
              WHERE g.user_id = ?1 AND g.amount > 0 AND g.type IN ('purchase','gift','subscription')
-               AND g.expires_at IS NOT NULL AND g.expires_at <= ?2), 0))";
+               AND g.expires_at IS NOT NULL AND g.expires_at <= ?2
+               AND NOT EXISTS (SELECT 1 FROM credit_records cb WHERE cb.type = 'clawback'
+                               AND cb.entity_type = g.entity_type AND cb.entity_id = g.entity_id)), 0))";
 
 pub fn balance_query(user: &UserId, now: i64) -> Stmt {
     Stmt::new(
@@ -200,7 +211,9 @@ pub fn grants_query(user: &UserId) -> Stmt {
                 g.expires_at AS expires_at, g.created_at AS created_at
          FROM credit_records g
          WHERE g.user_id = ?1 AND g.amount > 0 AND g.type IN ('purchase','gift','subscription')
-           AND g.amount > COALESCE((SELECT SUM(c.amount) FROM credit_consumptions c WHERE c.from_record_id = g.id), 0)",
+           AND g.amount > COALESCE((SELECT SUM(c.amount) FROM credit_consumptions c WHERE c.from_record_id = g.id), 0)
+           AND NOT EXISTS (SELECT 1 FROM credit_records cb WHERE cb.type = 'clawback'
+                           AND cb.entity_type = g.entity_type AND cb.entity_id = g.entity_id)",
         vec![user.to_string().into()],
     )
 }
@@ -439,6 +452,22 @@ mod tests {
         assert_eq!(balance(&entries, |_| 0, 60), Credits(8));
         // ...but what was already drawn from it stays spent, not refunded
         assert_eq!(balance(&entries, |id| if id == "promo" { 2 } else { 0 }, 60), Credits(10));
+    }
+
+    #[test]
+    fn a_refund_after_spending_goes_negative_and_never_counts_twice() {
+        let entries = [
+            e("purchase:o1", EntryKind::Purchase, 100, Some(500)),
+            e("consumption:t", EntryKind::Consumption, -30, None),
+            e("clawback:o1", EntryKind::Clawback, -100, None),
+        ];
+        let used = |id: &str| if id == "purchase:o1" { 30 } else { 0 };
+        let clawed = |id: &str| id == "purchase:o1";
+        assert_eq!(balance_with_clawbacks(&entries, used, clawed, 10), Credits(-30));
+        // once the clawed-back grant expires it does not lapse a second time
+        assert_eq!(balance_with_clawbacks(&entries, used, clawed, 600), Credits(-30));
+        let topped_up = [&entries[..], &[e("purchase:o2", EntryKind::Purchase, 50, None)]].concat();
+        assert_eq!(balance_with_clawbacks(&topped_up, used, clawed, 10), Credits(20), "a new purchase restores service");
     }
 
     #[test]

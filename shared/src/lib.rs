@@ -13,12 +13,14 @@
 //! - [`signing`]: HMAC signatures, token digests, constant-time comparison.
 //! - [`edge`] (feature `edge`): adapters over the Workers runtime used by every worker.
 
+pub mod catalog;
 pub mod ids;
 pub mod keys;
 pub mod kie;
 pub mod ledger;
 pub mod messages;
 pub mod model;
+pub mod payments;
 pub mod retry;
 pub mod signing;
 pub mod submit;

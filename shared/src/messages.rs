@@ -64,8 +64,15 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum EventMessage {
+    /// `event_row` is the id of the stored event in `webhook_events`.
     #[serde(rename = "webhook.apply")]
-    Apply { v: u32, provider: String, event_id: String, attempt: u32 },
+    Apply { v: u32, event_row: String, attempt: u32 },
+}
+
+impl EventMessage {
+    pub fn apply(event_row: &str) -> Self {
+        EventMessage::Apply { v: VERSION, event_row: event_row.to_owned(), attempt: 0 }
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]

@@ -91,6 +91,63 @@ pub fn verify_kie_callback(secret: &[u8], provider_task_id: &str, timestamp: &st
     m.verify_slice(&sig).is_ok()
 }
 
+/// Creem's `creem-signature`: hex HMAC-SHA256 of the raw body. Any of `secrets` may have signed
+/// it (rotation); each check is constant-time.
+pub fn verify_creem(body: &[u8], signature_hex: &str, secrets: &[String]) -> bool {
+    secrets.iter().any(|s| verify_hmac_hex(s.as_bytes(), body, signature_hex))
+}
+
+/// Why a Standard Webhooks signature was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandardWebhookError {
+    Malformed,
+    Stale,
+    NoMatch,
+}
+
+/// Standard Webhooks: `webhook-signature` is a space-separated list of `v1,<base64>` over
+/// `"{webhook-id}.{webhook-timestamp}.{body}"`, keyed by the base64 part of a `whsec_…` secret;
+/// the timestamp must be within `tolerance_secs` of `now`.
+pub fn verify_standard_webhook(
+    id: &str,
+    timestamp: &str,
+    signatures: &str,
+    body: &[u8],
+    secrets: &[String],
+    now: i64,
+    tolerance_secs: i64,
+) -> Result<(), StandardWebhookError> {
+    use base64::engine::general_purpose::STANDARD;
+    let ts: i64 = timestamp.trim().parse().map_err(|_| StandardWebhookError::Malformed)?;
+    if id.is_empty() || id.len() > 256 {
+        return Err(StandardWebhookError::Malformed);
+    }
+    if (now - ts).abs() > tolerance_secs {
+        return Err(StandardWebhookError::Stale);
+    }
+    let mut signed = format!("{id}.{ts}.").into_bytes();
+    signed.extend_from_slice(body);
+    let candidates: Vec<Vec<u8>> = signatures
+        .split_whitespace()
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .filter_map(|b| STANDARD.decode(b).ok())
+        .collect();
+    if candidates.is_empty() {
+        return Err(StandardWebhookError::Malformed);
+    }
+    for secret in secrets {
+        let Ok(key) = STANDARD.decode(secret.strip_prefix("whsec_").unwrap_or(secret)) else { continue };
+        for sig in &candidates {
+            let mut m = mac(&key);
+            m.update(&signed);
+            if m.verify_slice(sig).is_ok() {
+                return Ok(());
+            }
+        }
+    }
+    Err(StandardWebhookError::NoMatch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +184,32 @@ mod tests {
         assert!(!verify_kie_callback(b"whsec", "4o123", "1700000001", &sig));
         assert!(!verify_kie_callback(b"whsec", "4o124", "1700000000", &sig));
         assert!(!verify_kie_callback(b"whsec", "4o123", "1700000000", "%%%"));
+    }
+
+    #[test]
+    fn creem_signatures_accept_any_current_secret() {
+        let body = br#"{"id":"evt_1"}"#;
+        let sig = hmac_hex(b"new", body);
+        let secrets = vec!["old".to_owned(), "new".to_owned()];
+        assert!(verify_creem(body, &sig, &secrets));
+        assert!(!verify_creem(br#"{"id":"evt_2"}"#, &sig, &secrets), "body changed after signing");
+        assert!(!verify_creem(body, &sig, &["other".to_owned()]), "another secret");
+        assert!(!verify_creem(body, "", &secrets));
+    }
+
+    #[test]
+    fn standard_webhooks_reference_vector() {
+        // from the Standard Webhooks specification's test suite
+        let secret = vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()];
+        let body = br#"{"test": 2432232314}"#;
+        let sig = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+        let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+        assert_eq!(verify_standard_webhook(id, "1614265330", sig, body, &secret, 1_614_265_330, 300), Ok(()));
+        assert_eq!(verify_standard_webhook(id, "1614265330", &format!("v1,bm9wZQ== {sig}"), body, &secret, 1_614_265_400, 300), Ok(()), "one of several");
+        assert_eq!(verify_standard_webhook(id, "1614265330", sig, body, &secret, 1_614_266_000, 300), Err(StandardWebhookError::Stale));
+        assert_eq!(verify_standard_webhook(id, "1614265330", sig, b"{}", &secret, 1_614_265_330, 300), Err(StandardWebhookError::NoMatch));
+        assert_eq!(verify_standard_webhook(id, "soon", sig, body, &secret, 0, 300), Err(StandardWebhookError::Malformed));
+        assert_eq!(verify_standard_webhook(id, "1614265330", "v2,abc", body, &secret, 1_614_265_330, 300), Err(StandardWebhookError::Malformed));
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct Stats {
     pub callbacks_by_prompt: HashMap<String, Vec<(String, String, u16)>>,
     /// Calls that failed because of a `[sim:flaky=N]` directive, per prompt.
     pub flaky_failures_by_prompt: HashMap<String, u64>,
+    /// Creem checkouts created: request id -> `{id, body}` (the checkout id and the create body).
+    pub checkouts: HashMap<String, Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +259,30 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
             }
             Err(e) => reply_json(req, 400, &json!({"error": e.to_string()})),
         },
+        // Creem: create a checkout session
+        (Method::Post, "/v1/checkouts") => {
+            let keyed = req.headers().iter().any(|h| h.field.equiv("x-api-key") && !h.value.as_str().is_empty());
+            if !keyed {
+                return reply_json(req, 401, &json!({"error": "missing x-api-key"}));
+            }
+            let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let Some(product) = parsed.get("product_id").and_then(Value::as_str).map(str::to_owned) else {
+                return reply_json(req, 400, &json!({"error": "product_id is required"}));
+            };
+            let mut s = lock(state);
+            s.seq += 1;
+            let id = format!("ch_{:08}", s.seq);
+            let request_id = parsed.get("request_id").and_then(Value::as_str).unwrap_or_default().to_owned();
+            s.stats.checkouts.insert(request_id.clone(), json!({"id": id, "body": parsed}));
+            drop(s);
+            reply_json(
+                req,
+                200,
+                &json!({"id": id, "object": "checkout", "mode": "test", "status": "pending", "product": product,
+                        "request_id": request_id, "metadata": parsed.get("metadata"),
+                        "checkout_url": format!("http://127.0.0.1:{port}/checkout/{id}")}),
+            );
+        }
         (Method::Post, "/api/v1/gpt4o-image/generate") | (Method::Post, "/api/v1/flux/kontext/generate") => {
             let kontext = path.contains("kontext");
             if !authorized {
