@@ -64,7 +64,7 @@ pub async fn create_user(mut req: Request, app: &App) -> ApiResult {
         let uid = user.to_string();
         stmts.push(ledger::grant(NewGrant {
             id: format!("gift:{uid}:signup"),
-            user: &user,
+            user: &uid,
             kind: EntryKind::Gift,
             amount: Credits(credits),
             entity: ("signup", &uid),
@@ -147,9 +147,10 @@ pub async fn grant(mut req: Request, ctx: &Ctx) -> ApiResult {
     };
     require_user(app, &user).await?;
     let id = format!("gift:{user}:{reference}");
+    let uid = user.to_string();
     let stmt = ledger::grant(NewGrant {
         id: id.clone(),
-        user: &user,
+        user: &uid,
         kind: EntryKind::Gift,
         amount: Credits(credits),
         entity: ("admin", &format!("{user}:{reference}")),

@@ -105,3 +105,53 @@ fn figures() {
     }
     println!("injected failures: {}", stack.sim.stats().injected_failures);
 }
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let last = sorted.len().saturating_sub(1);
+    let i = (0..=last).min_by(|&a, &b| ((a as f64 - last as f64 * p).abs()).total_cmp(&(b as f64 - last as f64 * p).abs())).unwrap_or(0);
+    sorted[i]
+}
+
+/// Webhook ingress: 500 signed Creem events, latency p50/p99 against the plain health
+/// endpoint in the same stack, and D1 statements per applied event.
+#[test]
+#[ignore = "figures, run by hand"]
+fn webhook_ingress() {
+    let stack = Stack::start(StackOptions::default()).expect("stack starts");
+    let c = stack.client();
+    let (user, token) = c.new_user(ADMIN_TOKEN, 0);
+    let timed = |f: &mut dyn FnMut() -> u16| {
+        let t = Instant::now();
+        let status = f();
+        assert_eq!(status, 200);
+        t.elapsed().as_secs_f64() * 1000.0
+    };
+    let mut health: Vec<f64> = (0..500).map(|_| timed(&mut || c.get("/api/health", None).status)).collect();
+    let mut ingress: Vec<f64> = (0..500)
+        .map(|i| {
+            let event = json!({"id": format!("evt_fig_{i}"), "eventType": "subscription.paid", "created_at": 1_800_000_000_000i64 + i,
+                "object": {"object": "subscription", "id": format!("sub_fig_{}", i % 50), "product": {"id": "prod_basic_monthly"}, "status": "active",
+                    "current_period_start_date": format!("2027-01-{:02}T00:00:00Z", 1 + i % 28), "current_period_end_date": "2027-03-01T00:00:00Z",
+                    "metadata": {"user_id": user}}});
+            let body = event.to_string();
+            let sig = shared::signing::hmac_hex(e2e::stack::CREEM_WEBHOOK_SECRET.as_bytes(), body.as_bytes());
+            timed(&mut || c.send("POST", "/webhooks/creem", None, &[("creem-signature", &sig)], Some(("application/json", body.as_bytes()))).status)
+        })
+        .collect();
+    health.sort_by(f64::total_cmp);
+    ingress.sort_by(f64::total_cmp);
+    std::thread::sleep(Duration::from_secs(8));
+    let applied: Vec<Value> = stack.events(Some("message")).into_iter().filter(|m| m["queue"] == "edgeline-events").collect();
+    let statements: u64 = applied.iter().filter_map(|m| m["io"]["d1_statements"].as_u64()).sum();
+    let trips: u64 = applied.iter().filter_map(|m| m["io"]["d1_round_trips"].as_u64()).sum();
+    println!("\n| endpoint | n | p50 ms | p99 ms |\n|---|---|---|---|");
+    println!("| GET /api/health | 500 | {:.2} | {:.2} |", percentile(&health, 0.5), percentile(&health, 0.99));
+    println!("| POST /webhooks/creem (signed) | 500 | {:.2} | {:.2} |", percentile(&ingress, 0.5), percentile(&ingress, 0.99));
+    println!(
+        "applied {} events: {:.2} D1 statements and {:.2} round trips per event; balance {}",
+        applied.len(),
+        statements as f64 / applied.len().max(1) as f64,
+        trips as f64 / applied.len().max(1) as f64,
+        c.balance(&token)
+    );
+}

@@ -16,19 +16,7 @@ fn now() -> i64 {
 }
 
 fn iso(t: i64) -> String {
-    // days since epoch -> civil date (the same algorithm the workers use)
-    let days = t.div_euclid(DAY);
-    let rem = t.rem_euclid(DAY);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    shared::ids::iso8601(t)
 }
 
 /// Delivers an event the way Creem does: `creem-signature` = hex HMAC-SHA256 of the raw body.

@@ -72,6 +72,13 @@ impl TaskId {
     }
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` for unix seconds (UTC), without a clock or time-zone database.
+pub fn iso8601(unix_secs: i64) -> String {
+    let (y, m, d) = civil_from_days(unix_secs.div_euclid(86_400));
+    let rem = unix_secs.rem_euclid(86_400);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// Gregorian date from days since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -144,6 +151,13 @@ mod tests {
         assert_eq!(id.task_no(1_795_219_200), "T20261121-0A1B2C3D4E5F");
         assert_eq!(id.task_no(0), "T19700101-0A1B2C3D4E5F");
         assert_eq!(id.task_no(951_782_400), "T20000229-0A1B2C3D4E5F");
+    }
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso8601(1_795_219_200 + 3661), "2026-11-21T01:01:01Z");
+        assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00Z");
     }
 
     #[test]

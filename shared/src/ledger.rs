@@ -175,7 +175,7 @@ pub fn balance_query(user: &UserId, now: i64) -> Stmt {
 /// operator action.
 pub struct NewGrant<'a> {
     pub id: String,
-    pub user: &'a UserId,
+    pub user: &'a str,
     pub kind: EntryKind,
     pub amount: Credits,
     pub entity: (&'a str, &'a str),
@@ -185,13 +185,26 @@ pub struct NewGrant<'a> {
 }
 
 pub fn grant(g: NewGrant<'_>) -> Stmt {
+    grant_sql(g, "INSERT INTO", "")
+}
+
+/// The same grant, written at most once: a repeat (same id or same entity) does nothing. With
+/// `guard` (an `AND …` condition) it is written only while the guard holds.
+pub fn grant_once(g: NewGrant<'_>, guard: Option<&str>) -> Stmt {
+    let tail = format!("{} ON CONFLICT DO NOTHING", guard.unwrap_or(""));
+    grant_sql(g, "INSERT INTO", &tail)
+}
+
+fn grant_sql(g: NewGrant<'_>, insert: &str, tail: &str) -> Stmt {
     debug_assert!(g.kind.is_grant() && g.amount.get() > 0);
     Stmt::new(
-        "INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, expires_at, note, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        format!(
+            "{insert} credit_records (id, user_id, amount, type, entity_type, entity_id, expires_at, note, created_at)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE 1 {tail}"
+        ),
         vec![
             g.id.into(),
-            g.user.to_string().into(),
+            g.user.into(),
             g.amount.get().into(),
             g.kind.as_str().into(),
             g.entity.0.into(),

@@ -19,7 +19,8 @@
 //!   user) waits: the consumer retries it with a delay a bounded number of times.
 
 use crate::catalog::{Catalog, Product};
-use crate::ledger::{Param, Stmt};
+use crate::ids::Credits;
+use crate::ledger::{self, EntryKind, NewGrant, Param, Stmt};
 use serde_json::Value;
 
 /// A parsed Creem event envelope.
@@ -122,28 +123,6 @@ fn period_key(sub: &str, start: i64) -> String {
     format!("{sub}:{start}")
 }
 
-fn grant_stmt(id: String, user: &str, amount: i64, kind: &str, entity: (&str, &str), expires_at: Option<i64>, note: &str, now: i64, guard: Option<&str>) -> Stmt {
-    let guard = guard.unwrap_or("");
-    Stmt::new(
-        format!(
-            "INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, expires_at, note, created_at)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE 1 {guard}
-             ON CONFLICT DO NOTHING"
-        ),
-        vec![
-            id.into(),
-            user.into(),
-            amount.into(),
-            kind.into(),
-            entity.0.into(),
-            entity.1.into(),
-            expires_at.into(),
-            note.into(),
-            now.into(),
-        ],
-    )
-}
-
 /// Creates the subscription or moves it forward: periods only extend, and status only changes
 /// for an event newer than the last one applied.
 #[allow(clippy::too_many_arguments)]
@@ -234,15 +213,17 @@ fn subscription_effects(
         let plan = plan.ok_or_else(|| format!("product {} is not a plan in the catalogue", product.unwrap_or_default()))?;
         let start = start.ok_or("current_period_start_date is missing")?;
         let key = period_key(provider_sub, start);
-        stmts.push(grant_stmt(
-            format!("subscription:{key}"),
-            user,
-            plan.credits_per_period,
-            "subscription",
-            ("subscription_period", &key),
-            end,
-            &format!("{} {} period", plan.plan, plan.cycle),
-            now,
+        stmts.push(ledger::grant_once(
+            NewGrant {
+                id: format!("subscription:{key}"),
+                user,
+                kind: EntryKind::Subscription,
+                amount: Credits(plan.credits_per_period),
+                entity: ("subscription_period", &key),
+                expires_at: end,
+                note: &format!("{} {} period", plan.plan, plan.cycle),
+                now,
+            },
             None,
         ));
     }
@@ -263,15 +244,17 @@ fn order_completion(order: &OrderRow, provider_order_id: Option<&str>, catalog: 
     ];
     if let Some(Product::Pack(pack)) = order.product_id.as_deref().and_then(|p| catalog.product(p)) {
         let guard = format!("AND EXISTS (SELECT 1 FROM orders WHERE id = '{}' AND status = 'completed')", order.id.replace('\'', ""));
-        stmts.push(grant_stmt(
-            format!("purchase:{}", order.id),
-            &order.user_id,
-            order.credits,
-            "purchase",
-            ("order", &order.id),
-            pack.expires_in_days.map(|d| now + d * 86_400),
-            &format!("pack {}", pack.id),
-            now,
+        stmts.push(ledger::grant_once(
+            NewGrant {
+                id: format!("purchase:{}", order.id),
+                user: &order.user_id,
+                kind: EntryKind::Purchase,
+                amount: Credits(order.credits),
+                entity: ("order", &order.id),
+                expires_at: pack.expires_in_days.map(|d| now + d * 86_400),
+                note: &format!("pack {}", pack.id),
+                now,
+            },
             Some(&guard),
         ));
     }
