@@ -197,6 +197,23 @@ fn forged_deliveries_store_nothing(stack: &Stack) -> Result<(), Failed> {
     eq((r.status, r.json()["accepted"].as_bool()), (200, Some(false)), "acknowledged, not accepted")?;
     let rejected = c.get("/admin/webhook-events?status=rejected", Some(ADMIN_TOKEN)).json();
     ensure(rejected["webhook_events"].as_array().is_some_and(|a| a.iter().any(|e| e["error"].as_str().is_some_and(|m| m.contains("not valid JSON")))), "rejected body visible")?;
+    // an event type we do not handle is stored and acknowledged; a dispute is recorded
+    let unknown = envelope("evt_unknown_1", "payout.sent", now() * 1000, json!({"object": "payout", "id": "po_1"}));
+    eq(deliver(&c, &unknown, CREEM_WEBHOOK_SECRET).status, 200, "unknown type acknowledged")?;
+    let dispute = envelope("evt_dispute_1", "dispute.created", now() * 1000, json!({"object": "dispute", "id": "dp_1", "order": {"id": "or_unknown"}}));
+    eq(deliver(&c, &dispute, CREEM_WEBHOOK_SECRET).status, 200, "dispute acknowledged")?;
+    let find = |id: &str| {
+        c.get("/admin/webhook-events?limit=200", Some(ADMIN_TOKEN)).json()["webhook_events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e["event_id"] == id)
+    };
+    wait_for("the unknown event is settled", Duration::from_secs(20), || find("evt_unknown_1").is_some_and(|e| e["status"] == "ignored"))?;
+    wait_for("the dispute is recorded", Duration::from_secs(20), || {
+        find("evt_dispute_1").is_some_and(|e| e["status"] == "applied" && e["error"].as_str().is_some_and(|n| n.contains("dispute")))
+    })?;
     let big = "x".repeat(300 * 1024);
     eq(post(&[("creem-signature", &good)], &big).status, 413, "oversized body")?;
     Ok(())
