@@ -619,3 +619,86 @@ pub async fn list_webhook_events(req: Request, app: &App) -> ApiResult {
         .await?;
     json(&json!({"webhook_events": rows}), 200)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Scheduled jobs, and what they look after
+// ---------------------------------------------------------------------------------------------
+
+/// `GET /admin/cron/runs?job=&limit=`: recent runs, newest first.
+pub async fn list_cron_runs(req: Request, app: &App) -> ApiResult {
+    auth::admin(&req, app).await?;
+    let limit = limit_param(&req, 50, MAX_PAGE)?;
+    let rows: Vec<Value> = app
+        .db
+        .all(
+            "list cron runs",
+            &Stmt::new(
+                "SELECT id, job, schedule, started_at, finished_at, examined, changed, errors, error_text, stopped_early, cursor
+                 FROM cron_runs WHERE (?1 IS NULL OR job = ?1) ORDER BY started_at DESC, id DESC LIMIT ?2",
+                vec![query(&req, "job").into(), Param::Int(limit)],
+            ),
+        )
+        .await?;
+    json(&json!({"runs": rows}), 200)
+}
+
+/// `POST /admin/cron/:job`: runs a job now in the cron worker (service binding), with the budget
+/// of its schedule, and returns its recorded summary.
+pub async fn run_cron_job(req: Request, ctx: &Ctx) -> ApiResult {
+    let app = &ctx.data;
+    auth::admin(&req, app).await?;
+    let actor = actor(&req)?;
+    let job = ctx.param("job").cloned().unwrap_or_default();
+    if !job.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') || job.is_empty() || job.len() > 40 {
+        return Err(ApiError::NotFound("job"));
+    }
+    let cron = app.env.service("CRON").step("binding CRON")?;
+    let mut init = worker::RequestInit::new();
+    init.with_method(worker::Method::Post);
+    app.io.fetch();
+    let mut resp = cron.fetch(format!("https://cron/run/{job}"), Some(init)).await.step("cron worker")?;
+    if resp.status_code() == 404 {
+        return Err(ApiError::NotFound("job"));
+    }
+    let summary: Value = resp.json().await.step("cron worker answer")?;
+    app.db.run("audit cron run", &audit(&actor, "cron.run", &job, &summary["summary"])).await?;
+    json(&summary, 200)
+}
+
+/// `GET /admin/orders/stats`: how many orders are in each status.
+pub async fn order_stats(req: Request, app: &App) -> ApiResult {
+    auth::admin(&req, app).await?;
+    let rows: Vec<Value> = app.db.all("order stats", &Stmt::new("SELECT status, COUNT(*) AS n FROM orders GROUP BY status", vec![])).await?;
+    let counts: serde_json::Map<String, Value> =
+        rows.iter().filter_map(|r| Some((r["status"].as_str()?.to_owned(), r["n"].clone()))).collect();
+    json(&json!({"orders": counts}), 200)
+}
+
+/// `GET /admin/storage?prefix=`: how many objects and bytes are under a prefix (up to 20,000
+/// objects are counted; `truncated` says if there are more).
+pub async fn storage_stats(req: Request, app: &App) -> ApiResult {
+    auth::admin(&req, app).await?;
+    let prefix = query(&req, "prefix").unwrap_or_default();
+    if !["cache/", "result/", "dead-letters/", ""].contains(&prefix.as_str()) {
+        return Err(ApiError::bad_request("invalid_prefix", "prefix must be cache/, result/ or dead-letters/"));
+    }
+    let bucket = app.bucket()?;
+    let (mut objects, mut bytes, mut cursor, mut pages) = (0u64, 0u64, None::<String>, 0);
+    loop {
+        let mut list = bucket.list().prefix(prefix.clone()).limit(1000);
+        if let Some(c) = cursor.clone() {
+            list = list.cursor(c);
+        }
+        app.io.r2();
+        let page = list.execute().await.step("r2 list")?;
+        for o in page.objects() {
+            objects += 1;
+            bytes += o.size();
+        }
+        pages += 1;
+        if !page.truncated() || pages >= 20 {
+            return json(&json!({"prefix": prefix, "objects": objects, "bytes": bytes, "truncated": page.truncated()}), 200);
+        }
+        cursor = page.cursor();
+    }
+}

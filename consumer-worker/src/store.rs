@@ -120,22 +120,8 @@ pub async fn complete(ctx: &Ctx, end: &Ending, external_id: &str, urls: &[String
 
 /// Marks the task failed and releases its hold, in one batch. Returns whether this call did it.
 pub async fn fail(ctx: &Ctx, end: &Ending, reason: &str) -> Result<bool, Failure> {
-    let t = Transition::Fail;
-    let at = now();
-    let reason: String = reason.chars().take(500).collect();
-    let stmts = vec![
-        Stmt::new(
-            format!(
-                "UPDATE ai_tasks SET status = '{}', failure_reason = ?2, completed_at = ?3, updated_at = ?3
-                 WHERE id = ?1 AND status IN ({})",
-                t.to().as_str(),
-                t.from_sql()
-            ),
-            vec![end.task.to_string().into(), reason.clone().into(), at.into()],
-        ),
-        ledger::release(&end.task, &end.user, end.cost, TaskStatus::Failed, at),
-    ];
-    finish(ctx, end, stmts, TaskStatus::Failed, Some(reason), &[]).await
+    let stmts = ledger::fail_task(&end.task, &end.user, end.cost, reason, now());
+    finish(ctx, end, stmts.to_vec(), TaskStatus::Failed, Some(reason.chars().take(500).collect()), &[]).await
 }
 
 async fn finish(

@@ -1,38 +1,320 @@
-//! Named jobs and the schedules that run them.
+//! The named jobs and the schedules that run them. Each job works in bounded chunks, stops at its
+//! budget (time or items) with `stopped_early`, and leaves a cursor where a listing must resume.
 
-use shared::edge::{now, number, Db, IoError};
-use shared::ledger::Stmt;
+use crate::runner::{Budget, Summary};
+use serde::Deserialize;
+use shared::edge::{changes, log, number, send_json_batch, CachedStatus, Db, IoCounts, StepExt, STATUS_TTL_SECS};
+use shared::ids::{Credits, TaskId, UserId};
+use shared::keys::task_status_key;
+use shared::ledger::{self, Stmt};
+use shared::messages::{TaskMessage, VERSION};
+use shared::model::Model;
 use worker::Env;
 
-/// Which jobs a cron expression runs. Keep the expressions few (5 per account on the free plan)
-/// and in step with `triggers.crons` in cron-worker/wrangler.toml.
-pub fn for_schedule(cron: &str) -> Vec<&'static str> {
-    match cron {
-        "*/5 * * * *" => vec!["expire_orders"],
-        _ => vec![],
-    }
+pub struct JobCtx<'a> {
+    pub env: &'a Env,
+    pub db: &'a Db,
+    pub io: &'a IoCounts,
+    pub now: i64,
 }
 
-pub async fn run(name: &str, env: &Env, db: &Db) -> Result<serde_json::Value, IoError> {
+const CHUNK: u64 = 500;
+
+fn setting(ctx: &JobCtx<'_>, name: &str, default: i64) -> i64 {
+    number(ctx.env, name, default).unwrap_or(default)
+}
+
+pub async fn run(name: &str, ctx: &JobCtx<'_>, budget: Budget, cursor: Option<String>, summary: &mut Summary) {
     match name {
-        "expire_orders" => expire_orders(env, db).await,
-        other => Err(IoError { step: "dispatch".into(), cause: format!("no job named {other}") }),
+        "expire_orders" => {
+            let cutoff = ctx.now - setting(ctx, "ORDER_TTL_SECS", 30 * 60);
+            chunked_update(ctx, budget, summary, "expire orders", |n| {
+                // Only still-pending orders: a payment that lands first (pending -> paid) wins,
+                // and a payment for an expired order still completes it.
+                Stmt::new(
+                    "UPDATE orders SET status = 'expired', updated_at = ?1
+                     WHERE id IN (SELECT id FROM orders WHERE status = 'pending' AND created_at < ?2 LIMIT ?3)",
+                    vec![ctx.now.into(), cutoff.into(), n.into()],
+                )
+            })
+            .await;
+        }
+        "expire_subscriptions" => {
+            // The periods' credits expire with their own grants; only the status changes here.
+            chunked_update(ctx, budget, summary, "expire subscriptions", |n| {
+                Stmt::new(
+                    "UPDATE subscriptions SET status = 'expired', updated_at = ?1
+                     WHERE id IN (SELECT id FROM subscriptions
+                                  WHERE status IN ('active','cancelled','past_due','trialing','paused')
+                                    AND expires_at IS NOT NULL AND expires_at < ?1 LIMIT ?2)",
+                    vec![ctx.now.into(), n.into()],
+                )
+            })
+            .await;
+        }
+        "reconcile_tasks" => reconcile_tasks(ctx, budget, summary).await,
+        "clean_r2_cache" => clean_r2_cache(ctx, budget, cursor, summary).await,
+        "retention" => retention(ctx, budget, summary).await,
+        other => summary.error_text = Some(format!("no job named {other}")),
     }
 }
 
-/// Pending orders older than `ORDER_TTL_SECS` (default 30 minutes) become expired. The update
-/// is conditional on `pending`, so a payment that lands first wins.
-async fn expire_orders(env: &Env, db: &Db) -> Result<serde_json::Value, IoError> {
-    let ttl = number(env, "ORDER_TTL_SECS", 30 * 60).map_err(|e| IoError { step: "config".into(), cause: e.0 })?;
-    let at = now();
-    let changed = db
-        .run(
-            "expire stale orders",
+/// Repeats a `LIMIT n` update until it changes fewer rows than asked, or the budget is spent.
+async fn chunked_update(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary, what: &str, stmt: impl Fn(i64) -> Stmt) {
+    loop {
+        let n = CHUNK.min(budget.room(summary.changed));
+        if n == 0 || !budget.time_left() {
+            summary.stopped_early = true;
+            return;
+        }
+        match ctx.db.run(what, &stmt(i64::try_from(n).unwrap_or(0))).await {
+            Ok(changed) => {
+                let changed = u64::try_from(changed).unwrap_or(0);
+                summary.examined += changed;
+                summary.changed += changed;
+                if changed < n {
+                    return;
+                }
+            }
+            Err(e) => return summary.failed(&e),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LiveTask {
+    id: String,
+    user_id: String,
+    cost: i64,
+    status: String,
+    external_provider: Option<String>,
+    external_task_id: Option<String>,
+    deadline_at: Option<i64>,
+    dead_lettered: i64,
+}
+
+const LIVE: &str = "'pending','submitted','processing'";
+
+/// Tasks past their deadline fail (reason `dead_lettered` if their message died, else
+/// `deadline_exceeded`) and their hold is released; tasks without progress beyond the lease are
+/// re-enqueued once per lease (a lost or dead message is how they got stuck).
+async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary) {
+    let columns = "id, user_id, cost, status, external_provider, external_task_id, deadline_at,
+         EXISTS (SELECT 1 FROM dead_letters d WHERE d.status = 'dead' AND d.body LIKE '%' || ai_tasks.id || '%') AS dead_lettered";
+    // 1. past the deadline
+    while budget.time_left() && budget.room(summary.examined) > 0 {
+        let n = 50.min(budget.room(summary.examined));
+        let overdue: Vec<LiveTask> = match ctx
+            .db
+            .all(
+                "overdue tasks",
+                &Stmt::new(
+                    format!("SELECT {columns} FROM ai_tasks WHERE status IN ({LIVE}) AND deadline_at < ?1 LIMIT ?2"),
+                    vec![ctx.now.into(), i64::try_from(n).unwrap_or(0).into()],
+                ),
+            )
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return summary.failed(&e),
+        };
+        if overdue.is_empty() {
+            break;
+        }
+        summary.examined += u64::try_from(overdue.len()).unwrap_or(0);
+        let mut stmts = Vec::new();
+        let mut ends = Vec::new();
+        for t in &overdue {
+            let (Ok(task), Ok(user)) = (TaskId::parse(&t.id), UserId::parse(&t.user_id)) else { continue };
+            let reason = if t.dead_lettered == 1 { "dead_lettered" } else { "deadline_exceeded" };
+            stmts.extend(ledger::fail_task(&task, &user, Credits(t.cost), reason, ctx.now));
+            ends.push((task, user, reason));
+        }
+        let results = match ctx.db.batch("fail overdue tasks", &stmts).await {
+            Ok(r) => r,
+            Err(e) => return summary.failed(&e),
+        };
+        for (i, (task, user, reason)) in ends.iter().enumerate() {
+            if results.get(i * 2).map(changes) == Some(1) {
+                summary.changed += 1;
+                cache_final_status(ctx, task, user, reason).await;
+            }
+        }
+        if overdue.len() < usize::try_from(n).unwrap_or(0) {
+            break;
+        }
+    }
+    if !budget.time_left() || budget.room(summary.examined) == 0 {
+        summary.stopped_early = true;
+        return;
+    }
+
+    // 2. no progress within the lease
+    let lease = setting(ctx, "TASK_LEASE_SECS", 300);
+    let stale_before = ctx.now - lease;
+    let n = 100.min(budget.room(summary.examined));
+    let stalled: Vec<LiveTask> = match ctx
+        .db
+        .all(
+            "stalled tasks",
             &Stmt::new(
-                "UPDATE orders SET status = 'expired', updated_at = ?1 WHERE status = 'pending' AND created_at < ?2",
-                vec![at.into(), (at - ttl).into()],
+                format!(
+                    "SELECT {columns} FROM ai_tasks
+                     WHERE status IN ({LIVE}) AND deadline_at >= ?1 AND updated_at < ?2 AND (reconciled_at IS NULL OR reconciled_at < ?2)
+                     LIMIT ?3"
+                ),
+                vec![ctx.now.into(), stale_before.into(), i64::try_from(n).unwrap_or(0).into()],
             ),
         )
-        .await?;
-    Ok(serde_json::json!({ "expired": changed }))
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return summary.failed(&e),
+    };
+    summary.examined += u64::try_from(stalled.len()).unwrap_or(0);
+    if stalled.is_empty() {
+        return;
+    }
+    // Claim each for this lease first, so two runs never both re-enqueue it.
+    let claims: Vec<Stmt> = stalled
+        .iter()
+        .map(|t| {
+            Stmt::new(
+                format!(
+                    "UPDATE ai_tasks SET reconciled_at = ?2,
+                            status = CASE WHEN status = 'submitted' AND external_task_id IS NULL THEN 'pending' ELSE status END
+                     WHERE id = ?1 AND status IN ({LIVE}) AND (reconciled_at IS NULL OR reconciled_at < ?3)"
+                ),
+                vec![t.id.clone().into(), ctx.now.into(), stale_before.into()],
+            )
+        })
+        .collect();
+    let results = match ctx.db.batch("claim stalled tasks", &claims).await {
+        Ok(r) => r,
+        Err(e) => return summary.failed(&e),
+    };
+    let mut bodies = Vec::new();
+    for (t, r) in stalled.iter().zip(&results) {
+        if changes(r) != 1 {
+            continue;
+        }
+        let (Ok(task), Ok(user)) = (TaskId::parse(&t.id), UserId::parse(&t.user_id)) else { continue };
+        let model = t.external_provider.as_deref().and_then(Model::parse);
+        let msg = match (&t.external_task_id, model) {
+            (Some(external_id), Some(model)) if t.status != "pending" => TaskMessage::Poll {
+                v: VERSION,
+                task_id: task,
+                user_id: user,
+                model,
+                external_id: external_id.clone(),
+                cost: Credits(t.cost),
+                deadline_at: t.deadline_at.unwrap_or(i64::MAX),
+                attempt: 0,
+                failures: 0,
+                follow_up: true,
+            },
+            _ => TaskMessage::submit(task),
+        };
+        bodies.push(serde_json::to_string(&msg).unwrap_or_default());
+    }
+    if bodies.is_empty() {
+        return;
+    }
+    let sent = match ctx.env.queue("TASKS").step("binding TASKS") {
+        Ok(q) => send_json_batch(ctx.io, &q, &bodies, 0).await,
+        Err(e) => Err(e),
+    };
+    match sent {
+        Ok(()) => summary.changed += u64::try_from(bodies.len()).unwrap_or(0),
+        Err(e) => summary.failed(&e),
+    }
+}
+
+async fn cache_final_status(ctx: &JobCtx<'_>, task: &TaskId, user: &UserId, reason: &str) {
+    let cached = CachedStatus {
+        user_id: user.to_string(),
+        status: "failed".into(),
+        failure_reason: Some(reason.into()),
+        result_keys: vec![],
+        completed_at: ctx.now,
+    };
+    ctx.io.kv();
+    let put = match ctx.env.kv("KV").step("binding KV") {
+        Ok(kv) => match kv.put(&task_status_key(task), serde_json::to_string(&cached).unwrap_or_default()).step("kv put status") {
+            Ok(p) => p.expiration_ttl(STATUS_TTL_SECS).execute().await.step("kv put status"),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    if let Err(e) = put {
+        log(serde_json::json!({"level": "warn", "event": "status_cache_failed", "task_id": task.to_string(), "cause": e.to_string()}));
+    }
+}
+
+/// Deletes objects under `cache/` older than `CACHE_MAX_AGE_SECS` (default 7 days), listing with
+/// a cursor and deleting at most 1,000 keys per call. `result/` is never listed here.
+async fn clean_r2_cache(ctx: &JobCtx<'_>, budget: Budget, mut cursor: Option<String>, summary: &mut Summary) {
+    let max_age_ms = setting(ctx, "CACHE_MAX_AGE_SECS", 7 * 86_400).saturating_mul(1000);
+    let cutoff_ms = u64::try_from(ctx.now.saturating_mul(1000).saturating_sub(max_age_ms)).unwrap_or(0);
+    let bucket = match ctx.env.bucket("BUCKET").step("binding BUCKET") {
+        Ok(b) => b,
+        Err(e) => return summary.failed(&e),
+    };
+    loop {
+        let room = budget.room(summary.examined).min(1000);
+        if room == 0 || !budget.time_left() {
+            summary.stopped_early = true;
+            summary.cursor = cursor;
+            return;
+        }
+        let mut list = bucket.list().prefix("cache/").limit(u32::try_from(room).unwrap_or(1000));
+        if let Some(c) = &cursor {
+            list = list.cursor(c.clone());
+        }
+        ctx.io.r2();
+        let page = match list.execute().await.step("r2 list cache/") {
+            Ok(p) => p,
+            Err(e) => return summary.failed(&e),
+        };
+        let objects = page.objects();
+        summary.examined += u64::try_from(objects.len()).unwrap_or(0);
+        let old: Vec<String> = objects.iter().filter(|o| o.uploaded().as_millis() < cutoff_ms).map(|o| o.key()).collect();
+        if !old.is_empty() {
+            ctx.io.r2();
+            let n = u64::try_from(old.len()).unwrap_or(0);
+            match bucket.delete_multiple(old).await.step("r2 delete old cache objects") {
+                Ok(()) => summary.changed += n,
+                Err(e) => return summary.failed(&e),
+            }
+        }
+        if !page.truncated() {
+            summary.cursor = None;
+            return;
+        }
+        cursor = page.cursor();
+    }
+}
+
+/// Deletes what is past its retention, in chunks: webhook events that were handled, dead letters
+/// already replayed or discarded, sign-in logs, and old cron runs.
+async fn retention(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary) {
+    let days = |name: &str, default: i64| ctx.now - setting(ctx, name, default) * 86_400;
+    let rules: [(&str, String, i64); 4] = [
+        ("webhook_events", "received_at < ?1 AND status != 'received'".into(), days("WEBHOOK_RETENTION_DAYS", 90)),
+        ("dead_letters", "last_failed_at < ?1 AND status IN ('replayed','discarded')".into(), days("DEAD_LETTER_RETENTION_DAYS", 30)),
+        ("signin_logs", "created_at < ?1".into(), days("SIGNIN_LOG_RETENTION_DAYS", 180)),
+        ("cron_runs", "started_at < ?1 * 1000".into(), days("CRON_RUN_RETENTION_DAYS", 30)),
+    ];
+    for (table, condition, cutoff) in rules {
+        chunked_update(ctx, budget, summary, &format!("retention {table}"), |n| {
+            Stmt::new(
+                format!("DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {condition} LIMIT ?2)"),
+                vec![cutoff.into(), n.into()],
+            )
+        })
+        .await;
+        if summary.stopped_early || summary.errors > 0 {
+            return;
+        }
+    }
 }

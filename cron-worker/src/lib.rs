@@ -1,43 +1,29 @@
-//! cron-worker: the jobs that keep the system consistent and small. One scheduled handler,
-//! dispatched on `event.cron()` to named jobs; every run is logged with its summary, and a job
-//! that fails logs its cause (the runtime drops whatever a scheduled handler returns).
+//! cron-worker: the jobs that keep the system consistent and small. Cron triggers reach
+//! `scheduled`, which runs the jobs of that expression; operators reach the same jobs through the
+//! api's `POST /admin/cron/{job}` over a service binding (this worker has no public route).
+//! Every run is recorded in `cron_runs` and logged; no job's error is lost.
 
 mod jobs;
+mod runner;
 
-use shared::edge::{log, now_ms, Db, IoCounts};
-use std::rc::Rc;
-use worker::{event, Env, ScheduleContext, ScheduledEvent};
+use worker::{event, Context, Env, Method, Request, Response, ScheduleContext, ScheduledEvent};
 
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     console_error_panic_hook::set_once();
-    let cron = event.cron();
-    let names = jobs::for_schedule(&cron);
-    if names.is_empty() {
-        log(serde_json::json!({"level": "warn", "event": "cron.unknown_schedule", "cron": cron}));
-        return;
-    }
-    for name in names {
-        let started = now_ms();
-        let io = Rc::new(IoCounts::default());
-        let result = match Db::new(&env, "DB", io.clone()) {
-            Ok(db) => jobs::run(name, &env, &db).await,
-            Err(e) => Err(e),
-        };
-        let mut line = serde_json::json!({
-            "event": "cron.run",
-            "cron": cron,
-            "job": name,
-            "ms": now_ms().saturating_sub(started),
-            "io": io.to_json(),
-        });
-        match result {
-            Ok(summary) => line["summary"] = summary,
-            Err(e) => {
-                line["level"] = "error".into();
-                line["error"] = e.to_string().into();
-            }
-        }
-        log(line);
-    }
+    runner::run_schedule(&env, &event.cron()).await;
+}
+
+/// `POST /run/{job}` from the api worker (service binding): run one job now, same budget.
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    console_error_panic_hook::set_once();
+    let path = req.path();
+    let job = path.strip_prefix("/run/").unwrap_or_default().to_owned();
+    let cadence = shared::schedule::cadence_of(&job);
+    let (Method::Post, Some(cadence)) = (req.method(), cadence) else {
+        return Response::from_json(&serde_json::json!({"error": {"code": "not_found", "message": "no such job"}})).map(|r| r.with_status(404));
+    };
+    let summary = runner::run_job(&env, &job, "manual", cadence).await;
+    Response::from_json(&summary)
 }

@@ -39,6 +39,7 @@ pub fn run(_args: &[String]) -> Result<(), String> {
         sim_port: Some(SIM_PORT),
         vars,
         keep_state: true,
+        seed: None,
         own_process_group: false,
     })?;
     let client = stack.client();

@@ -38,6 +38,8 @@ pub struct StackOptions {
     pub vars: BTreeMap<String, String>,
     /// Keep the state directory after stopping.
     pub keep_state: bool,
+    /// Fixtures written into the state before the workers start (D1 rows, R2 objects).
+    pub seed: Option<fn(&Seed) -> Result<(), String>>,
     /// Run wrangler in a process group of its own so stopping it stops workerd too (tests);
     /// `dev` leaves it in the terminal's group so Ctrl-C reaches it.
     pub own_process_group: bool,
@@ -57,6 +59,7 @@ impl Default for StackOptions {
             sim_port: None,
             vars: vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             keep_state: false,
+            seed: None,
             own_process_group: true,
         }
     }
@@ -103,6 +106,57 @@ fn derive_config(source: &Path, dest: &Path, vars: &BTreeMap<String, String>) ->
         }
     }
     fs::write(dest, toml::to_string(&doc).map_err(|e| e.to_string())?).map_err(|e| format!("writing {}: {e}", dest.display()))
+}
+
+/// Writes fixtures into a stack's local state before it starts, with wrangler's own local
+/// commands (the same D1 and R2 the workers then serve).
+pub struct Seed {
+    config: PathBuf,
+    persist: PathBuf,
+    dir: PathBuf,
+}
+
+impl Seed {
+    fn wrangler(&self, args: &[&str]) -> Result<(), String> {
+        let out = quiet(Command::new(wrangler()).current_dir(self.config.parent().unwrap_or(Path::new("."))))
+            .args(args)
+            .arg("--local")
+            .arg("--persist-to")
+            .arg(&self.persist)
+            .arg("-c")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("starting wrangler: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("wrangler {}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
+    /// Runs SQL against the local D1.
+    pub fn d1(&self, sql: &str) -> Result<(), String> {
+        fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
+        let file = self.dir.join(format!("seed-{}.sql", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
+        fs::write(&file, sql).map_err(|e| e.to_string())?;
+        self.wrangler(&["d1", "execute", "edgeline", "--file", &file.display().to_string()])
+    }
+
+    /// Puts objects into the local R2 bucket, many at once.
+    pub fn r2(&self, objects: &[(String, Vec<u8>)], content_type: &str) -> Result<(), String> {
+        let files = self.dir.join(format!("r2-{}", objects.len()));
+        fs::create_dir_all(&files).map_err(|e| e.to_string())?;
+        let mut list = Vec::with_capacity(objects.len());
+        for (i, (key, bytes)) in objects.iter().enumerate() {
+            let f = files.join(format!("{i}.bin"));
+            fs::write(&f, bytes).map_err(|e| e.to_string())?;
+            list.push(serde_json::json!({"key": key, "file": f.display().to_string()}));
+        }
+        let list_file = files.join("list.json");
+        fs::write(&list_file, serde_json::Value::Array(list).to_string()).map_err(|e| e.to_string())?;
+        self.wrangler(&["r2", "bulk", "put", "edgeline", "--filename", &list_file.display().to_string(), "--ct", content_type, "--force"])
+    }
 }
 
 impl Stack {
@@ -165,6 +219,10 @@ impl Stack {
         if !status.success() {
             let err = fs::read_to_string(state_dir.join("migrate.err")).unwrap_or_default();
             return Err(format!("migrations failed ({status}):\n{err}"));
+        }
+
+        if let Some(seed) = opts.seed {
+            seed(&Seed { config: configs[0].1.clone(), persist: persist.clone(), dir: state_dir.join("seed") })?;
         }
 
         let log = fs::File::create(state_dir.join("wrangler.log")).map_err(|e| e.to_string())?;
@@ -235,6 +293,18 @@ impl Stack {
             .filter_map(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
             .filter(|v| event.is_none_or(|e| v["event"] == e))
             .collect()
+    }
+
+    /// Runs the operators' CLI (`cargo xtask admin …`) against this stack.
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let bin = root().join("target/debug/xtask");
+        if !bin.exists() {
+            let _ = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).current_dir(root()).args(["build", "-q", "-p", "xtask"]).status();
+        }
+        match Command::new(bin).arg("admin").args(args).args(["--url", &self.api, "--token", ADMIN_TOKEN, "--actor", "e2e-operator"]).output() {
+            Ok(out) => (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))),
+            Err(e) => (false, format!("the CLI did not run: {e}")),
+        }
     }
 
     pub fn client(&self) -> crate::Client {

@@ -47,3 +47,13 @@ fn cron_config_deploys() {
     let text = dry_run("cron-worker/wrangler.toml");
     has_all(&text, "cron", &["env.DB (edgeline)"]);
 }
+
+#[test]
+fn cron_triggers_match_the_schedule_table() {
+    let text = std::fs::read_to_string(e2e::stack::root().join("cron-worker/wrangler.toml")).expect("config");
+    let doc: toml::Table = text.parse().expect("toml");
+    let crons: Vec<String> = doc["triggers"]["crons"].as_array().expect("crons").iter().filter_map(|c| c.as_str().map(str::to_owned)).collect();
+    let table: Vec<String> = shared::schedule::SCHEDULES.iter().map(|(c, _, _)| (*c).to_owned()).collect();
+    assert_eq!(crons, table, "triggers.crons and shared::schedule::SCHEDULES must list the same expressions");
+    assert!(crons.len() <= 5, "the free plan allows 5 cron triggers per account");
+}

@@ -2,14 +2,11 @@
 //! permanent refusals, deadlines, dead letters with operator replay (through the CLI), garbage
 //! messages, and task retries. Callbacks are off here so polling does all the work.
 
-#![allow(clippy::expect_used)]
-
 use e2e::check::{ensure, eq};
 use e2e::client::Client;
-use e2e::stack::{root, Stack, StackOptions, ADMIN_TOKEN};
+use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN};
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -21,19 +18,8 @@ fn submit(c: &Client, token: &str, prompt: &str) -> String {
     r.json()["id"].as_str().unwrap_or_default().to_owned()
 }
 
-/// Runs the operators' CLI (`cargo xtask admin …`) against the stack.
 fn cli(stack: &Stack, args: &[&str]) -> (bool, String) {
-    let bin = root().join("target/debug/xtask");
-    if !bin.exists() {
-        let _ = Command::new(env!("CARGO")).current_dir(root()).args(["build", "-q", "-p", "xtask"]).status();
-    }
-    let out = Command::new(bin)
-        .arg("admin")
-        .args(args)
-        .args(["--url", &stack.api, "--token", ADMIN_TOKEN, "--actor", "e2e-operator"])
-        .output()
-        .expect("the CLI runs");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    stack.cli(args)
 }
 
 /// The dead letter archived for a task, once it shows up.

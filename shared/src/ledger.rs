@@ -390,6 +390,27 @@ pub fn settle(task: &TaskId, user: &UserId, cost: Credits, allocation: &Allocati
     stmts
 }
 
+/// The failure of a task: move it to `failed` (only from a live state) with its reason, and
+/// release its hold under the guard. Used by the consumer and by the reconciler alike; the
+/// first statement's `changes` says whether this call ended the task.
+pub fn fail_task(task: &TaskId, user: &UserId, cost: Credits, reason: &str, now: i64) -> [Stmt; 2] {
+    use crate::task::Transition;
+    let t = Transition::Fail;
+    let reason: String = reason.chars().take(500).collect();
+    [
+        Stmt::new(
+            format!(
+                "UPDATE ai_tasks SET status = '{}', failure_reason = ?2, completed_at = ?3, updated_at = ?3
+                 WHERE id = ?1 AND status IN ({})",
+                t.to().as_str(),
+                t.from_sql()
+            ),
+            vec![task.to_string().into(), reason.into(), now.into()],
+        ),
+        release(task, user, cost, TaskStatus::Failed, now),
+    ]
+}
+
 /// What a failed settlement batch means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SettleConflict {
@@ -521,6 +542,14 @@ mod tests {
         assert!(rel.sql.contains("status = 'failed'"));
         assert_eq!(stmts.len(), 3);
         assert_eq!(settle(&task, &user, Credits(2), &alloc, 99), settle(&task, &user, Credits(2), &alloc, 99));
+    }
+
+    #[test]
+    fn failing_a_task_moves_it_and_releases_under_guard() {
+        let [update, rel] = fail_task(&TaskId::new(), &UserId::new(), Credits(3), &"x".repeat(600), 9);
+        assert!(update.sql.contains("status IN ('pending','submitted','processing')"));
+        assert_eq!(update.params[1], Param::Text("x".repeat(500)), "reason capped");
+        assert!(rel.sql.contains("status = 'failed'") && rel.sql.contains("'release'"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod messages;
 pub mod model;
 pub mod payments;
 pub mod retry;
+pub mod schedule;
 pub mod signing;
 pub mod submit;
 pub mod task;

@@ -9,6 +9,8 @@
 //! cargo xtask admin tasks list [--status S] [--older-than SECS] [--limit N] [--cursor C]
 //! cargo xtask admin tasks show ID
 //! cargo xtask admin tasks retry ID
+//! cargo xtask admin cron runs [--job J] [--limit N]
+//! cargo xtask admin cron run JOB
 //! ```
 //! Global: `--url` (or EDGELINE_URL, default http://127.0.0.1:8787), `--token` (or
 //! EDGELINE_ADMIN_TOKEN, else ADMIN_TOKEN from .dev.vars), `--actor` (default $USER), `--json`.
@@ -221,7 +223,33 @@ pub fn run(raw: &[String]) -> Result<()> {
             );
             (v, text)
         }
-        _ => return Err("usage: cargo xtask admin <dlq list|show|replay|discard|tasks list|show|retry> … (see xtask/src/admin.rs)".into()),
+        ["cron", "runs"] => {
+            let v = get(&format!("/admin/cron/runs{}", query(&args, &[("job", "job"), ("limit", "limit")])))?;
+            let rows = v["runs"].as_array().cloned().unwrap_or_default();
+            let rows: Vec<Value> = rows
+                .into_iter()
+                .map(|mut r| {
+                    let ms = r["finished_at"].as_i64().zip(r["started_at"].as_i64()).map(|(f, s)| f - s);
+                    r["took_ms"] = json!(ms);
+                    r["started"] = json!(r["started_at"].as_i64().map(|s| utc(s / 1000)));
+                    r
+                })
+                .collect();
+            let cols = [("job", "JOB"), ("schedule", "SCHEDULE"), ("started", "STARTED (UTC)"), ("took_ms", "MS"), ("examined", "EXAMINED"), ("changed", "CHANGED"), ("errors", "ERRORS"), ("stopped_early", "STOPPED EARLY")];
+            (v, table(&rows, &cols))
+        }
+        ["cron", "run", job] => {
+            let v = post(&format!("/admin/cron/{job}"), &json!({}))?;
+            let s = &v["summary"];
+            let text = format!(
+                "{job}: examined {}, changed {}, errors {}{} in {} ms",
+                s["examined"], s["changed"], s["errors"],
+                if s["stopped_early"] == json!(true) { ", stopped early (the next run continues)" } else { "" },
+                v["ms"]
+            );
+            (v, text)
+        }
+        _ => return Err("usage: cargo xtask admin <dlq list|show|replay|discard | tasks list|show|retry | cron runs|run> … (see xtask/src/admin.rs)".into()),
     };
     println!("{}", if as_json { out.0.to_string() } else { out.1 });
     Ok(())
