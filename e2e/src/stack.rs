@@ -26,6 +26,9 @@ pub fn free_port() -> Result<u16, String> {
     l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
+/// Writes fixtures into a stack's state before it starts.
+pub type Seeder = fn(&Seed) -> Result<(), String>;
+
 #[derive(Debug, Clone)]
 pub struct StackOptions {
     /// Where state lives; a fresh temporary directory when `None`.
@@ -39,7 +42,7 @@ pub struct StackOptions {
     /// Keep the state directory after stopping.
     pub keep_state: bool,
     /// Fixtures written into the state before the workers start (D1 rows, R2 objects).
-    pub seed: Option<fn(&Seed) -> Result<(), String>>,
+    pub seed: Option<Seeder>,
     /// Run wrangler in a process group of its own so stopping it stops workerd too (tests);
     /// `dev` leaves it in the terminal's group so Ctrl-C reaches it.
     pub own_process_group: bool,

@@ -155,3 +155,36 @@ fn webhook_ingress() {
         c.balance(&token)
     );
 }
+
+fn seed_stale_orders(s: &e2e::stack::Seed, n: u64) -> Result<(), String> {
+    s.d1(&format!(
+        "INSERT INTO users (id, email, name, credits, created_at, updated_at) VALUES ('33333333-3333-4333-8333-333333333333', 'fig@e2e.test', 'Fig', 0, 0, 0);
+         INSERT INTO orders (id, user_id, amount, currency, status, payment_provider, credits, product_id, created_at, updated_at)
+           WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n})
+           SELECT 'ord_fig_' || i, '33333333-3333-4333-8333-333333333333', 499, 'USD', 'pending', 'creem', 50, 'pack_starter',
+                  CAST(strftime('%s','now') AS INTEGER) - 7200, 0 FROM n;"
+    ))
+}
+
+/// expire_orders at 10,000 and 100,000 stale rows: time per item should stay flat.
+#[test]
+#[ignore = "figures, run by hand"]
+fn cron_scaling() {
+    let mut rows = Vec::new();
+    for (n, seed) in [(10_000u64, (|s: &e2e::stack::Seed| seed_stale_orders(s, 10_000)) as e2e::stack::Seeder), (100_000, |s| seed_stale_orders(s, 100_000))] {
+        let mut options = StackOptions::default();
+        options.vars.insert("CRON_MAX_ITEMS".into(), "1000000".into());
+        options.vars.insert("CRON_BUDGET_MS".into(), "25000".into());
+        options.seed = Some(seed);
+        let stack = Stack::start(options).expect("stack starts");
+        let c = stack.client();
+        let r = c.post_json("/admin/cron/expire_orders", Some(ADMIN_TOKEN), &json!({})).json();
+        let changed = r["summary"]["changed"].as_u64().unwrap_or(0);
+        let ms = r["ms"].as_u64().unwrap_or(0);
+        rows.push((n, changed, ms, r["summary"]["stopped_early"].clone()));
+    }
+    println!("\n| stale rows | expired | run ms | µs per row | stopped early |\n|---|---|---|---|---|");
+    for (n, changed, ms, early) in &rows {
+        println!("| {n} | {changed} | {ms} | {:.1} | {early} |", *ms as f64 * 1000.0 / (*changed).max(1) as f64);
+    }
+}
