@@ -14,11 +14,15 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     runner::run_schedule(&env, &event.cron()).await;
 }
 
-/// `POST /run/{job}` from the api worker (service binding): run one job now, same budget.
+/// Reached only through the api's service binding: `POST /run/{job}` runs one job now with its
+/// schedule's budget; `GET /runs` lists the latest recorded runs.
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
     console_error_panic_hook::set_once();
     let path = req.path();
+    if req.method() == Method::Get && path == "/runs" {
+        return Response::from_json(&runner::recent_runs(&env).await);
+    }
     let job = path.strip_prefix("/run/").unwrap_or_default().to_owned();
     let cadence = shared::schedule::cadence_of(&job);
     let (Method::Post, Some(cadence)) = (req.method(), cadence) else {

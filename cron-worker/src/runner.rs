@@ -149,3 +149,25 @@ async fn last_cursor(db: &Db, name: &str) -> Result<Option<String>, IoError> {
         .await?;
     Ok(row.and_then(|r| r["cursor"].as_str().map(str::to_owned)))
 }
+
+/// The latest recorded runs, newest first.
+pub async fn recent_runs(env: &Env) -> serde_json::Value {
+    let io = Rc::new(IoCounts::default());
+    let rows = match Db::new(env, "DB", io) {
+        Ok(db) => db
+            .all::<serde_json::Value>(
+                "recent cron runs",
+                &Stmt::new(
+                    "SELECT job, schedule, started_at, finished_at, examined, changed, errors, stopped_early FROM cron_runs ORDER BY started_at DESC LIMIT 50",
+                    vec![],
+                ),
+            )
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match rows {
+        Ok(r) => serde_json::json!({"runs": r}),
+        Err(e) => serde_json::json!({"error": e}),
+    }
+}

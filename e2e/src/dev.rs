@@ -40,6 +40,7 @@ pub fn run(_args: &[String]) -> Result<(), String> {
         vars,
         keep_state: true,
         seed: None,
+        cron_only: false,
         own_process_group: false,
     })?;
     let client = stack.client();

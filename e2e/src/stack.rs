@@ -41,6 +41,9 @@ pub struct StackOptions {
     pub vars: BTreeMap<String, String>,
     /// Keep the state directory after stopping.
     pub keep_state: bool,
+    /// Run only the cron worker (first, so wrangler's `/__scheduled` reaches its `scheduled`
+    /// handler); its health check is its own `GET /runs`.
+    pub cron_only: bool,
     /// Fixtures written into the state before the workers start (D1 rows, R2 objects).
     pub seed: Option<Seeder>,
     /// Run wrangler in a process group of its own so stopping it stops workerd too (tests);
@@ -62,6 +65,7 @@ impl Default for StackOptions {
             sim_port: None,
             vars: vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             keep_state: false,
+            cron_only: false,
             seed: None,
             own_process_group: true,
         }
@@ -233,7 +237,12 @@ impl Stack {
         quiet(&mut cmd)
             .current_dir(&config_dir)
             .arg("dev")
-            .args(configs.iter().flat_map(|(_, d)| [PathBuf::from("-c"), d.clone()]))
+            .args(
+                configs
+                    .iter()
+                    .filter(|(src, _)| !opts.cron_only || src.ends_with("cron-worker/wrangler.toml"))
+                    .flat_map(|(_, d)| [PathBuf::from("-c"), d.clone()]),
+            )
             .args(["--ip", "127.0.0.1", "--port", &port.to_string(), "--inspector-port", &inspector.to_string()])
             .arg("--persist-to")
             .arg(&persist)
@@ -253,11 +262,11 @@ impl Stack {
             keep_state: opts.keep_state.into(),
             own_group: opts.own_process_group,
         };
-        stack.wait_healthy(Duration::from_secs(90))?;
+        stack.wait_healthy(if opts.cron_only { "/runs" } else { "/api/health" }, Duration::from_secs(90))?;
         Ok(stack)
     }
 
-    fn wait_healthy(&mut self, limit: Duration) -> Result<(), String> {
+    fn wait_healthy(&mut self, path: &str, limit: Duration) -> Result<(), String> {
         let started = Instant::now();
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
         while started.elapsed() < limit {
@@ -266,7 +275,7 @@ impl Stack {
                     return Err(format!("wrangler dev exited ({status}):\n{}", self.log_tail(60)));
                 }
             }
-            if let Ok(resp) = agent.get(&format!("{}/api/health", self.api)).call() {
+            if let Ok(resp) = agent.get(&format!("{}{path}", self.api)).call() {
                 if resp.status() == 200 {
                     return Ok(());
                 }
@@ -288,11 +297,12 @@ impl Stack {
         fs::read_to_string(self.state_dir.join("wrangler.log")).unwrap_or_default()
     }
 
-    /// The structured lines the workers logged (`[edgeline-x] {json}`), optionally of one event.
+    /// The structured lines the workers logged (`[edgeline-x] {json}`, or bare `{json}` when one
+    /// worker runs alone), optionally of one event.
     pub fn events(&self, event: Option<&str>) -> Vec<serde_json::Value> {
         self.log()
             .lines()
-            .filter_map(|l| l.split_once("] {").map(|(_, rest)| format!("{{{rest}")))
+            .filter_map(|l| if l.starts_with('{') { Some(l.to_owned()) } else { l.split_once("] {").map(|(_, rest)| format!("{{{rest}")) })
             .filter_map(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
             .filter(|v| event.is_none_or(|e| v["event"] == e))
             .collect()
