@@ -2,14 +2,12 @@
 //! app's login until JWTs arrive). Every route needs the admin token.
 
 use crate::app::{json, json_body, App, Ctx};
-use crate::auth::{self, SessionRecord};
+use crate::auth;
 use crate::error::{ApiError, ApiResult};
 use serde_json::{json, Value};
-use shared::edge::{now, IoError, StepExt};
+use shared::edge::{now, IoError};
 use shared::ids::{Credits, UserId};
-use shared::keys::session_key;
 use shared::ledger::{self, EntryKind, NewGrant, Stmt};
-use shared::signing::{new_token, token_digest};
 use shared::submit::FieldError;
 use worker::Request;
 
@@ -94,7 +92,8 @@ async fn require_user(app: &App, user: &UserId) -> Result<(), ApiError> {
     exists.map(|_| ()).ok_or(ApiError::NotFound("user"))
 }
 
-/// `POST /admin/users/:id/sessions {ttl_secs?}`: a bearer token for the user.
+/// `POST /admin/users/:id/sessions {ttl_secs?}`: a session and its token for the user (what the
+/// app's login does after it has authenticated someone).
 pub async fn create_session(mut req: Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
     auth::admin(&req, app).await?;
@@ -112,19 +111,7 @@ pub async fn create_session(mut req: Request, ctx: &Ctx) -> ApiResult {
             .ok_or_else(|| field_err("ttl_secs", "invalid_value", "must be an integer from 60 to 31536000"))?,
     };
     require_user(app, &user).await?;
-    let mut random = [0u8; 32];
-    getrandom::getrandom(&mut random).map_err(|e| IoError { step: "random token".into(), cause: e.to_string() })?;
-    let token = new_token(&random);
-    let expires_at = now() + ttl;
-    let record = serde_json::to_string(&SessionRecord { user_id: user.to_string(), expires_at }).unwrap_or_default();
-    app.io.kv();
-    app.kv()?
-        .put(&session_key(&token_digest(&token)), record)
-        .step("kv put session")?
-        .expiration_ttl(u64::try_from(ttl).unwrap_or(60))
-        .execute()
-        .await
-        .step("kv put session")?;
+    let (token, expires_at) = auth::open_session(app, &user, ttl).await?;
     json(&json!({"token": token, "user_id": user.to_string(), "expires_at": expires_at}), 201)
 }
 

@@ -67,6 +67,8 @@ async fn route(req: Request, env: Env, app: Rc<App>) -> Response {
         .get_async("/api/tasks", |req, ctx| async move { reply(tasks::list(&req, &ctx.data).await) })
         .get_async("/api/tasks/:id", |req, ctx| async move { reply(tasks::get(&req, &ctx).await) })
         .get_async("/api/tasks/:id/results/:n", |req, ctx| async move { reply(tasks::result(&req, &ctx).await) })
+        .post_async("/api/auth/signout", |req, ctx| async move { reply(tasks::sign_out(&req, &ctx.data, false).await) })
+        .post_async("/api/auth/signout-all", |req, ctx| async move { reply(tasks::sign_out(&req, &ctx.data, true).await) })
         .get_async("/api/balance", |req, ctx| async move { reply(tasks::balance(&req, &ctx.data).await) })
         .post_async("/admin/users", |req, ctx| async move { reply(admin::create_user(req, &ctx.data).await) })
         .post_async("/admin/users/:id/sessions", |req, ctx| async move { reply(admin::create_session(req, &ctx).await) })

@@ -10,6 +10,10 @@ pub struct Config {
     pub files_signing_key: String,
     /// Operators' bearer token for `/admin/`.
     pub admin_token: String,
+    /// Signs and verifies users' session tokens (HS256), shared with the app's login.
+    pub jwt_secret: String,
+    /// The `iss` our tokens carry and must carry.
+    pub jwt_issuer: String,
     /// Seconds a task may take from submission before it fails.
     pub task_deadline_secs: i64,
     /// Largest request body we read.
@@ -68,10 +72,16 @@ impl Config {
         if admin_token.len() < 16 || files_signing_key.len() < 16 {
             return Err(ConfigError("ADMIN_TOKEN and FILES_SIGNING_KEY must be at least 16 characters".into()));
         }
+        let jwt_secret = required(env, "JWT_SECRET")?;
+        if jwt_secret.len() < 32 {
+            return Err(ConfigError("JWT_SECRET must be at least 32 characters".into()));
+        }
         Ok(Self {
             public_base_url,
             files_signing_key,
             admin_token,
+            jwt_secret,
+            jwt_issuer: var(env, "JWT_ISSUER").unwrap_or_else(|| "edgeline".into()),
             task_deadline_secs: positive(env, "TASK_DEADLINE_SECS", 15 * 60)?,
             max_body_bytes: size(env, "MAX_BODY_BYTES", 25 * 1024 * 1024)?,
             max_upload_bytes: size(env, "MAX_UPLOAD_BYTES", 10 * 1024 * 1024)?,

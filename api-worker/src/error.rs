@@ -23,6 +23,8 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     /// 413: body or file too large.
     TooLarge(String),
+    /// 416: the requested range lies outside the object (of this size).
+    RangeNotSatisfiable(u64),
     /// 415: a body or file of a type we do not take.
     UnsupportedMediaType(String),
     /// 422: well-formed but invalid.
@@ -62,6 +64,7 @@ impl ApiError {
             ApiError::PaymentRequired(m) => (402, "insufficient_credits", m.clone(), None),
             ApiError::Conflict { code, message } => (409, code, message.clone(), None),
             ApiError::TooLarge(m) => (413, "payload_too_large", m.clone(), None),
+            ApiError::RangeNotSatisfiable(size) => (416, "range_not_satisfiable", format!("the object has {size} bytes"), None),
             ApiError::UnsupportedMediaType(m) => (415, "unsupported_media_type", m.clone(), None),
             ApiError::Invalid(f) => (422, f.code, f.to_string(), Some(f.field.as_str())),
             ApiError::Unprocessable { code, message } => (422, code, message.clone(), None),
@@ -86,7 +89,11 @@ impl ApiError {
         if let Some(f) = field {
             error["field"] = serde_json::json!(f);
         }
-        json_response(&serde_json::json!({ "error": error }), status)
+        let mut resp = json_response(&serde_json::json!({ "error": error }), status);
+        if let ApiError::RangeNotSatisfiable(size) = self {
+            let _ = resp.headers_mut().set("content-range", &format!("bytes */{size}"));
+        }
+        resp
     }
 }
 

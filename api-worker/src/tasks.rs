@@ -402,7 +402,7 @@ pub async fn result(req: &Request, ctx: &Ctx) -> ApiResult {
         .ok_or_else(|| ApiError::bad_request("invalid_index", "result index must be a non-negative integer"))?;
     let row = owned_task(app, &user, &task).await?;
     let key = row.result_keys().into_iter().nth(n).ok_or(ApiError::NotFound("result"))?;
-    crate::files::stream_object(app, &key, "private, max-age=3600").await
+    crate::files::stream_object(req, app, &key, "private, max-age=3600").await
 }
 
 /// The derived balance.
@@ -450,3 +450,11 @@ pub async fn health(app: &App) -> ApiResult {
     json(&json!({ "status": if ok { "ok" } else { "degraded" }, "checks": detail }), if ok { 200 } else { 503 })
 }
 
+
+/// `POST /api/auth/signout`: ends the caller's session; `POST /api/auth/signout-all`: every session
+/// of the caller. Tokens of ended sessions are refused from then on.
+pub async fn sign_out(req: &Request, app: &App, everywhere: bool) -> ApiResult {
+    let caller = auth::caller(req, app).await?;
+    let ended = auth::sign_out(app, &caller, everywhere).await?;
+    json(&json!({"signed_out": ended}), 200)
+}

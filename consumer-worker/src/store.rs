@@ -32,17 +32,11 @@ pub fn storage(e: IoError) -> Failure {
 
 /// `pending -> submitted`, returning the task; `None` if another delivery got there first.
 pub async fn claim(ctx: &Ctx, task: &TaskId) -> Result<Option<Claimed>, IoError> {
-    let t = Transition::Claim;
     ctx.db
         .first(
             "claim task",
             &Stmt::new(
-                format!(
-                    "UPDATE ai_tasks SET status = '{}', updated_at = ?2 WHERE id = ?1 AND status IN ({})
-                     RETURNING user_id, input_params, cost, deadline_at",
-                    t.to().as_str(),
-                    t.from_sql()
-                ),
+                format!("{} RETURNING user_id, input_params, cost, deadline_at", Transition::Claim.update_sql("updated_at = ?2")),
                 vec![task.to_string().into(), now().into()],
             ),
         )
@@ -51,17 +45,11 @@ pub async fn claim(ctx: &Ctx, task: &TaskId) -> Result<Option<Claimed>, IoError>
 
 /// `submitted -> pending`: the provider did not take the task; let the retry claim it again.
 pub async fn unclaim(ctx: &Ctx, task: &TaskId) -> Result<(), IoError> {
-    let t = Transition::Unclaim;
     ctx.db
         .run(
             "unclaim task",
             &Stmt::new(
-                format!(
-                    "UPDATE ai_tasks SET status = '{}', updated_at = ?2
-                     WHERE id = ?1 AND status IN ({}) AND external_task_id IS NULL",
-                    t.to().as_str(),
-                    t.from_sql()
-                ),
+                format!("{} AND external_task_id IS NULL", Transition::Unclaim.update_sql("updated_at = ?2")),
                 vec![task.to_string().into(), now().into()],
             ),
         )
@@ -71,18 +59,12 @@ pub async fn unclaim(ctx: &Ctx, task: &TaskId) -> Result<(), IoError> {
 
 /// `submitted -> processing` with the provider's task id.
 pub async fn accept(ctx: &Ctx, task: &TaskId, external_id: &str) -> Result<(), IoError> {
-    let t = Transition::Accepted;
     let at = now();
     ctx.db
         .run(
             "accept task",
             &Stmt::new(
-                format!(
-                    "UPDATE ai_tasks SET status = '{}', external_task_id = ?2, submitted_at = ?3, updated_at = ?3
-                     WHERE id = ?1 AND status IN ({})",
-                    t.to().as_str(),
-                    t.from_sql()
-                ),
+                Transition::Accepted.update_sql("external_task_id = ?2, submitted_at = ?3, updated_at = ?3"),
                 vec![task.to_string().into(), external_id.into(), at.into()],
             ),
         )
@@ -96,15 +78,10 @@ pub async fn complete(ctx: &Ctx, end: &Ending, external_id: &str, urls: &[String
     let grants: Vec<Grant> = ctx.db.all("grants of user", &ledger::grants_query(&end.user)).await.map_err(storage)?;
     let at = now();
     let allocation = ledger::allocate(end.cost, &grants, at);
-    let t = Transition::Succeeded;
     let mut stmts = vec![Stmt::new(
-        format!(
-            "UPDATE ai_tasks SET status = '{}', result_urls = ?2, result_keys = ?3,
-                    external_task_id = COALESCE(external_task_id, ?4), completed_at = ?5, updated_at = ?5,
-                    submitted_at = COALESCE(submitted_at, ?5)
-             WHERE id = ?1 AND status IN ({})",
-            t.to().as_str(),
-            t.from_sql()
+        Transition::Succeeded.update_sql(
+            "result_urls = ?2, result_keys = ?3, external_task_id = COALESCE(external_task_id, ?4),
+             completed_at = ?5, updated_at = ?5, submitted_at = COALESCE(submitted_at, ?5)",
         ),
         vec![
             end.task.to_string().into(),

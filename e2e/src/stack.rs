@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 pub const FILES_SIGNING_KEY: &str = "e2e-files-signing-key-0123456789";
+/// Signs users' session tokens (HS256).
+pub const JWT_SECRET: &str = "e2e-jwt-secret-0123456789abcdef0123456789";
 /// Creem webhook secrets the stack accepts (two, as during a rotation).
 pub const CREEM_WEBHOOK_SECRET: &str = "e2e-creem-webhook-secret";
 pub const CREEM_OLD_SECRET: &str = "e2e-creem-old-secret";
@@ -193,6 +195,7 @@ impl Stack {
             ("KIE_API_KEY", "e2e-kie-key".to_owned()),
             ("ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
             ("FILES_SIGNING_KEY", FILES_SIGNING_KEY.to_owned()),
+            ("JWT_SECRET", JWT_SECRET.to_owned()),
             ("CREEM_BASE_URL", sim.base_url()),
             ("CREEM_API_KEY", "e2e-creem-key".to_owned()),
             ("CREEM_WEBHOOK_SECRETS", format!("{CREEM_OLD_SECRET},{CREEM_WEBHOOK_SECRET}")),

@@ -43,6 +43,24 @@ fn golden_path_4o(stack: &Stack) -> Result<(), Failed> {
     eq(via_signed.status, 200, "signed url")?;
     ensure(via_signed.body == stored.body, "signed url bytes")?;
 
+    // ranges, validators and cache headers
+    let etag = stored.header("etag").unwrap_or_default().to_owned();
+    ensure(!etag.is_empty() && stored.header("cache-control").is_some_and(|c| c.contains("private")), "etag and cache-control")?;
+    eq(stored.header("accept-ranges"), Some("bytes"), "ranges advertised")?;
+    let path = format!("/api/tasks/{id}/results/0");
+    let part = c.send("GET", &path, Some(&token), &[("range", "bytes=0-7")], None);
+    eq(part.status, 206, "a range")?;
+    ensure(part.body == stored.body[..8], "the first 8 bytes")?;
+    eq(part.header("content-range").map(str::to_owned), Some(format!("bytes 0-7/{}", stored.body.len())), "content-range")?;
+    let tail = c.send("GET", &path, Some(&token), &[("range", "bytes=-4")], None);
+    ensure(tail.status == 206 && tail.body == stored.body[stored.body.len() - 4..], "a suffix range")?;
+    let past = c.send("GET", &path, Some(&token), &[("range", "bytes=999999-")], None);
+    eq((past.status, past.code()), (416, "range_not_satisfiable".to_owned()), "a range past the end")?;
+    let cached = c.send("GET", &path, Some(&token), &[("if-none-match", &etag)], None);
+    ensure(cached.status == 304 && cached.body.is_empty(), format!("if-none-match: {}", cached.status))?;
+    let signed_part = c.send("GET", signed, None, &[("range", "bytes=0-3")], None);
+    ensure(signed_part.status == 206 && signed_part.body == stored.body[..4], "ranges on signed urls too")?;
+
     // charged exactly the cost, once
     eq(c.balance(&token), 8, "balance after one kie_4o task")?;
     std::thread::sleep(Duration::from_secs(3));
@@ -160,6 +178,18 @@ fn other_users_tasks_are_404(stack: &Stack) -> Result<(), Failed> {
     eq(nobody.text(), missing.text(), "indistinguishable from a missing task")?;
     eq(c.get(&format!("/api/tasks/{id}/results/0"), Some(&bob)).status, 404, "bob reads alice's result")?;
     eq(c.get("/api/tasks", Some(&bob)).json()["tasks"].as_array().map(Vec::len), Some(0), "bob's list is empty")?;
+    // orders and subscriptions too
+    let order = c.post_json("/api/orders", Some(&alice), &json!({"product_id": "pack_starter"}));
+    eq(order.status, 201, "alice orders")?;
+    let order_id = order.json()["order_id"].as_str().unwrap_or_default().to_owned();
+    let theirs = c.get(&format!("/api/orders/{order_id}"), Some(&bob));
+    eq(theirs.text(), c.get("/api/orders/ord_does_not_exist", Some(&bob)).text(), "another's order is a plain 404")?;
+    eq(theirs.status, 404, "404")?;
+    eq(c.get("/api/orders", Some(&bob)).json()["orders"].as_array().map(Vec::len), Some(0), "bob sees no orders")?;
+    eq(c.get("/api/subscription", Some(&bob)).json()["subscription"].clone(), Value::Null, "nor a subscription")?;
+    // bob signing out ends only bob's session
+    eq(c.post_json("/api/auth/signout", Some(&bob), &json!({})).status, 200, "bob signs out")?;
+    eq(c.get("/api/tasks", Some(&alice)).status, 200, "alice is still signed in")?;
     Ok(())
 }
 
@@ -175,7 +205,7 @@ fn bad_input_gets_json_4xx(stack: &Stack) -> Result<(), Failed> {
         ("unknown field", submit(&c, &token, json!({"prompt": "x", "model": "kie_4o", "seed": 1})), 422, "unknown_field"),
         ("wrong content type", raw("text/plain", b"hello"), 415, "unsupported_media_type"),
         ("no token", c.post_json("/api/tasks", None, &json!({})), 401, "unauthorized"),
-        ("bad token", c.post_json("/api/tasks", Some("edl_nope"), &json!({})), 401, "unauthorized"),
+        ("bad token", c.post_json("/api/tasks", Some("not-a-token"), &json!({})), 401, "unauthorized"),
         ("unknown route", c.get("/api/nothing-here", Some(&token)), 404, "not_found"),
         ("wrong method", c.send("DELETE", "/api/balance", Some(&token), &[], None), 405, "method_not_allowed"),
         ("bad task id", c.get("/api/tasks/not-a-uuid", Some(&token)), 400, "invalid_id"),
@@ -224,6 +254,54 @@ fn listing_is_newest_first_and_paginated(stack: &Stack) -> Result<(), Failed> {
     Ok(())
 }
 
+fn tokens_are_checked_and_revocable(stack: &Stack) -> Result<(), Failed> {
+    use shared::session::mint;
+    let c = stack.client();
+    let (user, token) = c.new_user(ADMIN_TOKEN, 3);
+    let uid = shared::ids::UserId::parse(&user).map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    eq(c.get("/api/balance", Some(&token)).status, 200, "a live session")?;
+    let jwt = e2e::stack::JWT_SECRET.as_bytes();
+    let sid_of = |t: &str| -> String {
+        use base64::Engine;
+        let claims = t.split('.').nth(1).and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok()).unwrap_or_default();
+        serde_json::from_slice::<Value>(&claims).ok().and_then(|v| v["sid"].as_str().map(str::to_owned)).unwrap_or_default()
+    };
+    let sid = sid_of(&token);
+    let expired = mint(jwt, "edgeline", &uid, &sid, now - 7200, now - 3600).map_err(|e| e.to_string())?;
+    let wrong_key = mint(b"not-our-secret-not-our-secret-xxxx", "edgeline", &uid, &sid, now, now + 3600).map_err(|e| e.to_string())?;
+    let wrong_issuer = mint(jwt, "someone-else", &uid, &sid, now, now + 3600).map_err(|e| e.to_string())?;
+    let unknown_session = mint(jwt, "edgeline", &uid, "never-opened", now, now + 3600).map_err(|e| e.to_string())?;
+    let none = {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!("{}.{}.", b.encode(br#"{"alg":"none","typ":"JWT"}"#), token.split('.').nth(1).unwrap_or_default())
+    };
+    for (what, t) in [
+        ("expired", expired.as_str()),
+        ("wrongly signed", &wrong_key),
+        ("another issuer", &wrong_issuer),
+        ("a session never opened", &unknown_session),
+        ("alg none", &none),
+        ("malformed", "abc.def"),
+    ] {
+        let r = c.get("/api/balance", Some(t));
+        eq((r.status, r.code()), (401, "unauthorized".to_owned()), what)?;
+    }
+    // sign out one session: that token is refused, the other still works; then everywhere
+    let other = c.session(ADMIN_TOKEN, &user);
+    let r = c.post_json("/api/auth/signout", Some(&token), &json!({}));
+    eq((r.status, r.json()["signed_out"].as_i64()), (200, Some(1)), "signed out")?;
+    eq(c.get("/api/balance", Some(&token)).status, 401, "revoked at once")?;
+    eq(c.get("/api/balance", Some(&other)).status, 200, "the other session lives")?;
+    let third = c.session(ADMIN_TOKEN, &user);
+    eq(c.post_json("/api/auth/signout-all", Some(&other), &json!({})).json()["signed_out"].as_i64(), Some(2), "everywhere")?;
+    eq(c.get("/api/balance", Some(&other)).status, 401, "this one")?;
+    eq(c.get("/api/balance", Some(&third)).status, 401, "and every other")?;
+    eq(c.post_json("/admin/users", Some(&c.session(ADMIN_TOKEN, &user)), &json!({})).status, 403, "a user token never reaches /admin/")?;
+    Ok(())
+}
+
 fn admin_and_files_are_guarded(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (user, token) = c.new_user(ADMIN_TOKEN, 0);
@@ -262,6 +340,7 @@ fn main() {
             ("bad_input_gets_json_4xx", bad_input_gets_json_4xx),
             ("listing_is_newest_first_and_paginated", listing_is_newest_first_and_paginated),
             ("admin_and_files_are_guarded", admin_and_files_are_guarded),
+            ("tokens_are_checked_and_revocable", tokens_are_checked_and_revocable),
         ],
     )
 }

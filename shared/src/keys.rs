@@ -50,11 +50,6 @@ pub fn upload_prefix(user: &UserId) -> String {
     format!("cache/{user}/")
 }
 
-/// KV: a session, by the SHA-256 of its bearer token (tokens themselves are never stored).
-pub fn session_key(token_digest_hex: &str) -> String {
-    format!("session:{token_digest_hex}")
-}
-
 /// KV: the final status of a task, written once it is completed or failed.
 pub fn task_status_key(task: &TaskId) -> String {
     format!("task-status:{task}")
@@ -76,7 +71,6 @@ mod tests {
         let k = upload_key(&u, &up, "jpg");
         assert_eq!(k, "cache/11111111-2222-4333-8444-555555555555/66666666-7777-4888-8999-aaaaaaaaaaaa.jpg");
         assert!(k.starts_with(&upload_prefix(&u)));
-        assert_eq!(session_key("ab"), "session:ab");
         assert_eq!(task_status_key(&t), "task-status:0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d");
     }
 

@@ -395,16 +395,10 @@ pub fn settle(task: &TaskId, user: &UserId, cost: Credits, allocation: &Allocati
 /// first statement's `changes` says whether this call ended the task.
 pub fn fail_task(task: &TaskId, user: &UserId, cost: Credits, reason: &str, now: i64) -> [Stmt; 2] {
     use crate::task::Transition;
-    let t = Transition::Fail;
     let reason: String = reason.chars().take(500).collect();
     [
         Stmt::new(
-            format!(
-                "UPDATE ai_tasks SET status = '{}', failure_reason = ?2, completed_at = ?3, updated_at = ?3
-                 WHERE id = ?1 AND status IN ({})",
-                t.to().as_str(),
-                t.from_sql()
-            ),
+            Transition::Fail.update_sql("failure_reason = ?2, completed_at = ?3, updated_at = ?3"),
             vec![task.to_string().into(), reason.into(), now.into()],
         ),
         release(task, user, cost, TaskStatus::Failed, now),

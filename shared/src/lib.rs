@@ -14,6 +14,7 @@
 //! - [`edge`] (feature `edge`): adapters over the Workers runtime used by every worker.
 
 pub mod catalog;
+pub mod http;
 pub mod ids;
 pub mod keys;
 pub mod kie;
@@ -23,6 +24,7 @@ pub mod model;
 pub mod payments;
 pub mod retry;
 pub mod schedule;
+pub mod session;
 pub mod signing;
 pub mod submit;
 pub mod task;

@@ -1,6 +1,5 @@
 //! Signatures and secrets: HMAC-SHA256, token digests, constant-time comparison.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -43,11 +42,6 @@ pub fn ct_eq(a: &str, b: &str) -> bool {
 /// The SHA-256 of a bearer token, hex: what KV stores instead of the token.
 pub fn token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// A new bearer token from 32 random bytes.
-pub fn new_token(random: &[u8; 32]) -> String {
-    format!("edl_{}", URL_SAFE_NO_PAD.encode(random))
 }
 
 /// The signature of a time-limited file URL: HMAC over the key and the expiry.
@@ -214,8 +208,6 @@ mod tests {
 
     #[test]
     fn tokens_and_comparison() {
-        let t = new_token(&[7u8; 32]);
-        assert!(t.starts_with("edl_") && t.len() == 47);
         assert_eq!(token_digest("abc").len(), 64);
         assert!(ct_eq("same", "same"));
         assert!(!ct_eq("same", "Same"));

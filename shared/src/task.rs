@@ -112,6 +112,13 @@ impl Transition {
         self.from().contains(&current).then(|| self.to())
     }
 
+    /// The conditional UPDATE that applies this transition to task `?1`, also setting `set`
+    /// (placeholders from `?2`): it changes no row unless the task is in a state the
+    /// transition starts from. Callers may append more `AND …` conditions or `RETURNING …`.
+    pub fn update_sql(self, set: &str) -> String {
+        format!("UPDATE ai_tasks SET status = '{}', {set} WHERE id = ?1 AND status IN ({})", self.to().as_str(), self.from_sql())
+    }
+
     /// `'a','b'` for a `status IN (...)` guard.
     pub fn from_sql(self) -> String {
         self.from()
@@ -158,6 +165,10 @@ mod tests {
         }
         assert_eq!(Fail.from_sql(), "'pending','submitted','processing'");
         assert_eq!(Succeeded.from_sql(), "'submitted','processing'");
+        assert_eq!(
+            Claim.update_sql("updated_at = ?2"),
+            "UPDATE ai_tasks SET status = 'submitted', updated_at = ?2 WHERE id = ?1 AND status IN ('pending')"
+        );
         for s in TaskStatus::ALL {
             assert_eq!(TaskStatus::parse(s.as_str()), Some(s));
         }

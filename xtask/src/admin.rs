@@ -9,6 +9,7 @@
 //! cargo xtask admin tasks list [--status S] [--older-than SECS] [--limit N] [--cursor C]
 //! cargo xtask admin tasks show ID
 //! cargo xtask admin tasks retry ID
+//! cargo xtask admin token USER_ID [--ttl SECS]      (a session token for a user, as the login would)
 //! cargo xtask admin cron runs [--job J] [--limit N]
 //! cargo xtask admin cron run JOB
 //! ```
@@ -221,6 +222,15 @@ pub fn run(raw: &[String]) -> Result<()> {
                 if v["created"] == json!(true) { "created" } else { "already retried as" },
                 v.pointer("/task/id").and_then(Value::as_str).unwrap_or("")
             );
+            (v, text)
+        }
+        ["token", user] => {
+            let mut body = json!({});
+            if let Some(ttl) = args.flag("ttl").and_then(|t| t.parse::<i64>().ok()) {
+                body["ttl_secs"] = json!(ttl);
+            }
+            let v = post(&format!("/admin/users/{user}/sessions"), &body)?;
+            let text = v["token"].as_str().unwrap_or_default().to_owned();
             (v, text)
         }
         ["cron", "runs"] => {
