@@ -30,6 +30,52 @@ impl App {
 
 pub type Ctx = RouteContext<Rc<App>>;
 
+/// The rate limits, by binding name (see `[[ratelimits]]` in wrangler.toml).
+#[derive(Clone, Copy)]
+pub enum Limit {
+    Submit,
+    Order,
+    AuthFailure,
+    WebhookFailure,
+}
+
+impl Limit {
+    fn binding(self) -> &'static str {
+        match self {
+            Limit::Submit => "SUBMIT_LIMIT",
+            Limit::Order => "ORDER_LIMIT",
+            Limit::AuthFailure => "AUTH_FAILURE_LIMIT",
+            Limit::WebhookFailure => "WEBHOOK_FAILURE_LIMIT",
+        }
+    }
+}
+
+/// Every limit's period, in seconds: what `Retry-After` says.
+const LIMIT_PERIOD_SECS: u32 = 60;
+
+impl App {
+    /// Counts one event against `limit` for `key`; over the limit it is a 429.
+    pub async fn limit(&self, limit: Limit, key: &str) -> Result<(), ApiError> {
+        let outcome = self
+            .env
+            .rate_limiter(limit.binding())
+            .step(format!("binding {}", limit.binding()))?
+            .limit(key.to_owned())
+            .await
+            .step("rate limit")?;
+        if outcome.success {
+            Ok(())
+        } else {
+            Err(ApiError::TooManyRequests(LIMIT_PERIOD_SECS))
+        }
+    }
+}
+
+/// The client's address as Cloudflare reports it.
+pub fn client_ip(req: &Request) -> String {
+    req.headers().get("cf-connecting-ip").ok().flatten().unwrap_or_else(|| "unknown".into())
+}
+
 pub async fn handle(req: Request, env: Env) -> Response {
     let started = now_ms();
     let method = req.method().to_string();
@@ -61,6 +107,21 @@ fn reply(result: ApiResult) -> worker::Result<Response> {
 }
 
 async fn route(req: Request, env: Env, app: Rc<App>) -> Response {
+    let ip = client_ip(&req);
+    let webhook = req.path().starts_with("/webhooks/");
+    let response = dispatch(req, env, app.clone()).await;
+    // Failed authentication and signatures are counted per client; past the limit the client
+    // gets 429 instead of another 401, whatever it sends.
+    if response.status_code() == 401 {
+        let limit = if webhook { Limit::WebhookFailure } else { Limit::AuthFailure };
+        if let Err(e) = app.limit(limit, &ip).await {
+            return e.into_response();
+        }
+    }
+    response
+}
+
+async fn dispatch(req: Request, env: Env, app: Rc<App>) -> Response {
     let router = Router::with_data(app)
         .get_async("/api/health", |_, ctx| async move { reply(tasks::health(&ctx.data).await) })
         .post_async("/api/tasks", |req, ctx| async move { reply(tasks::submit(req, &ctx.data).await) })

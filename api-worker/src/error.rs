@@ -23,6 +23,8 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     /// 413: body or file too large.
     TooLarge(String),
+    /// 429: over a rate limit; retry after this many seconds.
+    TooManyRequests(u32),
     /// 416: the requested range lies outside the object (of this size).
     RangeNotSatisfiable(u64),
     /// 415: a body or file of a type we do not take.
@@ -64,6 +66,7 @@ impl ApiError {
             ApiError::PaymentRequired(m) => (402, "insufficient_credits", m.clone(), None),
             ApiError::Conflict { code, message } => (409, code, message.clone(), None),
             ApiError::TooLarge(m) => (413, "payload_too_large", m.clone(), None),
+            ApiError::TooManyRequests(secs) => (429, "rate_limited", format!("too many requests; retry in {secs} s"), None),
             ApiError::RangeNotSatisfiable(size) => (416, "range_not_satisfiable", format!("the object has {size} bytes"), None),
             ApiError::UnsupportedMediaType(m) => (415, "unsupported_media_type", m.clone(), None),
             ApiError::Invalid(f) => (422, f.code, f.to_string(), Some(f.field.as_str())),
@@ -90,8 +93,14 @@ impl ApiError {
             error["field"] = serde_json::json!(f);
         }
         let mut resp = json_response(&serde_json::json!({ "error": error }), status);
-        if let ApiError::RangeNotSatisfiable(size) = self {
-            let _ = resp.headers_mut().set("content-range", &format!("bytes */{size}"));
+        match self {
+            ApiError::RangeNotSatisfiable(size) => {
+                let _ = resp.headers_mut().set("content-range", &format!("bytes */{size}"));
+            }
+            ApiError::TooManyRequests(secs) => {
+                let _ = resp.headers_mut().set("retry-after", &secs.to_string());
+            }
+            _ => {}
         }
         resp
     }

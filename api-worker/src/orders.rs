@@ -46,6 +46,7 @@ fn field(name: &str, code: &'static str, message: &str) -> ApiError {
 /// `POST /api/orders {product_id}` -> 201 `{order_id, checkout_url, …}`
 pub async fn create(mut req: Request, app: &App) -> ApiResult {
     let user = auth::user(&req, app).await?;
+    app.limit(crate::app::Limit::Order, &user.to_string()).await?;
     let body = json_body(&mut req, 4 * 1024).await?;
     if let Some(unknown) = body.as_object().and_then(|o| o.keys().find(|k| k.as_str() != "product_id")) {
         return Err(field(unknown, "unknown_field", "unknown field; expected product_id"));

@@ -89,6 +89,7 @@ struct Upload {
 /// `POST /api/tasks`: validate, hold the cost and insert the task in one batch, enqueue.
 pub async fn submit(mut req: Request, app: &App) -> ApiResult {
     let user = auth::user(&req, app).await?;
+    app.limit(crate::app::Limit::Submit, &user.to_string()).await?;
     let idempotency_key = match req.headers().get("idempotency-key").ok().flatten() {
         None => None,
         Some(raw) => Some(IdempotencyKey::parse(&raw).map_err(|e| ApiError::bad_request("invalid_idempotency_key", e.to_string()))?),

@@ -38,6 +38,7 @@ pub fn run(_args: &[String]) -> Result<(), String> {
         port: Some(API_PORT),
         sim_port: Some(SIM_PORT),
         vars,
+        rate_limits: BTreeMap::new(),
         keep_state: true,
         seed: None,
         cron_only: false,

@@ -41,6 +41,8 @@ pub struct StackOptions {
     pub sim_port: Option<u16>,
     /// Extra or overriding variables for every worker.
     pub vars: BTreeMap<String, String>,
+    /// Overrides of `[[ratelimits]]` limits by binding name (requests per period).
+    pub rate_limits: BTreeMap<String, i64>,
     /// Keep the state directory after stopping.
     pub keep_state: bool,
     /// Run only the cron worker (first, so wrangler's `/__scheduled` reaches its `scheduled`
@@ -66,6 +68,12 @@ impl Default for StackOptions {
             port: None,
             sim_port: None,
             vars: vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            // generous, so suites that submit hundreds of tasks are not throttled; the limits
+            // suite sets its own
+            rate_limits: ["SUBMIT_LIMIT", "ORDER_LIMIT", "AUTH_FAILURE_LIMIT", "WEBHOOK_FAILURE_LIMIT"]
+                .iter()
+                .map(|n| ((*n).to_owned(), 100_000))
+                .collect(),
             keep_state: false,
             cron_only: false,
             seed: None,
@@ -93,7 +101,7 @@ fn quiet(cmd: &mut Command) -> &mut Command {
 
 /// Writes a copy of a committed wrangler config with absolute paths and the given variables, so
 /// the stack runs the committed bindings against its own state, ports and simulator.
-fn derive_config(source: &Path, dest: &Path, vars: &BTreeMap<String, String>) -> Result<(), String> {
+fn derive_config(source: &Path, dest: &Path, vars: &BTreeMap<String, String>, limits: &BTreeMap<String, i64>) -> Result<(), String> {
     let text = fs::read_to_string(source).map_err(|e| format!("reading {}: {e}", source.display()))?;
     let mut doc: toml::Table = text.parse().map_err(|e| format!("parsing {}: {e}", source.display()))?;
     let dir = source.parent().unwrap_or(Path::new("."));
@@ -105,6 +113,14 @@ fn derive_config(source: &Path, dest: &Path, vars: &BTreeMap<String, String>) ->
         for db in dbs.iter_mut().filter_map(toml::Value::as_table_mut) {
             if let Some(m) = db.get("migrations_dir").and_then(absolute) {
                 db.insert("migrations_dir".into(), m);
+            }
+        }
+    }
+    if let Some(toml::Value::Array(rls)) = doc.get_mut("ratelimits") {
+        for rl in rls.iter_mut().filter_map(toml::Value::as_table_mut) {
+            let name = rl.get("name").and_then(toml::Value::as_str).unwrap_or_default().to_owned();
+            if let (Some(limit), Some(toml::Value::Table(simple))) = (limits.get(&name), rl.get_mut("simple")) {
+                simple.insert("limit".into(), toml::Value::Integer(*limit));
             }
         }
     }
@@ -211,7 +227,7 @@ impl Stack {
             (root.join("cron-worker/wrangler.toml"), config_dir.join("cron.toml")),
         ];
         for (src, dest) in &configs {
-            derive_config(src, dest, &vars)?;
+            derive_config(src, dest, &vars, &opts.rate_limits)?;
         }
         let persist = state_dir.join("wrangler");
 
