@@ -124,6 +124,7 @@ async fn route(req: Request, env: Env, app: Rc<App>) -> Response {
 async fn dispatch(req: Request, env: Env, app: Rc<App>) -> Response {
     let router = Router::with_data(app)
         .get_async("/api/health", |_, ctx| async move { reply(tasks::health(&ctx.data).await) })
+        .get("/api/openapi.json", |_, _| Ok(json_response(&crate::openapi::document(), 200)))
         .post_async("/api/tasks", |req, ctx| async move { reply(tasks::submit(req, &ctx.data).await) })
         .get_async("/api/tasks", |req, ctx| async move { reply(tasks::list(&req, &ctx.data).await) })
         .get_async("/api/tasks/:id", |req, ctx| async move { reply(tasks::get(&req, &ctx).await) })

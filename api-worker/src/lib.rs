@@ -7,6 +7,7 @@ mod auth;
 mod config;
 mod error;
 mod files;
+mod openapi;
 mod ops;
 mod orders;
 mod tasks;

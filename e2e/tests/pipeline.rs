@@ -326,6 +326,67 @@ fn admin_and_files_are_guarded(stack: &Stack) -> Result<(), Failed> {
     Ok(())
 }
 
+/// The routes the api worker registers, from its router's source, in OpenAPI form.
+fn registered_routes() -> std::collections::BTreeSet<(String, String)> {
+    let src = std::fs::read_to_string(e2e::stack::root().join("api-worker/src/app.rs")).unwrap_or_default();
+    let mut routes = std::collections::BTreeSet::new();
+    for method in ["get", "post", "put", "patch", "delete"] {
+        for pattern in [format!(".{method}_async(\""), format!(".{method}(\"")] {
+            for part in src.split(pattern.as_str()).skip(1) {
+                let path = part.split('"').next().unwrap_or_default();
+                if !path.starts_with('/') {
+                    continue; // a header lookup, not a route
+                }
+                let openapi: Vec<String> = path
+                    .split('/')
+                    .map(|seg| match seg.strip_prefix(':').or_else(|| seg.strip_prefix('*')) {
+                        Some(name) => format!("{{{name}}}"),
+                        None => seg.to_owned(),
+                    })
+                    .collect();
+                routes.insert((method.to_owned(), openapi.join("/")));
+            }
+        }
+    }
+    routes
+}
+
+fn the_contract_matches_the_routes(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let doc = c.get("/api/openapi.json", None);
+    eq(doc.status, 200, "served")?;
+    let doc = doc.json();
+    eq(doc["openapi"].as_str(), Some("3.1.0"), "OpenAPI 3")?;
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().cloned().unwrap_or_default() {
+        for method in item.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
+            documented.insert((method, path.clone()));
+        }
+    }
+    let registered = registered_routes();
+    ensure(registered.len() > 30, format!("the router's routes were read: {}", registered.len()))?;
+    let undocumented: Vec<_> = registered.difference(&documented).collect();
+    let unserved: Vec<_> = documented.difference(&registered).collect();
+    ensure(undocumented.is_empty() && unserved.is_empty(), format!("routes without docs: {undocumented:?}; docs without routes: {unserved:?}"))?;
+    // every documented operation is routed, answers without a 5xx, and errors have one shape
+    for (method, path) in &documented {
+        let concrete = path
+            .replace("{id}", "00000000-0000-4000-8000-000000000000")
+            .replace("{n}", "0")
+            .replace("{key}", "cache/x.png")
+            .replace("{provider}", "kie_4o")
+            .replace("{queue}", "tasks")
+            .replace("{job}", "retention");
+        let r = c.send(&method.to_uppercase(), &concrete, None, &[], if method == "post" { Some(("application/json", b"{}")) } else { None });
+        ensure(r.status < 500 || (path == "/api/health" && r.status == 503), format!("{method} {path}: {}", r.status))?;
+        ensure(!(r.status == 404 && r.json()["error"]["message"] == "route not found") && r.status != 405, format!("{method} {path} is routed"))?;
+        if r.status >= 400 {
+            ensure(r.json()["error"]["code"].is_string() && r.json()["error"]["message"].is_string(), format!("{method} {path}: JSON error: {}", r.text()))?;
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     e2e::suite::run(
         StackOptions::default(),
@@ -341,6 +402,7 @@ fn main() {
             ("listing_is_newest_first_and_paginated", listing_is_newest_first_and_paginated),
             ("admin_and_files_are_guarded", admin_and_files_are_guarded),
             ("tokens_are_checked_and_revocable", tokens_are_checked_and_revocable),
+            ("the_contract_matches_the_routes", the_contract_matches_the_routes),
         ],
     )
 }
