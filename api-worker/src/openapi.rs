@@ -27,22 +27,26 @@ fn query_param(name: &str, schema: Value) -> Value {
 fn op(summary: &str, security: &str, params: Vec<Value>, body: Option<Value>, success: (&str, Value)) -> Value {
     let mut responses = Map::new();
     responses.insert(success.0.to_owned(), success.1);
-    for (code, text) in [("400", "The request cannot be read"), ("404", "Not found (or not the caller's)"), ("422", "A field is invalid"), ("503", "A backing service failed")] {
+    // Every route answers errors in one shape; these are the codes any of them may use.
+    for (code, text) in [
+        ("400", "The request cannot be read (JSON, query, header, id)"),
+        ("401", "Missing, invalid, expired or revoked credentials or signature"),
+        ("402", "The balance does not cover the cost"),
+        ("403", "Not allowed (a user's token on /admin/, a bad file signature)"),
+        ("404", "Not found, or not the caller's"),
+        ("409", "Conflicts with existing state"),
+        ("413", "Body or file too large"),
+        ("415", "Unsupported body or file type"),
+        ("422", "A field is invalid; the error names it"),
+        ("429", "Rate limited; see Retry-After"),
+        ("503", "A backing service failed, or the service is misconfigured"),
+    ] {
         responses.insert(code.into(), error_response(text));
     }
-    match security {
-        "user" => {
-            responses.insert("401".into(), error_response("Missing, invalid, expired or revoked token"));
-            responses.insert("429".into(), error_response("Rate limited; see Retry-After"));
-        }
-        "admin" => {
-            responses.insert("401".into(), error_response("Missing or invalid admin token"));
-            responses.insert("403".into(), error_response("A user's token on an admin route"));
-        }
-        "signed" => {
-            responses.insert("403".into(), error_response("Expired, tampered or mismatched signature"));
-        }
-        _ => {}
+    if security == "signed" || summary.contains("Range") {
+        responses.insert("206".into(), json!({"description": "The requested byte range"}));
+        responses.insert("304".into(), json!({"description": "Not modified (If-None-Match)"}));
+        responses.insert("416".into(), error_response("The range lies outside the object"));
     }
     let mut o = json!({"summary": summary, "parameters": params, "responses": responses});
     match security {
@@ -108,7 +112,7 @@ pub fn operations() -> Vec<(&'static str, &'static str, Value)> {
         ("get", "/api/orders", op("The caller's orders, newest first", "user", vec![query_param("limit", json!({"type": "integer"}))], None, ("200", ok("Orders", object())))),
         ("get", "/api/orders/{id}", op("One of the caller's orders", "user", vec![path_param("id", "Order id")], None, ("200", ok("The order", object())))),
         ("get", "/api/subscription", op("The caller's current subscription", "user", vec![], None, ("200", ok("Subscription or null", object())))),
-        ("get", "/files/{key}", op("An R2 object through a signed, expiring URL", "signed", vec![path_param("key", "Object key"), query_param("exp", json!({"type": "integer"})), query_param("sig", json!({"type": "string"}))], None, ("200", json!({"description": "The object's bytes"})))),
+        ("get", "/files/{key}", op("An R2 object through a signed, expiring URL (supports Range)", "signed", vec![path_param("key", "Object key"), query_param("exp", json!({"type": "integer"})), query_param("sig", json!({"type": "string"}))], None, ("200", json!({"description": "The object's bytes"})))),
         ("post", "/webhooks/creem", op("Creem payment events (creem-signature or Standard Webhooks headers)", "none", vec![], json_body(object()), ("200", ok("Received", object())))),
         ("post", "/webhooks/ai/{provider}", op("kie.ai task callbacks; prompt a poll", "none", vec![path_param("provider", "kie_4o or kie_kontext"), query_param("task", json!({"type": "string"})), query_param("token", json!({"type": "string"}))], json_body(object()), ("200", ok("Received", object())))),
         ("post", "/admin/users", op("Create a user with starting credits", "admin", vec![], json_body(object()), ("201", ok("The user", object())))),

@@ -8,6 +8,7 @@
 pub mod check;
 pub mod client;
 pub mod dev;
+pub mod fuzz;
 pub mod stack;
 pub mod suite;
 

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         },
         Some("test") => toolchain::ensure().and_then(|t| {
             toolchain::build_workers(&t)?;
+            e2e::fuzz::schemathesis()?;
             test(&args[1..])
         }),
         _ => {
