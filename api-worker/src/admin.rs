@@ -15,6 +15,14 @@ fn field_err(field: &str, code: &'static str, message: &str) -> ApiError {
     FieldError { field: field.into(), code, message: message.into() }.into()
 }
 
+/// Refuses fields the route does not take, naming the first one.
+fn only(body: &Value, allowed: &[&str]) -> Result<(), ApiError> {
+    match body.as_object().and_then(|o| o.keys().find(|k| !allowed.contains(&k.as_str()))) {
+        Some(unknown) => Err(field_err(unknown, "unknown_field", &format!("unknown field; expected one of {}", allowed.join(", ")))),
+        None => Ok(()),
+    }
+}
+
 fn string_field(body: &Value, name: &str, max: usize) -> Result<String, ApiError> {
     let s = body
         .get(name)
@@ -46,6 +54,7 @@ fn user_param(ctx: &Ctx) -> Result<UserId, ApiError> {
 pub async fn create_user(mut req: Request, app: &App) -> ApiResult {
     auth::admin(&req, app).await?;
     let body = json_body(&mut req, 16 * 1024).await?;
+    only(&body, &["email", "name", "credits"])?;
     let email = string_field(&body, "email", 320)?;
     if !email.contains('@') {
         return Err(field_err("email", "invalid_value", "must be an email address"));
@@ -103,6 +112,7 @@ pub async fn create_session(mut req: Request, ctx: &Ctx) -> ApiResult {
         ApiError::BadRequest { .. } => Ok(json!({})),
         other => Err(other),
     })?;
+    only(&body, &["ttl_secs"])?;
     let ttl = match body.get("ttl_secs") {
         None | Some(Value::Null) => app.cfg.session_ttl_secs,
         Some(v) => v
@@ -122,6 +132,7 @@ pub async fn grant(mut req: Request, ctx: &Ctx) -> ApiResult {
     auth::admin(&req, app).await?;
     let user = user_param(ctx)?;
     let body = json_body(&mut req, 16 * 1024).await?;
+    only(&body, &["credits", "reference", "note", "expires_at"])?;
     let credits = credits_field(&body, "credits", 0)?;
     if credits == 0 {
         return Err(field_err("credits", "invalid_value", "must be positive"));

@@ -40,6 +40,7 @@ pub fn run(_args: &[String]) -> Result<(), String> {
         vars,
         rate_limits: BTreeMap::new(),
         keep_state: true,
+        expect_healthy: true,
         seed: None,
         cron_only: false,
         own_process_group: false,

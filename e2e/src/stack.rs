@@ -45,6 +45,9 @@ pub struct StackOptions {
     pub rate_limits: BTreeMap<String, i64>,
     /// Keep the state directory after stopping.
     pub keep_state: bool,
+    /// Wait for a healthy (200) answer before handing the stack over; off, any answer will do
+    /// (for stacks that are broken on purpose).
+    pub expect_healthy: bool,
     /// Run only the cron worker (first, so wrangler's `/__scheduled` reaches its `scheduled`
     /// handler); its health check is its own `GET /runs`.
     pub cron_only: bool,
@@ -75,6 +78,7 @@ impl Default for StackOptions {
                 .map(|n| ((*n).to_owned(), 100_000))
                 .collect(),
             keep_state: false,
+            expect_healthy: true,
             cron_only: false,
             seed: None,
             own_process_group: true,
@@ -281,11 +285,11 @@ impl Stack {
             keep_state: opts.keep_state.into(),
             own_group: opts.own_process_group,
         };
-        stack.wait_healthy(if opts.cron_only { "/runs" } else { "/api/health" }, Duration::from_secs(90))?;
+        stack.wait_healthy(if opts.cron_only { "/runs" } else { "/api/health" }, opts.expect_healthy, Duration::from_secs(90))?;
         Ok(stack)
     }
 
-    fn wait_healthy(&mut self, path: &str, limit: Duration) -> Result<(), String> {
+    fn wait_healthy(&mut self, path: &str, need_200: bool, limit: Duration) -> Result<(), String> {
         let started = Instant::now();
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
         while started.elapsed() < limit {
@@ -294,10 +298,10 @@ impl Stack {
                     return Err(format!("wrangler dev exited ({status}):\n{}", self.log_tail(60)));
                 }
             }
-            if let Ok(resp) = agent.get(&format!("{}{path}", self.api)).call() {
-                if resp.status() == 200 {
-                    return Ok(());
-                }
+            match agent.get(&format!("{}{path}", self.api)).call() {
+                Ok(resp) if resp.status() == 200 => return Ok(()),
+                Err(ureq::Error::Status(_, _)) if !need_200 => return Ok(()),
+                _ => {}
             }
             std::thread::sleep(Duration::from_millis(250));
         }

@@ -312,6 +312,8 @@ fn admin_and_files_are_guarded(stack: &Stack) -> Result<(), Failed> {
     let dup2 = c.post_json("/admin/users", Some(ADMIN_TOKEN), &json!({"email": "dup@e2e.test", "name": "b"}));
     eq((dup.status, dup2.status), (201, 409), "duplicate email is a conflict")?;
     eq(c.post_json(&format!("/admin/users/{user}/sessions"), Some(ADMIN_TOKEN), &json!({"ttl_secs": 5})).status, 422, "ttl too short")?;
+    let extra = c.post_json("/admin/users", Some(ADMIN_TOKEN), &json!({"email": "extra@e2e.test", "name": "x", "role": "admin"}));
+    eq((extra.status, extra.code(), extra.json()["error"]["field"].as_str().map(str::to_owned)), (422, "unknown_field".to_owned(), Some("role".to_owned())), "unknown admin field")?;
 
     let exp = 4_000_000_000i64;
     let sig = shared::signing::file_signature(FILES_SIGNING_KEY.as_bytes(), "result/kie_4o/x/result_0.png", exp);
