@@ -363,9 +363,17 @@ async fn filter_body(req: &mut Request) -> Result<Filter, ApiError> {
     serde_json::from_value(body).map_err(|e| ApiError::bad_request("invalid_filter", e.to_string()))
 }
 
-/// `POST /admin/dead-letters/replay {queue?, type?, error_class?, since?, until?, dry_run?, force?}`:
-/// up to 500 matching dead letters per call; `more` says whether to call again.
-pub async fn replay_matching(mut req: Request, app: &App) -> ApiResult {
+/// What a bulk dead-letter operation does to the letters that match.
+#[derive(Clone, Copy)]
+pub enum Bulk {
+    Replay,
+    Discard,
+}
+
+/// `POST /admin/dead-letters/replay {queue?, type?, error_class?, since?, until?, dry_run?, force?}`
+/// and `POST /admin/dead-letters/discard {…}`: up to 500 matching dead letters per call (`dry_run`
+/// lists them first); `more` says whether to call again.
+pub async fn bulk(mut req: Request, app: &App, action: Bulk) -> ApiResult {
     auth::admin(&req, app).await?;
     let actor = actor(&req)?;
     let filter = filter_body(&mut req).await?;
@@ -374,8 +382,11 @@ pub async fn replay_matching(mut req: Request, app: &App) -> ApiResult {
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         return json(&json!({"dry_run": true, "count": ids.len(), "ids": ids, "more": more}), 200);
     }
-    let sent = replay(app, &actor, rows, filter.force).await?;
-    json(&json!({"dry_run": false, "count": sent.len(), "ids": sent, "more": more}), 200)
+    let done = match action {
+        Bulk::Replay => replay(app, &actor, rows, filter.force).await?,
+        Bulk::Discard => discard(app, &actor, &rows).await?,
+    };
+    json(&json!({"dry_run": false, "count": done.len(), "ids": done, "more": more}), 200)
 }
 
 async fn discard(app: &App, actor: &str, rows: &[DeadLetter]) -> Result<Vec<String>, ApiError> {
@@ -400,20 +411,6 @@ pub async fn discard_one(req: Request, ctx: &Ctx) -> ApiResult {
     let dl = load_dead_letter(app, &id).await?;
     let done = discard(app, &actor, &[dl]).await?;
     json(&json!({"id": id, "discarded": !done.is_empty()}), 200)
-}
-
-/// `POST /admin/dead-letters/discard {filter…, dry_run?}`
-pub async fn discard_matching(mut req: Request, app: &App) -> ApiResult {
-    auth::admin(&req, app).await?;
-    let actor = actor(&req)?;
-    let filter = filter_body(&mut req).await?;
-    let (rows, more) = matching(app, &filter, "dead").await?;
-    if filter.dry_run {
-        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        return json(&json!({"dry_run": true, "count": ids.len(), "ids": ids, "more": more}), 200);
-    }
-    let done = discard(app, &actor, &rows).await?;
-    json(&json!({"dry_run": false, "count": done.len(), "ids": done, "more": more}), 200)
 }
 
 // ---------------------------------------------------------------------------------------------

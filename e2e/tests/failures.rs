@@ -184,6 +184,15 @@ fn garbage_is_archived_and_neighbours_complete(stack: &Stack) -> Result<(), Fail
     }
     let versions = c.get("/admin/dead-letters?error_class=unknown_version", Some(ADMIN_TOKEN)).json();
     ensure(versions["dead_letters"].as_array().is_some_and(|a| !a.is_empty()), "the unknown version was archived")?;
+    // discard by filter: a dry run lists it, the real run discards it, a repeat finds nothing
+    let (ok, out) = cli(stack, &["dlq", "discard", "--filter", "--error-class", "unknown_version", "--dry-run", "--json"]);
+    let dry: Value = serde_json::from_str(out.trim()).map_err(|e| format!("{e}: {out}"))?;
+    ensure(ok && dry["count"].as_u64().is_some_and(|n| n >= 1), format!("dry run: {out}"))?;
+    let (ok, out) = cli(stack, &["dlq", "discard", "--filter", "--error-class", "unknown_version", "--json"]);
+    let done: Value = serde_json::from_str(out.trim()).map_err(|e| format!("{e}: {out}"))?;
+    eq((ok, done["count"].clone()), (true, dry["count"].clone()), "discarded what the dry run listed")?;
+    let (_, out) = cli(stack, &["dlq", "discard", "--filter", "--error-class", "unknown_version", "--json"]);
+    eq(serde_json::from_str::<Value>(out.trim()).ok().map(|v| v["count"].clone()), Some(json!(0)), "nothing left to discard")?;
     Ok(())
 }
 
