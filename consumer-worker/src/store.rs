@@ -3,7 +3,7 @@
 
 use crate::batch::Ctx;
 use serde::Deserialize;
-use shared::edge::{changes, now, CachedStatus, IoError, StepExt, STATUS_TTL_SECS};
+use shared::edge::{cache_final_status, changes, now, CachedStatus, IoError};
 use shared::ids::{Credits, TaskId, UserId};
 use shared::keys::task_status_key;
 use shared::ledger::{self, classify_conflict, Grant, SettleConflict, Stmt};
@@ -126,13 +126,7 @@ async fn finish(
             result_keys: keys.to_vec(),
             completed_at: now(),
         };
-        let value = serde_json::to_string(&cached).unwrap_or_default();
-        let put = ctx.kv().map_err(storage)?.put(&task_status_key(&end.task), value).step("kv put status").map_err(storage)?;
-        match put.expiration_ttl(STATUS_TTL_SECS).execute().await.step("kv put status") {
-            Ok(()) => shared::edge::log(serde_json::json!({"event": "task.final_status_cached", "task_id": end.task.to_string(), "status": status.as_str()})),
-            // D1 has the truth; the cache is an optimisation, so its failure is only logged.
-            Err(e) => shared::edge::log(serde_json::json!({"level": "warn", "event": "status_cache_failed", "cause": e.to_string()})),
-        }
+        cache_final_status(&ctx.env, &ctx.io, &end.task, &cached).await;
     }
     Ok(won)
 }

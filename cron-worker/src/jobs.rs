@@ -3,9 +3,8 @@
 
 use crate::runner::{Budget, Summary};
 use serde::Deserialize;
-use shared::edge::{changes, log, number, send_json_batch, CachedStatus, Db, IoCounts, StepExt, STATUS_TTL_SECS};
+use shared::edge::{cache_final_status, changes, number, send_json_batch, CachedStatus, Db, IoCounts, StepExt};
 use shared::ids::{Credits, TaskId, UserId};
-use shared::keys::task_status_key;
 use shared::ledger::{self, Stmt};
 use shared::messages::{TaskMessage, VERSION};
 use shared::model::Model;
@@ -137,7 +136,14 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
         for (i, (task, user, reason)) in ends.iter().enumerate() {
             if results.get(i * 2).map(changes) == Some(1) {
                 summary.changed += 1;
-                cache_final_status(ctx, task, user, reason).await;
+                let cached = CachedStatus {
+                    user_id: user.to_string(),
+                    status: "failed".into(),
+                    failure_reason: Some((*reason).into()),
+                    result_keys: vec![],
+                    completed_at: ctx.now,
+                };
+                cache_final_status(ctx.env, ctx.io, task, &cached).await;
             }
         }
         if overdue.len() < usize::try_from(n).unwrap_or(0) {
@@ -227,27 +233,6 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
     match sent {
         Ok(()) => summary.changed += u64::try_from(bodies.len()).unwrap_or(0),
         Err(e) => summary.failed(&e),
-    }
-}
-
-async fn cache_final_status(ctx: &JobCtx<'_>, task: &TaskId, user: &UserId, reason: &str) {
-    let cached = CachedStatus {
-        user_id: user.to_string(),
-        status: "failed".into(),
-        failure_reason: Some(reason.into()),
-        result_keys: vec![],
-        completed_at: ctx.now,
-    };
-    ctx.io.kv();
-    let put = match ctx.env.kv("KV").step("binding KV") {
-        Ok(kv) => match kv.put(&task_status_key(task), serde_json::to_string(&cached).unwrap_or_default()).step("kv put status") {
-            Ok(p) => p.expiration_ttl(STATUS_TTL_SECS).execute().await.step("kv put status"),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
-    if let Err(e) = put {
-        log(serde_json::json!({"level": "warn", "event": "status_cache_failed", "task_id": task.to_string(), "cause": e.to_string()}));
     }
 }
 

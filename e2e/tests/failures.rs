@@ -18,10 +18,6 @@ fn submit(c: &Client, token: &str, prompt: &str) -> String {
     r.json()["id"].as_str().unwrap_or_default().to_owned()
 }
 
-fn cli(stack: &Stack, args: &[&str]) -> (bool, String) {
-    stack.cli(args)
-}
-
 /// The dead letter archived for a task, once it shows up.
 fn dead_letter_for(c: &Client, filter: &str, task: &str, limit: Duration) -> Option<Value> {
     let started = Instant::now();
@@ -107,20 +103,20 @@ fn dead_letter_then_replay_completes_once(stack: &Stack) -> Result<(), Failed> {
     eq(c.balance(&token), 8, "still held")?;
 
     // the operator looks first, then replays once the fault is fixed
-    let (ok, out) = cli(stack, &["dlq", "replay", "--filter", "--type", "task.submit", "--error-class", "server_error", "--dry-run", "--json"]);
+    let (ok, out) = stack.cli(&["dlq", "replay", "--filter", "--type", "task.submit", "--error-class", "server_error", "--dry-run", "--json"]);
     ensure(ok, format!("dry run: {out}"))?;
     let dry: Value = serde_json::from_str(out.trim()).map_err(|e| format!("{e}: {out}"))?;
     ensure(dry["ids"].as_array().is_some_and(|a| a.contains(&json!(dl_id))), format!("dry run lists it: {dry}"))?;
     eq(c.get(&format!("/admin/dead-letters/{dl_id}"), Some(ADMIN_TOKEN)).json()["status"].as_str(), Some("dead"), "dry run changed nothing")?;
 
     stack.sim.heal(prompt);
-    let (ok, out) = cli(stack, &["dlq", "replay", "--id", &dl_id]);
+    let (ok, out) = stack.cli(&["dlq", "replay", "--id", &dl_id]);
     ensure(ok && out.contains("replayed"), format!("replay: {out}"))?;
     let task = c.wait_task(&token, &id, WAIT);
     eq(task["status"].as_str(), Some("completed"), "replay completed the task")?;
     eq(c.balance(&token), 8, "charged once")?;
 
-    let (ok, out) = cli(stack, &["dlq", "replay", "--id", &dl_id]);
+    let (ok, out) = stack.cli(&["dlq", "replay", "--id", &dl_id]);
     ensure(ok && out.contains("not sent"), format!("second replay sends nothing: {out}"))?;
     let shown = c.get(&format!("/admin/dead-letters/{dl_id}"), Some(ADMIN_TOKEN)).json();
     eq(shown["replay_count"].as_i64(), Some(1), "replayed once")?;
@@ -132,9 +128,9 @@ fn dead_letter_then_replay_completes_once(stack: &Stack) -> Result<(), Failed> {
     eq(stats.flaky_failures_by_prompt.get(prompt).copied(), Some(4), "4 refused tries before dead-lettering")?;
     eq(stats.creates_by_prompt.get(prompt).copied(), Some(1), "one accepted submission, after the replay")?;
 
-    let (ok, out) = cli(stack, &["dlq", "list", "--type", "task.submit"]);
+    let (ok, out) = stack.cli(&["dlq", "list", "--type", "task.submit"]);
     ensure(ok && out.contains(&dl_id) && out.contains("QUEUE"), format!("list shows it as a table: {out}"))?;
-    let (ok, out) = cli(stack, &["dlq", "show", "no-such-id"]);
+    let (ok, out) = stack.cli(&["dlq", "show", "no-such-id"]);
     ensure(!ok && out.contains("404"), format!("a failure exits non-zero: {out}"))?;
     Ok(())
 }
@@ -168,11 +164,11 @@ fn garbage_is_archived_and_neighbours_complete(stack: &Stack) -> Result<(), Fail
             ensure(dl["error_text"].as_str().is_some_and(|t| t.contains("not a JSON object")), format!("reason {}", dl["error_text"]))?;
             // nothing to recover here: the operator discards it, once
             let dl_id = dl["id"].as_str().unwrap_or_default();
-            let (ok, out) = cli(stack, &["dlq", "discard", "--id", dl_id]);
+            let (ok, out) = stack.cli(&["dlq", "discard", "--id", dl_id]);
             ensure(ok && out.contains(": discarded"), format!("discard: {out}"))?;
-            let (ok, out) = cli(stack, &["dlq", "discard", "--id", dl_id]);
+            let (ok, out) = stack.cli(&["dlq", "discard", "--id", dl_id]);
             ensure(ok && out.contains("not discarded"), format!("second discard: {out}"))?;
-            let (ok, out) = cli(stack, &["dlq", "replay", "--id", dl_id]);
+            let (ok, out) = stack.cli(&["dlq", "replay", "--id", dl_id]);
             ensure(ok && out.contains("not sent"), format!("a discarded letter is not replayed: {out}"))?;
             let shown = c.get(&format!("/admin/dead-letters/{dl_id}"), Some(ADMIN_TOKEN)).json();
             eq(shown["status"].as_str(), Some("discarded"), "status")?;
@@ -185,13 +181,13 @@ fn garbage_is_archived_and_neighbours_complete(stack: &Stack) -> Result<(), Fail
     let versions = c.get("/admin/dead-letters?error_class=unknown_version", Some(ADMIN_TOKEN)).json();
     ensure(versions["dead_letters"].as_array().is_some_and(|a| !a.is_empty()), "the unknown version was archived")?;
     // discard by filter: a dry run lists it, the real run discards it, a repeat finds nothing
-    let (ok, out) = cli(stack, &["dlq", "discard", "--filter", "--error-class", "unknown_version", "--dry-run", "--json"]);
+    let (ok, out) = stack.cli(&["dlq", "discard", "--filter", "--error-class", "unknown_version", "--dry-run", "--json"]);
     let dry: Value = serde_json::from_str(out.trim()).map_err(|e| format!("{e}: {out}"))?;
     ensure(ok && dry["count"].as_u64().is_some_and(|n| n >= 1), format!("dry run: {out}"))?;
-    let (ok, out) = cli(stack, &["dlq", "discard", "--filter", "--error-class", "unknown_version", "--json"]);
+    let (ok, out) = stack.cli(&["dlq", "discard", "--filter", "--error-class", "unknown_version", "--json"]);
     let done: Value = serde_json::from_str(out.trim()).map_err(|e| format!("{e}: {out}"))?;
     eq((ok, done["count"].clone()), (true, dry["count"].clone()), "discarded what the dry run listed")?;
-    let (_, out) = cli(stack, &["dlq", "discard", "--filter", "--error-class", "unknown_version", "--json"]);
+    let (_, out) = stack.cli(&["dlq", "discard", "--filter", "--error-class", "unknown_version", "--json"]);
     eq(serde_json::from_str::<Value>(out.trim()).ok().map(|v| v["count"].clone()), Some(json!(0)), "nothing left to discard")?;
     Ok(())
 }
@@ -206,7 +202,7 @@ fn failed_tasks_can_be_retried(stack: &Stack) -> Result<(), Failed> {
     ensure(failed["tasks"].as_array().is_some_and(|a| a.iter().any(|t| t["id"] == id.as_str())), "listed as failed")?;
 
     stack.sim.heal(prompt);
-    let (ok, out) = cli(stack, &["tasks", "retry", &id, "--json"]);
+    let (ok, out) = stack.cli(&["tasks", "retry", &id, "--json"]);
     ensure(ok, format!("retry: {out}"))?;
     let retried: Value = serde_json::from_str(out.trim()).map_err(|e| format!("{e}: {out}"))?;
     eq(retried["created"].as_bool(), Some(true), "a new task")?;

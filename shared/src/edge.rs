@@ -235,6 +235,24 @@ pub struct CachedStatus {
 /// How long final statuses stay in KV.
 pub const STATUS_TTL_SECS: u64 = 7 * 24 * 3600;
 
+/// Caches a task's final status in KV. D1 holds the truth and the cache is an optimisation, so a
+/// failure here is logged, never returned: the task has ended either way.
+pub async fn cache_final_status(env: &Env, io: &IoCounts, task: &crate::ids::TaskId, cached: &CachedStatus) {
+    io.kv();
+    let value = serde_json::to_string(cached).unwrap_or_default();
+    let put = match env.kv("KV").step("binding KV") {
+        Ok(kv) => match kv.put(&crate::keys::task_status_key(task), value).step("kv put status") {
+            Ok(p) => p.expiration_ttl(STATUS_TTL_SECS).execute().await.step("kv put status"),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    match put {
+        Ok(()) => log(serde_json::json!({"event": "task.final_status_cached", "task_id": task.to_string(), "status": cached.status})),
+        Err(e) => log(serde_json::json!({"level": "warn", "event": "status_cache_failed", "task_id": task.to_string(), "cause": e.to_string()})),
+    }
+}
+
 /// Queue limits for one `send_batch`.
 const BATCH_MAX_MESSAGES: usize = 100;
 const BATCH_MAX_BYTES: usize = 250 * 1024;

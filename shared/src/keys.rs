@@ -45,11 +45,6 @@ pub fn dead_letter_body_key(id: &str) -> String {
     format!("dead-letters/{id}.json")
 }
 
-/// The prefix every upload of a user shares; used to check an upload belongs to its user.
-pub fn upload_prefix(user: &UserId) -> String {
-    format!("cache/{user}/")
-}
-
 /// KV: the final status of a task, written once it is completed or failed.
 pub fn task_status_key(task: &TaskId) -> String {
     format!("task-status:{task}")
@@ -70,7 +65,7 @@ mod tests {
         let up = UploadId::parse("66666666-7777-4888-8999-aaaaaaaaaaaa").unwrap();
         let k = upload_key(&u, &up, "jpg");
         assert_eq!(k, "cache/11111111-2222-4333-8444-555555555555/66666666-7777-4888-8999-aaaaaaaaaaaa.jpg");
-        assert!(k.starts_with(&upload_prefix(&u)));
+        assert!(k.starts_with(&format!("cache/{u}/")));
         assert_eq!(task_status_key(&t), "task-status:0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d");
     }
 

@@ -39,7 +39,7 @@ pub fn ct_eq(a: &str, b: &str) -> bool {
     da.ct_eq(&db).into()
 }
 
-/// The SHA-256 of a bearer token, hex: what KV stores instead of the token.
+/// The SHA-256 of a string, hex: deterministic ids for rows keyed by outside identifiers.
 pub fn token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
