@@ -12,13 +12,25 @@ use shared::submit::FieldError;
 use worker::Request;
 
 fn field_err(field: &str, code: &'static str, message: &str) -> ApiError {
-    FieldError { field: field.into(), code, message: message.into() }.into()
+    FieldError {
+        field: field.into(),
+        code,
+        message: message.into(),
+    }
+    .into()
 }
 
 /// Refuses fields the route does not take, naming the first one.
 fn only(body: &Value, allowed: &[&str]) -> Result<(), ApiError> {
-    match body.as_object().and_then(|o| o.keys().find(|k| !allowed.contains(&k.as_str()))) {
-        Some(unknown) => Err(field_err(unknown, "unknown_field", &format!("unknown field; expected one of {}", allowed.join(", ")))),
+    match body
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !allowed.contains(&k.as_str())))
+    {
+        Some(unknown) => Err(field_err(
+            unknown,
+            "unknown_field",
+            &format!("unknown field; expected one of {}", allowed.join(", ")),
+        )),
         None => Ok(()),
     }
 }
@@ -29,7 +41,13 @@ fn string_field(body: &Value, name: &str, max: usize) -> Result<String, ApiError
         .and_then(Value::as_str)
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| field_err(name, "required", "is required and must be a non-empty string"))?;
+        .ok_or_else(|| {
+            field_err(
+                name,
+                "required",
+                "is required and must be a non-empty string",
+            )
+        })?;
     if s.len() > max {
         return Err(field_err(name, "too_long", "is too long"));
     }
@@ -42,12 +60,19 @@ fn credits_field(body: &Value, name: &str, default: i64) -> Result<i64, ApiError
         Some(v) => v
             .as_i64()
             .filter(|n| (0..=1_000_000_000).contains(n))
-            .ok_or_else(|| field_err(name, "invalid_value", "must be an integer from 0 to 1000000000")),
+            .ok_or_else(|| {
+                field_err(
+                    name,
+                    "invalid_value",
+                    "must be an integer from 0 to 1000000000",
+                )
+            }),
     }
 }
 
 fn user_param(ctx: &Ctx) -> Result<UserId, ApiError> {
-    UserId::parse(ctx.param("id").map(String::as_str).unwrap_or_default()).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))
+    UserId::parse(ctx.param("id").map(String::as_str).unwrap_or_default())
+        .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))
 }
 
 /// `POST /admin/users {email, name, credits?}`: a user with an optional starting gift.
@@ -57,7 +82,11 @@ pub async fn create_user(mut req: Request, app: &App) -> ApiResult {
     only(&body, &["email", "name", "credits"])?;
     let email = string_field(&body, "email", 320)?;
     if !email.contains('@') {
-        return Err(field_err("email", "invalid_value", "must be an email address"));
+        return Err(field_err(
+            "email",
+            "invalid_value",
+            "must be an email address",
+        ));
     }
     let name = string_field(&body, "name", 200)?;
     let credits = credits_field(&body, "credits", 0)?;
@@ -81,10 +110,14 @@ pub async fn create_user(mut req: Request, app: &App) -> ApiResult {
         }));
     }
     match app.db.batch("create user", &stmts).await {
-        Ok(_) => json(&json!({"id": user.to_string(), "email": email, "name": name, "credits": credits}), 201),
-        Err(e) if is_unique(&e, "users.email") => {
-            Err(ApiError::Conflict { code: "email_taken", message: "a user with this email exists".into() })
-        }
+        Ok(_) => json(
+            &json!({"id": user.to_string(), "email": email, "name": name, "credits": credits}),
+            201,
+        ),
+        Err(e) if is_unique(&e, "users.email") => Err(ApiError::Conflict {
+            code: "email_taken",
+            message: "a user with this email exists".into(),
+        }),
         Err(e) => Err(e.into()),
     }
 }
@@ -96,7 +129,13 @@ fn is_unique(e: &IoError, constraint: &str) -> bool {
 async fn require_user(app: &App, user: &UserId) -> Result<(), ApiError> {
     let exists: Option<Value> = app
         .db
-        .first("user exists", &Stmt::new("SELECT id FROM users WHERE id = ?1", vec![user.to_string().into()]))
+        .first(
+            "user exists",
+            &Stmt::new(
+                "SELECT id FROM users WHERE id = ?1",
+                vec![user.to_string().into()],
+            ),
+        )
         .await?;
     exists.map(|_| ()).ok_or(ApiError::NotFound("user"))
 }
@@ -118,11 +157,20 @@ pub async fn create_session(mut req: Request, ctx: &Ctx) -> ApiResult {
         Some(v) => v
             .as_i64()
             .filter(|n| (60..=365 * 24 * 3600).contains(n))
-            .ok_or_else(|| field_err("ttl_secs", "invalid_value", "must be an integer from 60 to 31536000"))?,
+            .ok_or_else(|| {
+                field_err(
+                    "ttl_secs",
+                    "invalid_value",
+                    "must be an integer from 60 to 31536000",
+                )
+            })?,
     };
     require_user(app, &user).await?;
     let (token, expires_at) = auth::open_session(app, &user, ttl).await?;
-    json(&json!({"token": token, "user_id": user.to_string(), "expires_at": expires_at}), 201)
+    json(
+        &json!({"token": token, "user_id": user.to_string(), "expires_at": expires_at}),
+        201,
+    )
 }
 
 /// `POST /admin/users/:id/grants {credits, expires_at?, reference, note?}`: gift credits once
@@ -138,10 +186,19 @@ pub async fn grant(mut req: Request, ctx: &Ctx) -> ApiResult {
         return Err(field_err("credits", "invalid_value", "must be positive"));
     }
     let reference = string_field(&body, "reference", 128)?;
-    let note = body.get("note").and_then(Value::as_str).unwrap_or("operator grant").chars().take(500).collect::<String>();
+    let note = body
+        .get("note")
+        .and_then(Value::as_str)
+        .unwrap_or("operator grant")
+        .chars()
+        .take(500)
+        .collect::<String>();
     let expires_at = match body.get("expires_at") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_i64().ok_or_else(|| field_err("expires_at", "invalid_value", "must be unix seconds"))?),
+        Some(v) => Some(
+            v.as_i64()
+                .ok_or_else(|| field_err("expires_at", "invalid_value", "must be unix seconds"))?,
+        ),
     };
     require_user(app, &user).await?;
     let id = format!("gift:{user}:{reference}");
@@ -157,7 +214,10 @@ pub async fn grant(mut req: Request, ctx: &Ctx) -> ApiResult {
         now: now(),
     });
     match app.db.run("grant credits", &stmt).await {
-        Ok(_) => json(&json!({"id": id, "user_id": user.to_string(), "credits": credits, "expires_at": expires_at}), 201),
+        Ok(_) => json(
+            &json!({"id": id, "user_id": user.to_string(), "credits": credits, "expires_at": expires_at}),
+            201,
+        ),
         Err(e) if e.cause.contains("UNIQUE constraint failed") => Err(ApiError::Conflict {
             code: "grant_exists",
             message: "a grant with this reference exists for this user".into(),

@@ -73,7 +73,11 @@ impl App {
 
 /// The client's address as Cloudflare reports it.
 pub fn client_ip(req: &Request) -> String {
-    req.headers().get("cf-connecting-ip").ok().flatten().unwrap_or_else(|| "unknown".into())
+    req.headers()
+        .get("cf-connecting-ip")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "unknown".into())
 }
 
 pub async fn handle(req: Request, env: Env) -> Response {
@@ -99,7 +103,12 @@ pub async fn handle(req: Request, env: Env) -> Response {
 fn build(env: &Env, io: Rc<IoCounts>) -> Result<App, ApiError> {
     let cfg = Config::from_env(env).map_err(ApiError::Misconfigured)?;
     let db = Db::new(env, config::DB, io.clone())?;
-    Ok(App { env: env.clone(), cfg, io, db })
+    Ok(App {
+        env: env.clone(),
+        cfg,
+        io,
+        db,
+    })
 }
 
 fn reply(result: ApiResult) -> worker::Result<Response> {
@@ -113,7 +122,11 @@ async fn route(req: Request, env: Env, app: Rc<App>) -> Response {
     // Failed authentication and signatures are counted per client; past the limit the client
     // gets 429 instead of another 401, whatever it sends.
     if response.status_code() == 401 {
-        let limit = if webhook { Limit::WebhookFailure } else { Limit::AuthFailure };
+        let limit = if webhook {
+            Limit::WebhookFailure
+        } else {
+            Limit::AuthFailure
+        };
         if let Err(e) = app.limit(limit, &ip).await {
             return e.into_response();
         }
@@ -123,51 +136,133 @@ async fn route(req: Request, env: Env, app: Rc<App>) -> Response {
 
 async fn dispatch(req: Request, env: Env, app: Rc<App>) -> Response {
     let router = Router::with_data(app)
-        .get_async("/api/health", |_, ctx| async move { reply(tasks::health(&ctx.data).await) })
-        .get("/api/openapi.json", |_, _| Ok(json_response(&crate::openapi::document(), 200)))
-        .post_async("/api/tasks", |req, ctx| async move { reply(tasks::submit(req, &ctx.data).await) })
-        .get_async("/api/tasks", |req, ctx| async move { reply(tasks::list(&req, &ctx.data).await) })
-        .get_async("/api/tasks/:id", |req, ctx| async move { reply(tasks::get(&req, &ctx).await) })
-        .get_async("/api/tasks/:id/results/:n", |req, ctx| async move { reply(tasks::result(&req, &ctx).await) })
-        .post_async("/api/auth/signout", |req, ctx| async move { reply(tasks::sign_out(&req, &ctx.data, false).await) })
-        .post_async("/api/auth/signout-all", |req, ctx| async move { reply(tasks::sign_out(&req, &ctx.data, true).await) })
-        .get_async("/api/balance", |req, ctx| async move { reply(tasks::balance(&req, &ctx.data).await) })
-        .post_async("/admin/users", |req, ctx| async move { reply(admin::create_user(req, &ctx.data).await) })
-        .post_async("/admin/users/:id/sessions", |req, ctx| async move { reply(admin::create_session(req, &ctx).await) })
-        .post_async("/admin/users/:id/grants", |req, ctx| async move { reply(admin::grant(req, &ctx).await) })
-        .post_async("/api/orders", |req, ctx| async move { reply(orders::create(req, &ctx.data).await) })
-        .get_async("/api/orders", |req, ctx| async move { reply(orders::list(req, &ctx.data).await) })
-        .get_async("/api/orders/:id", |req, ctx| async move { reply(orders::get(req, &ctx).await) })
-        .get_async("/api/subscription", |req, ctx| async move { reply(orders::subscription(req, &ctx.data).await) })
-        .post_async("/webhooks/creem", |req, ctx| async move { reply(webhooks::creem(req, &ctx.data).await) })
-        .get_async("/admin/cron/runs", |req, ctx| async move { reply(ops::list_cron_runs(req, &ctx.data).await) })
-        .post_async("/admin/cron/:job", |req, ctx| async move { reply(ops::run_cron_job(req, &ctx).await) })
-        .get_async("/admin/orders/stats", |req, ctx| async move { reply(ops::order_stats(req, &ctx.data).await) })
-        .get_async("/admin/storage", |req, ctx| async move { reply(ops::storage_stats(req, &ctx.data).await) })
-        .get_async("/admin/webhook-events", |req, ctx| async move { reply(ops::list_webhook_events(req, &ctx.data).await) })
-        .post_async("/webhooks/ai/:provider", |req, ctx| async move { reply(webhooks::ai_callback(req, &ctx).await) })
-        .get_async("/admin/dead-letters", |req, ctx| async move { reply(ops::list_dead_letters(req, &ctx.data).await) })
-        .post_async("/admin/dead-letters/replay", |req, ctx| async move { reply(ops::bulk(req, &ctx.data, ops::Bulk::Replay).await) })
-        .post_async("/admin/dead-letters/discard", |req, ctx| async move { reply(ops::bulk(req, &ctx.data, ops::Bulk::Discard).await) })
-        .get_async("/admin/dead-letters/:id", |req, ctx| async move { reply(ops::show_dead_letter(req, &ctx).await) })
-        .post_async("/admin/dead-letters/:id/replay", |req, ctx| async move { reply(ops::replay_one(req, &ctx).await) })
-        .post_async("/admin/dead-letters/:id/discard", |req, ctx| async move { reply(ops::discard_one(req, &ctx).await) })
-        .get_async("/admin/tasks", |req, ctx| async move { reply(ops::list_tasks(req, &ctx.data).await) })
-        .get_async("/admin/tasks/:id", |req, ctx| async move { reply(ops::show_task(req, &ctx).await) })
-        .post_async("/admin/tasks/:id/retry", |req, ctx| async move { reply(ops::retry_task(req, &ctx).await) })
-        .post_async("/admin/queues/:queue/messages", |req, ctx| async move { reply(ops::send_messages(req, &ctx).await) })
-        .get_async("/files/*key", |req, ctx| async move { reply(files::get(&req, &ctx).await) })
-        .head_async("/files/*key", |req, ctx| async move { reply(files::get(&req, &ctx).await) });
+        .get_async("/api/health", |_, ctx| async move {
+            reply(tasks::health(&ctx.data).await)
+        })
+        .get("/api/openapi.json", |_, _| {
+            Ok(json_response(&crate::openapi::document(), 200))
+        })
+        .post_async("/api/tasks", |req, ctx| async move {
+            reply(tasks::submit(req, &ctx.data).await)
+        })
+        .get_async("/api/tasks", |req, ctx| async move {
+            reply(tasks::list(&req, &ctx.data).await)
+        })
+        .get_async("/api/tasks/:id", |req, ctx| async move {
+            reply(tasks::get(&req, &ctx).await)
+        })
+        .get_async("/api/tasks/:id/results/:n", |req, ctx| async move {
+            reply(tasks::result(&req, &ctx).await)
+        })
+        .post_async("/api/auth/signout", |req, ctx| async move {
+            reply(tasks::sign_out(&req, &ctx.data, false).await)
+        })
+        .post_async("/api/auth/signout-all", |req, ctx| async move {
+            reply(tasks::sign_out(&req, &ctx.data, true).await)
+        })
+        .get_async("/api/balance", |req, ctx| async move {
+            reply(tasks::balance(&req, &ctx.data).await)
+        })
+        .post_async("/admin/users", |req, ctx| async move {
+            reply(admin::create_user(req, &ctx.data).await)
+        })
+        .post_async("/admin/users/:id/sessions", |req, ctx| async move {
+            reply(admin::create_session(req, &ctx).await)
+        })
+        .post_async("/admin/users/:id/grants", |req, ctx| async move {
+            reply(admin::grant(req, &ctx).await)
+        })
+        .post_async("/api/orders", |req, ctx| async move {
+            reply(orders::create(req, &ctx.data).await)
+        })
+        .get_async("/api/orders", |req, ctx| async move {
+            reply(orders::list(req, &ctx.data).await)
+        })
+        .get_async("/api/orders/:id", |req, ctx| async move {
+            reply(orders::get(req, &ctx).await)
+        })
+        .get_async("/api/subscription", |req, ctx| async move {
+            reply(orders::subscription(req, &ctx.data).await)
+        })
+        .post_async("/webhooks/creem", |req, ctx| async move {
+            reply(webhooks::creem(req, &ctx.data).await)
+        })
+        .get_async("/admin/cron/runs", |req, ctx| async move {
+            reply(ops::list_cron_runs(req, &ctx.data).await)
+        })
+        .post_async("/admin/cron/:job", |req, ctx| async move {
+            reply(ops::run_cron_job(req, &ctx).await)
+        })
+        .get_async("/admin/orders/stats", |req, ctx| async move {
+            reply(ops::order_stats(req, &ctx.data).await)
+        })
+        .get_async("/admin/storage", |req, ctx| async move {
+            reply(ops::storage_stats(req, &ctx.data).await)
+        })
+        .get_async("/admin/webhook-events", |req, ctx| async move {
+            reply(ops::list_webhook_events(req, &ctx.data).await)
+        })
+        .post_async("/webhooks/ai/:provider", |req, ctx| async move {
+            reply(webhooks::ai_callback(req, &ctx).await)
+        })
+        .get_async("/admin/dead-letters", |req, ctx| async move {
+            reply(ops::list_dead_letters(req, &ctx.data).await)
+        })
+        .post_async("/admin/dead-letters/replay", |req, ctx| async move {
+            reply(ops::bulk(req, &ctx.data, ops::Bulk::Replay).await)
+        })
+        .post_async("/admin/dead-letters/discard", |req, ctx| async move {
+            reply(ops::bulk(req, &ctx.data, ops::Bulk::Discard).await)
+        })
+        .get_async("/admin/dead-letters/:id", |req, ctx| async move {
+            reply(ops::show_dead_letter(req, &ctx).await)
+        })
+        .post_async("/admin/dead-letters/:id/replay", |req, ctx| async move {
+            reply(ops::replay_one(req, &ctx).await)
+        })
+        .post_async("/admin/dead-letters/:id/discard", |req, ctx| async move {
+            reply(ops::discard_one(req, &ctx).await)
+        })
+        .get_async("/admin/tasks", |req, ctx| async move {
+            reply(ops::list_tasks(req, &ctx.data).await)
+        })
+        .get_async("/admin/tasks/:id", |req, ctx| async move {
+            reply(ops::show_task(req, &ctx).await)
+        })
+        .post_async("/admin/tasks/:id/retry", |req, ctx| async move {
+            reply(ops::retry_task(req, &ctx).await)
+        })
+        .post_async("/admin/queues/:queue/messages", |req, ctx| async move {
+            reply(ops::send_messages(req, &ctx).await)
+        })
+        .get_async("/files/*key", |req, ctx| async move {
+            reply(files::get(&req, &ctx).await)
+        })
+        .head_async("/files/*key", |req, ctx| async move {
+            reply(files::get(&req, &ctx).await)
+        });
     match router.run(req, env).await {
-        Ok(r) if r.status_code() == 404 && !is_json(&r) => ApiError::NotFound("route").into_response(),
-        Ok(r) if r.status_code() == 405 && !is_json(&r) => ApiError::MethodNotAllowed.into_response(),
+        Ok(r) if r.status_code() == 404 && !is_json(&r) => {
+            ApiError::NotFound("route").into_response()
+        }
+        Ok(r) if r.status_code() == 405 && !is_json(&r) => {
+            ApiError::MethodNotAllowed.into_response()
+        }
         Ok(r) => r,
-        Err(e) => ApiError::Unavailable(IoError { step: "router".into(), cause: e.to_string() }).into_response(),
+        Err(e) => ApiError::Unavailable(IoError {
+            step: "router".into(),
+            cause: e.to_string(),
+        })
+        .into_response(),
     }
 }
 
 fn is_json(r: &Response) -> bool {
-    r.headers().get("content-type").ok().flatten().is_some_and(|c| c.starts_with("application/json"))
+    r.headers()
+        .get("content-type")
+        .ok()
+        .flatten()
+        .is_some_and(|c| c.starts_with("application/json"))
 }
 
 /// A JSON body with a status.
@@ -177,11 +272,18 @@ pub fn json(value: &serde_json::Value, status: u16) -> ApiResult {
 
 /// A request body, read whole and capped. Over the cap is a 413 whatever the header said.
 pub async fn body_bytes(req: &mut Request, cap: usize) -> Result<Vec<u8>, ApiError> {
-    let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
+    let declared = req
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > cap) {
         return Err(ApiError::TooLarge(format!("body larger than {cap} bytes")));
     }
-    let bytes = req.bytes().await.map_err(|_| ApiError::bad_request("unreadable_body", "the request body could not be read"))?;
+    let bytes = req.bytes().await.map_err(|_| {
+        ApiError::bad_request("unreadable_body", "the request body could not be read")
+    })?;
     if bytes.len() > cap {
         return Err(ApiError::TooLarge(format!("body larger than {cap} bytes")));
     }
@@ -191,15 +293,23 @@ pub async fn body_bytes(req: &mut Request, cap: usize) -> Result<Vec<u8>, ApiErr
 /// A JSON object body.
 pub async fn json_body(req: &mut Request, cap: usize) -> Result<serde_json::Value, ApiError> {
     let bytes = body_bytes(req, cap).await?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+    })?;
     if !value.is_object() {
-        return Err(ApiError::bad_request("invalid_json", "body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "body must be a JSON object",
+        ));
     }
     Ok(value)
 }
 
 /// A query parameter.
 pub fn query(req: &Request, name: &str) -> Option<String> {
-    req.url().ok()?.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    req.url()
+        .ok()?
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }

@@ -46,7 +46,14 @@ pub struct Config {
 
 /// A comma-separated list variable (empty entries dropped).
 fn list(env: &Env, name: &str) -> Vec<String> {
-    var(env, name).map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()).unwrap_or_default()
+    var(env, name)
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn positive(env: &Env, name: &str, default: i64) -> Result<i64, ConfigError> {
@@ -58,23 +65,32 @@ fn positive(env: &Env, name: &str, default: i64) -> Result<i64, ConfigError> {
 }
 
 fn size(env: &Env, name: &str, default: i64) -> Result<usize, ConfigError> {
-    usize::try_from(positive(env, name, default)?).map_err(|_| ConfigError(format!("{name} is too large")))
+    usize::try_from(positive(env, name, default)?)
+        .map_err(|_| ConfigError(format!("{name} is too large")))
 }
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let public_base_url = required(env, "PUBLIC_BASE_URL")?.trim_end_matches('/').to_owned();
+        let public_base_url = required(env, "PUBLIC_BASE_URL")?
+            .trim_end_matches('/')
+            .to_owned();
         if !(public_base_url.starts_with("http://") || public_base_url.starts_with("https://")) {
-            return Err(ConfigError(format!("PUBLIC_BASE_URL must be an http(s) URL, got {public_base_url:?}")));
+            return Err(ConfigError(format!(
+                "PUBLIC_BASE_URL must be an http(s) URL, got {public_base_url:?}"
+            )));
         }
         let files_signing_key = required(env, "FILES_SIGNING_KEY")?;
         let admin_token = required(env, "ADMIN_TOKEN")?;
         if admin_token.len() < 16 || files_signing_key.len() < 16 {
-            return Err(ConfigError("ADMIN_TOKEN and FILES_SIGNING_KEY must be at least 16 characters".into()));
+            return Err(ConfigError(
+                "ADMIN_TOKEN and FILES_SIGNING_KEY must be at least 16 characters".into(),
+            ));
         }
         let jwt_secret = required(env, "JWT_SECRET")?;
         if jwt_secret.len() < 32 {
-            return Err(ConfigError("JWT_SECRET must be at least 32 characters".into()));
+            return Err(ConfigError(
+                "JWT_SECRET must be at least 32 characters".into(),
+            ));
         }
         Ok(Self {
             public_base_url,
@@ -88,15 +104,21 @@ impl Config {
             signed_url_ttl_secs: positive(env, "SIGNED_URL_TTL_SECS", 3600)?,
             session_ttl_secs: positive(env, "SESSION_TTL_SECS", 30 * 24 * 3600)?,
             kie_webhook_secret: var(env, "KIE_WEBHOOK_SECRET"),
-            tasks_queue_name: var(env, "TASKS_QUEUE_NAME").unwrap_or_else(|| "edgeline-tasks".into()),
-            events_queue_name: var(env, "EVENTS_QUEUE_NAME").unwrap_or_else(|| "edgeline-events".into()),
+            tasks_queue_name: var(env, "TASKS_QUEUE_NAME")
+                .unwrap_or_else(|| "edgeline-tasks".into()),
+            events_queue_name: var(env, "EVENTS_QUEUE_NAME")
+                .unwrap_or_else(|| "edgeline-events".into()),
             chaos_duplicate_sends: var(env, "CHAOS_DUPLICATE_SENDS").as_deref() == Some("true"),
-            catalog: shared::catalog::Catalog::parse(&required(env, "CATALOG")?).map_err(ConfigError)?,
-            creem_base_url: required(env, "CREEM_BASE_URL")?.trim_end_matches('/').to_owned(),
+            catalog: shared::catalog::Catalog::parse(&required(env, "CATALOG")?)
+                .map_err(ConfigError)?,
+            creem_base_url: required(env, "CREEM_BASE_URL")?
+                .trim_end_matches('/')
+                .to_owned(),
             creem_api_key: required(env, "CREEM_API_KEY")?,
             creem_webhook_secrets: list(env, "CREEM_WEBHOOK_SECRETS"),
             standard_webhook_secrets: list(env, "STANDARD_WEBHOOK_SECRETS"),
-            checkout_success_url: var(env, "CHECKOUT_SUCCESS_URL").unwrap_or_else(|| "https://example.com/paid".into()),
+            checkout_success_url: var(env, "CHECKOUT_SUCCESS_URL")
+                .unwrap_or_else(|| "https://example.com/paid".into()),
         })
     }
 }
@@ -107,4 +129,3 @@ pub const BUCKET: &str = "BUCKET";
 pub const KV: &str = "KV";
 pub const TASKS: &str = "TASKS";
 pub const EVENTS: &str = "EVENTS";
-

@@ -53,7 +53,10 @@ impl From<FieldError> for ApiError {
 
 impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::BadRequest { code, message: message.into() }
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
     }
 
     fn parts(&self) -> (u16, &'static str, String, Option<&str>) {
@@ -62,29 +65,54 @@ impl ApiError {
             ApiError::Unauthorized(m) => (401, "unauthorized", (*m).to_owned(), None),
             ApiError::Forbidden(m) => (403, "forbidden", (*m).to_owned(), None),
             ApiError::NotFound(what) => (404, "not_found", format!("{what} not found"), None),
-            ApiError::MethodNotAllowed => (405, "method_not_allowed", "method not allowed on this path".into(), None),
+            ApiError::MethodNotAllowed => (
+                405,
+                "method_not_allowed",
+                "method not allowed on this path".into(),
+                None,
+            ),
             ApiError::PaymentRequired(m) => (402, "insufficient_credits", m.clone(), None),
             ApiError::Conflict { code, message } => (409, code, message.clone(), None),
             ApiError::TooLarge(m) => (413, "payload_too_large", m.clone(), None),
-            ApiError::TooManyRequests(secs) => (429, "rate_limited", format!("too many requests; retry in {secs} s"), None),
-            ApiError::RangeNotSatisfiable(size) => (416, "range_not_satisfiable", format!("the object has {size} bytes"), None),
+            ApiError::TooManyRequests(secs) => (
+                429,
+                "rate_limited",
+                format!("too many requests; retry in {secs} s"),
+                None,
+            ),
+            ApiError::RangeNotSatisfiable(size) => (
+                416,
+                "range_not_satisfiable",
+                format!("the object has {size} bytes"),
+                None,
+            ),
             ApiError::UnsupportedMediaType(m) => (415, "unsupported_media_type", m.clone(), None),
             ApiError::Invalid(f) => (422, f.code, f.to_string(), Some(f.field.as_str())),
             ApiError::Unprocessable { code, message } => (422, code, message.clone(), None),
-            ApiError::Unavailable(_) => (503, "unavailable", "a backing service failed; retry later".into(), None),
-            ApiError::Misconfigured(_) => (503, "misconfigured", "the service is misconfigured".into(), None),
+            ApiError::Unavailable(_) => (
+                503,
+                "unavailable",
+                "a backing service failed; retry later".into(),
+                None,
+            ),
+            ApiError::Misconfigured(_) => (
+                503,
+                "misconfigured",
+                "the service is misconfigured".into(),
+                None,
+            ),
         }
     }
 
     /// The JSON response; server-side failures are logged with their cause, never shown.
     pub fn into_response(self) -> Response {
         match &self {
-            ApiError::Unavailable(e) => {
-                log(serde_json::json!({"level": "error", "event": "api.unavailable", "step": e.step, "cause": e.cause}))
-            }
-            ApiError::Misconfigured(e) => {
-                log(serde_json::json!({"level": "error", "event": "api.misconfigured", "cause": e.0}))
-            }
+            ApiError::Unavailable(e) => log(
+                serde_json::json!({"level": "error", "event": "api.unavailable", "step": e.step, "cause": e.cause}),
+            ),
+            ApiError::Misconfigured(e) => log(
+                serde_json::json!({"level": "error", "event": "api.misconfigured", "cause": e.0}),
+            ),
             _ => {}
         }
         let (status, code, message, field) = self.parts();
@@ -95,7 +123,9 @@ impl ApiError {
         let mut resp = json_response(&serde_json::json!({ "error": error }), status);
         match self {
             ApiError::RangeNotSatisfiable(size) => {
-                let _ = resp.headers_mut().set("content-range", &format!("bytes */{size}"));
+                let _ = resp
+                    .headers_mut()
+                    .set("content-range", &format!("bytes */{size}"));
             }
             ApiError::TooManyRequests(secs) => {
                 let _ = resp.headers_mut().set("retry-after", &secs.to_string());
@@ -115,7 +145,11 @@ pub fn json_response(value: &serde_json::Value, status: u16) -> Response {
         r.headers_mut().set("content-type", "application/json")?;
         Ok(r)
     });
-    built.unwrap_or_else(|_| Response::empty().map(|r| r.with_status(status)).unwrap_or_else(|_| fallback()))
+    built.unwrap_or_else(|_| {
+        Response::empty()
+            .map(|r| r.with_status(status))
+            .unwrap_or_else(|_| fallback())
+    })
 }
 
 #[allow(clippy::expect_used)]

@@ -17,8 +17,13 @@ pub async fn get(req: &Request, ctx: &Ctx) -> ApiResult {
     let (Some(exp), Some(sig)) = (exp, sig) else {
         return Err(ApiError::Forbidden("a signed URL needs exp and sig"));
     };
-    if key.is_empty() || key.contains("..") || !verify_file_signature(app.cfg.files_signing_key.as_bytes(), &key, exp, &sig, now()) {
-        return Err(ApiError::Forbidden("the URL is expired or its signature does not match"));
+    if key.is_empty()
+        || key.contains("..")
+        || !verify_file_signature(app.cfg.files_signing_key.as_bytes(), &key, exp, &sig, now())
+    {
+        return Err(ApiError::Forbidden(
+            "the URL is expired or its signature does not match",
+        ));
     }
     stream_object(req, app, &key, "private, max-age=300").await
 }
@@ -28,26 +33,47 @@ pub async fn get(req: &Request, ctx: &Ctx) -> ApiResult {
 pub async fn stream_object(req: &Request, app: &App, key: &str, cache_control: &str) -> ApiResult {
     let bucket = app.bucket()?;
     app.io.r2();
-    let head = bucket.head(key).await.step(format!("r2 head {key}"))?.ok_or(ApiError::NotFound("file"))?;
+    let head = bucket
+        .head(key)
+        .await
+        .step(format!("r2 head {key}"))?
+        .ok_or(ApiError::NotFound("file"))?;
     let size = head.size();
     let etag = head.http_etag();
-    let content_type = head.http_metadata().content_type.unwrap_or_else(|| "application/octet-stream".into());
+    let content_type = head
+        .http_metadata()
+        .content_type
+        .unwrap_or_else(|| "application/octet-stream".into());
     let header = |name: &str| req.headers().get(name).ok().flatten();
-    let set = |resp: &mut Response, name: &str, value: &str| resp.headers_mut().set(name, value).step("set header");
+    let set = |resp: &mut Response, name: &str, value: &str| {
+        resp.headers_mut().set(name, value).step("set header")
+    };
     if none_match(header("if-none-match").as_deref(), &etag) {
         let mut resp = Response::empty().step("build 304")?.with_status(304);
         set(&mut resp, "etag", &etag)?;
         set(&mut resp, "cache-control", cache_control)?;
         return Ok(resp);
     }
-    let range = parse_range(header("range").as_deref(), size).map_err(|()| ApiError::RangeNotSatisfiable(size))?;
+    let range = parse_range(header("range").as_deref(), size)
+        .map_err(|()| ApiError::RangeNotSatisfiable(size))?;
     let mut get = bucket.get(key);
     if let Some(r) = range {
-        get = get.range(R2Range::OffsetWithLength { offset: r.start, length: r.len() });
+        get = get.range(R2Range::OffsetWithLength {
+            offset: r.start,
+            length: r.len(),
+        });
     }
     app.io.r2();
-    let object = get.execute().await.step(format!("r2 get {key}"))?.ok_or(ApiError::NotFound("file"))?;
-    let body = object.body().ok_or(ApiError::NotFound("file"))?.response_body().step("r2 body")?;
+    let object = get
+        .execute()
+        .await
+        .step(format!("r2 get {key}"))?
+        .ok_or(ApiError::NotFound("file"))?;
+    let body = object
+        .body()
+        .ok_or(ApiError::NotFound("file"))?
+        .response_body()
+        .step("r2 body")?;
     let mut resp = Response::from_body(body).step("build file response")?;
     set(&mut resp, "content-type", &content_type)?;
     set(&mut resp, "etag", &etag)?;

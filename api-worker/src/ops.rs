@@ -25,8 +25,18 @@ const MAX_BULK: i64 = 500;
 fn actor(req: &Request) -> Result<String, ApiError> {
     match req.headers().get("x-actor").ok().flatten() {
         None => Ok("admin".into()),
-        Some(a) if !a.is_empty() && a.len() <= 64 && a.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c)) => Ok(a),
-        Some(_) => Err(ApiError::bad_request("invalid_actor", "X-Actor must be 1-64 characters of [A-Za-z0-9._@-]")),
+        Some(a)
+            if !a.is_empty()
+                && a.len() <= 64
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c)) =>
+        {
+            Ok(a)
+        }
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_actor",
+            "X-Actor must be 1-64 characters of [A-Za-z0-9._@-]",
+        )),
     }
 }
 
@@ -51,14 +61,22 @@ fn limit_param(req: &Request, default: i64, max: i64) -> Result<i64, ApiError> {
             .parse::<i64>()
             .ok()
             .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| ApiError::bad_request("invalid_limit", format!("limit must be an integer from 1 to {max}"))),
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit must be an integer from 1 to {max}"),
+                )
+            }),
     }
 }
 
 fn cursor_param(req: &Request) -> Result<Option<(i64, String)>, ApiError> {
-    let Some(c) = query(req, "cursor") else { return Ok(None) };
+    let Some(c) = query(req, "cursor") else {
+        return Ok(None);
+    };
     let bad = || ApiError::bad_request("invalid_cursor", "cursor is not one we issued");
-    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(&c).map_err(|_| bad())?).map_err(|_| bad())?;
+    let raw =
+        String::from_utf8(URL_SAFE_NO_PAD.decode(&c).map_err(|_| bad())?).map_err(|_| bad())?;
     let (at, id) = raw.split_once(':').ok_or_else(bad)?;
     Ok(Some((at.parse().map_err(|_| bad())?, id.to_owned())))
 }
@@ -129,7 +147,14 @@ impl Filter {
     fn from_query(req: &Request) -> Result<Self, ApiError> {
         let num = |name: &str| -> Result<Option<i64>, ApiError> {
             query(req, name)
-                .map(|v| v.parse::<i64>().map_err(|_| ApiError::bad_request("invalid_filter", format!("{name} must be unix seconds"))))
+                .map(|v| {
+                    v.parse::<i64>().map_err(|_| {
+                        ApiError::bad_request(
+                            "invalid_filter",
+                            format!("{name} must be unix seconds"),
+                        )
+                    })
+                })
                 .transpose()
         };
         Ok(Filter {
@@ -147,7 +172,10 @@ impl Filter {
     fn check(&self) -> Result<(), ApiError> {
         if let Some(s) = &self.status {
             if !["dead", "replayed", "discarded"].contains(&s.as_str()) {
-                return Err(ApiError::bad_request("invalid_filter", "status must be dead, replayed or discarded"));
+                return Err(ApiError::bad_request(
+                    "invalid_filter",
+                    "status must be dead, replayed or discarded",
+                ));
             }
         }
         Ok(())
@@ -179,7 +207,12 @@ pub async fn list_dead_letters(req: Request, app: &App) -> ApiResult {
     let after = cursor_param(&req)?;
     let (clause, mut params) = filter.clause();
     let (at, id) = after.clone().unwrap_or((i64::MAX, String::new()));
-    params.extend([Param::Int(at.min(1 << 52)), Param::Text(id), Param::Int(i64::from(after.is_none())), Param::Int(limit + 1)]);
+    params.extend([
+        Param::Int(at.min(1 << 52)),
+        Param::Text(id),
+        Param::Int(i64::from(after.is_none())),
+        Param::Int(limit + 1),
+    ]);
     let rows: Vec<DeadLetter> = app
         .db
         .all(
@@ -195,14 +228,22 @@ pub async fn list_dead_letters(req: Request, app: &App) -> ApiResult {
         )
         .await?;
     let page = usize::try_from(limit).unwrap_or(0);
-    let next = (rows.len() > page).then(|| rows.get(page - 1).map(|r| cursor(r.last_failed_at, &r.id))).flatten();
+    let next = (rows.len() > page)
+        .then(|| rows.get(page - 1).map(|r| cursor(r.last_failed_at, &r.id)))
+        .flatten();
     let items: Vec<Value> = rows.iter().take(page).map(DeadLetter::summary).collect();
     json(&json!({"dead_letters": items, "next_cursor": next}), 200)
 }
 
 async fn load_dead_letter(app: &App, id: &str) -> Result<DeadLetter, ApiError> {
     app.db
-        .first("dead letter", &Stmt::new(format!("SELECT {DL_COLUMNS} FROM dead_letters WHERE id = ?1"), vec![id.into()]))
+        .first(
+            "dead letter",
+            &Stmt::new(
+                format!("SELECT {DL_COLUMNS} FROM dead_letters WHERE id = ?1"),
+                vec![id.into()],
+            ),
+        )
         .await?
         .ok_or(ApiError::NotFound("dead letter"))
 }
@@ -211,10 +252,22 @@ async fn body_text(app: &App, dl: &DeadLetter) -> Result<String, ApiError> {
     if let Some(b) = &dl.body {
         return Ok(b.clone());
     }
-    let Some(key) = &dl.body_r2_key else { return Ok("null".into()) };
+    let Some(key) = &dl.body_r2_key else {
+        return Ok("null".into());
+    };
     app.io.r2();
-    let object = app.bucket()?.get(key).execute().await.step(format!("r2 get {key}"))?;
-    let missing = || ApiError::Unavailable(IoError { step: "dead letter body".into(), cause: format!("{key} is missing") });
+    let object = app
+        .bucket()?
+        .get(key)
+        .execute()
+        .await
+        .step(format!("r2 get {key}"))?;
+    let missing = || {
+        ApiError::Unavailable(IoError {
+            step: "dead letter body".into(),
+            cause: format!("{key} is missing"),
+        })
+    };
     let object = object.ok_or_else(missing)?;
     let body = object.body().ok_or_else(missing)?;
     Ok(body.text().await.step("r2 read dead letter body")?)
@@ -253,18 +306,37 @@ pub async fn show_dead_letter(req: Request, ctx: &Ctx) -> ApiResult {
 
 /// Runs one conditional UPDATE per row in one batch and returns the rows it changed: the rows
 /// this call won, whatever else is acting on them.
-async fn apply_each<'r>(app: &App, what: &str, rows: &'r [DeadLetter], stmt: impl Fn(&DeadLetter) -> Stmt) -> Result<Vec<&'r DeadLetter>, ApiError> {
+async fn apply_each<'r>(
+    app: &App,
+    what: &str,
+    rows: &'r [DeadLetter],
+    stmt: impl Fn(&DeadLetter) -> Stmt,
+) -> Result<Vec<&'r DeadLetter>, ApiError> {
     if rows.is_empty() {
         return Ok(vec![]);
     }
     let stmts: Vec<Stmt> = rows.iter().map(stmt).collect();
     let results = app.db.batch(what, &stmts).await?;
-    Ok(rows.iter().zip(&results).filter(|(_, r)| changes(r) == 1).map(|(row, _)| row).collect())
+    Ok(rows
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| changes(r) == 1)
+        .map(|(row, _)| row)
+        .collect())
 }
 
 /// One audit row per dead letter acted on.
-async fn audit_each(app: &App, actor: &str, action: &str, rows: &[&DeadLetter], detail: impl Fn(&DeadLetter) -> Value) -> Result<(), ApiError> {
-    let audits: Vec<Stmt> = rows.iter().map(|r| audit(actor, action, &r.id, &detail(r))).collect();
+async fn audit_each(
+    app: &App,
+    actor: &str,
+    action: &str,
+    rows: &[&DeadLetter],
+    detail: impl Fn(&DeadLetter) -> Value,
+) -> Result<(), ApiError> {
+    let audits: Vec<Stmt> = rows
+        .iter()
+        .map(|r| audit(actor, action, &r.id, &detail(r)))
+        .collect();
     if !audits.is_empty() {
         app.db.batch(&format!("audit {action}"), &audits).await?;
     }
@@ -277,14 +349,22 @@ fn queue_for(app: &App, name: &str) -> Result<Queue, ApiError> {
     } else if name == app.cfg.events_queue_name {
         crate::config::EVENTS
     } else {
-        return Err(ApiError::Unprocessable { code: "unknown_queue", message: format!("cannot send to queue {name:?}") });
+        return Err(ApiError::Unprocessable {
+            code: "unknown_queue",
+            message: format!("cannot send to queue {name:?}"),
+        });
     };
     Ok(app.env.queue(binding).step(format!("binding {binding}"))?)
 }
 
 /// Marks the given dead letters replayed (only those still `dead`, or any with `force`), sends
 /// the ones this call marked, and audits it. Returns the ids sent.
-async fn replay(app: &App, actor: &str, rows: Vec<DeadLetter>, force: bool) -> Result<Vec<String>, ApiError> {
+async fn replay(
+    app: &App,
+    actor: &str,
+    rows: Vec<DeadLetter>,
+    force: bool,
+) -> Result<Vec<String>, ApiError> {
     let at = now();
     let claimed = apply_each(app, "claim dead letters for replay", &rows, |r| {
         Stmt::new(
@@ -297,9 +377,13 @@ async fn replay(app: &App, actor: &str, rows: Vec<DeadLetter>, force: bool) -> R
 
     let mut by_queue: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
     for row in &claimed {
-        let mut body: Value = serde_json::from_str(&body_text(app, row).await?).unwrap_or(Value::Null);
+        let mut body: Value =
+            serde_json::from_str(&body_text(app, row).await?).unwrap_or(Value::Null);
         fresh_for_replay(&mut body);
-        by_queue.entry(row.source_queue.as_str()).or_default().push(body.to_string());
+        by_queue
+            .entry(row.source_queue.as_str())
+            .or_default()
+            .push(body.to_string());
     }
     for (queue_name, bodies) in &by_queue {
         let queue = queue_for(app, queue_name)?;
@@ -319,7 +403,14 @@ async fn replay(app: &App, actor: &str, rows: Vec<DeadLetter>, force: bool) -> R
             return Err(e.into());
         }
     }
-    audit_each(app, actor, "dead_letter.replay", &claimed, |r| json!({"queue": r.source_queue, "force": force})).await?;
+    audit_each(
+        app,
+        actor,
+        "dead_letter.replay",
+        &claimed,
+        |r| json!({"queue": r.source_queue, "force": force}),
+    )
+    .await?;
     Ok(claimed.iter().map(|r| r.id.clone()).collect())
 }
 
@@ -333,11 +424,24 @@ pub async fn replay_one(req: Request, ctx: &Ctx) -> ApiResult {
     let dl = load_dead_letter(app, &id).await?;
     let sent = replay(app, &actor, vec![dl], force).await?;
     let row = load_dead_letter(app, &id).await?;
-    json(&json!({"id": id, "sent": !sent.is_empty(), "status": row.status, "replay_count": row.replay_count}), 200)
+    json(
+        &json!({"id": id, "sent": !sent.is_empty(), "status": row.status, "replay_count": row.replay_count}),
+        200,
+    )
 }
 
-async fn matching(app: &App, filter: &Filter, default_status: &str) -> Result<(Vec<DeadLetter>, bool), ApiError> {
-    let mut filter_status = Filter { status: filter.status.clone().or_else(|| Some(default_status.into())), ..Filter::default() };
+async fn matching(
+    app: &App,
+    filter: &Filter,
+    default_status: &str,
+) -> Result<(Vec<DeadLetter>, bool), ApiError> {
+    let mut filter_status = Filter {
+        status: filter
+            .status
+            .clone()
+            .or_else(|| Some(default_status.into())),
+        ..Filter::default()
+    };
     filter_status.queue = filter.queue.clone();
     filter_status.message_type = filter.message_type.clone();
     filter_status.error_class = filter.error_class.clone();
@@ -380,13 +484,19 @@ pub async fn bulk(mut req: Request, app: &App, action: Bulk) -> ApiResult {
     let (rows, more) = matching(app, &filter, "dead").await?;
     if filter.dry_run {
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        return json(&json!({"dry_run": true, "count": ids.len(), "ids": ids, "more": more}), 200);
+        return json(
+            &json!({"dry_run": true, "count": ids.len(), "ids": ids, "more": more}),
+            200,
+        );
     }
     let done = match action {
         Bulk::Replay => replay(app, &actor, rows, filter.force).await?,
         Bulk::Discard => discard(app, &actor, &rows).await?,
     };
-    json(&json!({"dry_run": false, "count": done.len(), "ids": done, "more": more}), 200)
+    json(
+        &json!({"dry_run": false, "count": done.len(), "ids": done, "more": more}),
+        200,
+    )
 }
 
 async fn discard(app: &App, actor: &str, rows: &[DeadLetter]) -> Result<Vec<String>, ApiError> {
@@ -439,12 +549,23 @@ fn admin_view(app: &App, row: &AdminTaskRow) -> Value {
 pub async fn list_tasks(req: Request, app: &App) -> ApiResult {
     auth::admin(&req, app).await?;
     let status = query(&req, "status");
-    if status.as_deref().is_some_and(|s| TaskStatus::parse(s).is_none()) {
-        return Err(ApiError::bad_request("invalid_status", "status must be pending, submitted, processing, completed or failed"));
+    if status
+        .as_deref()
+        .is_some_and(|s| TaskStatus::parse(s).is_none())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_status",
+            "status must be pending, submitted, processing, completed or failed",
+        ));
     }
     let older_than = match query(&req, "older_than_secs") {
         None => 0,
-        Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| ApiError::bad_request("invalid_filter", "older_than_secs must be a non-negative integer"))?,
+        Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_filter",
+                "older_than_secs must be a non-negative integer",
+            )
+        })?,
     };
     let limit = limit_param(&req, 50, MAX_PAGE)?;
     let after = cursor_param(&req)?;
@@ -472,13 +593,19 @@ pub async fn list_tasks(req: Request, app: &App) -> ApiResult {
         )
         .await?;
     let page = usize::try_from(limit).unwrap_or(0);
-    let next = (rows.len() > page).then(|| rows.get(page - 1).map(|r| cursor(r.task.created_at, &r.task.id))).flatten();
+    let next = (rows.len() > page)
+        .then(|| {
+            rows.get(page - 1)
+                .map(|r| cursor(r.task.created_at, &r.task.id))
+        })
+        .flatten();
     let items: Vec<Value> = rows.iter().take(page).map(|r| admin_view(app, r)).collect();
     json(&json!({"tasks": items, "next_cursor": next}), 200)
 }
 
 fn task_param(ctx: &Ctx) -> Result<TaskId, ApiError> {
-    TaskId::parse(ctx.param("id").map(String::as_str).unwrap_or_default()).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))
+    TaskId::parse(ctx.param("id").map(String::as_str).unwrap_or_default())
+        .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))
 }
 
 async fn load_task(app: &App, task: &TaskId) -> Result<AdminTaskRow, ApiError> {
@@ -517,12 +644,30 @@ pub async fn show_task(req: Request, ctx: &Ctx) -> ApiResult {
             ],
         )
         .await?;
-    let records: Vec<Value> = ledger.first().map(shared::edge::rows).transpose()?.unwrap_or_default();
-    let consumptions: Vec<Value> = ledger.get(1).map(shared::edge::rows).transpose()?.unwrap_or_default();
+    let records: Vec<Value> = ledger
+        .first()
+        .map(shared::edge::rows)
+        .transpose()?
+        .unwrap_or_default();
+    let consumptions: Vec<Value> = ledger
+        .get(1)
+        .map(shared::edge::rows)
+        .transpose()?
+        .unwrap_or_default();
     let model = row.task.external_provider.clone().unwrap_or_default();
     app.io.r2();
-    let listed = app.bucket()?.list().prefix(format!("result/{model}/{id}/")).execute().await.step("r2 list task results")?;
-    let objects: Vec<Value> = listed.objects().iter().map(|o| json!({"key": o.key(), "size": o.size()})).collect();
+    let listed = app
+        .bucket()?
+        .list()
+        .prefix(format!("result/{model}/{id}/"))
+        .execute()
+        .await
+        .step("r2 list task results")?;
+    let objects: Vec<Value> = listed
+        .objects()
+        .iter()
+        .map(|o| json!({"key": o.key(), "size": o.size()}))
+        .collect();
     let mut view = admin_view(app, &row);
     view["ledger"] = json!(records);
     view["consumptions"] = json!(consumptions);
@@ -539,23 +684,50 @@ pub async fn retry_task(req: Request, ctx: &Ctx) -> ApiResult {
     let task = task_param(ctx)?;
     let row = load_task(app, &task).await?;
     if row.task.status != TaskStatus::Failed.as_str() {
-        return Err(ApiError::Conflict { code: "task_not_failed", message: format!("only failed tasks are retried; this one is {}", row.task.status) });
+        return Err(ApiError::Conflict {
+            code: "task_not_failed",
+            message: format!(
+                "only failed tasks are retried; this one is {}",
+                row.task.status
+            ),
+        });
     }
-    let input: TaskInput = serde_json::from_str(&row.task.input_params)
-        .map_err(|e| ApiError::Unprocessable { code: "unreadable_task", message: format!("stored input does not parse: {e}") })?;
-    let user = UserId::parse(&row.user_id).map_err(|e| ApiError::Unprocessable { code: "unreadable_task", message: e.to_string() })?;
-    let key = IdempotencyKey::parse(&format!("retry:{task}")).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
-    let (new_row, created) = match hold_and_insert(app, &user, &input, Some(&key), Some(&task)).await? {
-        Created::New(r) => (r, true),
-        Created::Replayed(r) => (r, false),
-    };
+    let input: TaskInput =
+        serde_json::from_str(&row.task.input_params).map_err(|e| ApiError::Unprocessable {
+            code: "unreadable_task",
+            message: format!("stored input does not parse: {e}"),
+        })?;
+    let user = UserId::parse(&row.user_id).map_err(|e| ApiError::Unprocessable {
+        code: "unreadable_task",
+        message: e.to_string(),
+    })?;
+    let key = IdempotencyKey::parse(&format!("retry:{task}"))
+        .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+    let (new_row, created) =
+        match hold_and_insert(app, &user, &input, Some(&key), Some(&task)).await? {
+            Created::New(r) => (r, true),
+            Created::Replayed(r) => (r, false),
+        };
     if created {
         if let Ok(new_id) = TaskId::parse(&new_row.id) {
             enqueue_submit(app, &new_id).await;
         }
-        app.db.run("audit retry", &audit(&actor, "task.retry", &task.to_string(), &json!({"new_task": new_row.id}))).await?;
+        app.db
+            .run(
+                "audit retry",
+                &audit(
+                    &actor,
+                    "task.retry",
+                    &task.to_string(),
+                    &json!({"new_task": new_row.id}),
+                ),
+            )
+            .await?;
     }
-    json(&json!({"retry_of": task.to_string(), "created": created, "task": new_row.view(app)}), if created { 202 } else { 200 })
+    json(
+        &json!({"retry_of": task.to_string(), "created": created, "task": new_row.view(app)}),
+        if created { 202 } else { 200 },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -571,25 +743,56 @@ pub async fn send_messages(mut req: Request, ctx: &Ctx) -> ApiResult {
     let name = ctx.param("queue").cloned().unwrap_or_default();
     let queue = match name.as_str() {
         "tasks" => app.env.queue(crate::config::TASKS).step("binding TASKS")?,
-        "events" => app.env.queue(crate::config::EVENTS).step("binding EVENTS")?,
+        "events" => app
+            .env
+            .queue(crate::config::EVENTS)
+            .step("binding EVENTS")?,
         _ => return Err(ApiError::NotFound("queue")),
     };
     let body = json_body(&mut req, 1024 * 1024).await?;
-    let messages = body.get("messages").and_then(Value::as_array).filter(|m| !m.is_empty() && m.len() <= 100).ok_or_else(|| {
-        ApiError::Invalid(shared::submit::FieldError { field: "messages".into(), code: "invalid_value", message: "must be an array of 1 to 100 JSON values".into() })
-    })?;
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty() && m.len() <= 100)
+        .ok_or_else(|| {
+            ApiError::Invalid(shared::submit::FieldError {
+                field: "messages".into(),
+                code: "invalid_value",
+                message: "must be an array of 1 to 100 JSON values".into(),
+            })
+        })?;
     let delay = match body.get("delay_seconds") {
         None | Some(Value::Null) => 0,
-        Some(v) => v.as_u64().and_then(|d| u32::try_from(d).ok()).filter(|d| *d <= 43_200).ok_or_else(|| {
-            ApiError::Invalid(shared::submit::FieldError { field: "delay_seconds".into(), code: "invalid_value", message: "must be 0 to 43200".into() })
-        })?,
+        Some(v) => v
+            .as_u64()
+            .and_then(|d| u32::try_from(d).ok())
+            .filter(|d| *d <= 43_200)
+            .ok_or_else(|| {
+                ApiError::Invalid(shared::submit::FieldError {
+                    field: "delay_seconds".into(),
+                    code: "invalid_value",
+                    message: "must be 0 to 43200".into(),
+                })
+            })?,
     };
     let texts: Vec<String> = messages.iter().map(Value::to_string).collect();
     if texts.iter().any(|t| t.len() > 128 * 1024) {
-        return Err(ApiError::TooLarge("a queue message is at most 128 KB".into()));
+        return Err(ApiError::TooLarge(
+            "a queue message is at most 128 KB".into(),
+        ));
     }
     send_json_batch(&app.io, &queue, &texts, delay).await?;
-    app.db.run("audit send", &audit(&actor, "queue.send", &name, &json!({"count": texts.len(), "delay_seconds": delay}))).await?;
+    app.db
+        .run(
+            "audit send",
+            &audit(
+                &actor,
+                "queue.send",
+                &name,
+                &json!({"count": texts.len(), "delay_seconds": delay}),
+            ),
+        )
+        .await?;
     json(&json!({"sent": texts.len()}), 202)
 }
 
@@ -646,28 +849,52 @@ pub async fn run_cron_job(req: Request, ctx: &Ctx) -> ApiResult {
     auth::admin(&req, app).await?;
     let actor = actor(&req)?;
     let job = ctx.param("job").cloned().unwrap_or_default();
-    if !job.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') || job.is_empty() || job.len() > 40 {
+    if !job
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        || job.is_empty()
+        || job.len() > 40
+    {
         return Err(ApiError::NotFound("job"));
     }
     let cron = app.env.service("CRON").step("binding CRON")?;
     let mut init = worker::RequestInit::new();
     init.with_method(worker::Method::Post);
     app.io.fetch();
-    let mut resp = cron.fetch(format!("https://cron/run/{job}"), Some(init)).await.step("cron worker")?;
+    let mut resp = cron
+        .fetch(format!("https://cron/run/{job}"), Some(init))
+        .await
+        .step("cron worker")?;
     if resp.status_code() == 404 {
         return Err(ApiError::NotFound("job"));
     }
     let summary: Value = resp.json().await.step("cron worker answer")?;
-    app.db.run("audit cron run", &audit(&actor, "cron.run", &job, &summary["summary"])).await?;
+    app.db
+        .run(
+            "audit cron run",
+            &audit(&actor, "cron.run", &job, &summary["summary"]),
+        )
+        .await?;
     json(&summary, 200)
 }
 
 /// `GET /admin/orders/stats`: how many orders are in each status.
 pub async fn order_stats(req: Request, app: &App) -> ApiResult {
     auth::admin(&req, app).await?;
-    let rows: Vec<Value> = app.db.all("order stats", &Stmt::new("SELECT status, COUNT(*) AS n FROM orders GROUP BY status", vec![])).await?;
-    let counts: serde_json::Map<String, Value> =
-        rows.iter().filter_map(|r| Some((r["status"].as_str()?.to_owned(), r["n"].clone()))).collect();
+    let rows: Vec<Value> = app
+        .db
+        .all(
+            "order stats",
+            &Stmt::new(
+                "SELECT status, COUNT(*) AS n FROM orders GROUP BY status",
+                vec![],
+            ),
+        )
+        .await?;
+    let counts: serde_json::Map<String, Value> = rows
+        .iter()
+        .filter_map(|r| Some((r["status"].as_str()?.to_owned(), r["n"].clone())))
+        .collect();
     json(&json!({"orders": counts}), 200)
 }
 
@@ -677,7 +904,10 @@ pub async fn storage_stats(req: Request, app: &App) -> ApiResult {
     auth::admin(&req, app).await?;
     let prefix = query(&req, "prefix").unwrap_or_default();
     if !["cache/", "result/", "dead-letters/", ""].contains(&prefix.as_str()) {
-        return Err(ApiError::bad_request("invalid_prefix", "prefix must be cache/, result/ or dead-letters/"));
+        return Err(ApiError::bad_request(
+            "invalid_prefix",
+            "prefix must be cache/, result/ or dead-letters/",
+        ));
     }
     let bucket = app.bucket()?;
     let (mut objects, mut bytes, mut cursor, mut pages) = (0u64, 0u64, None::<String>, 0);
@@ -694,7 +924,10 @@ pub async fn storage_stats(req: Request, app: &App) -> ApiResult {
         }
         pages += 1;
         if !page.truncated() || pages >= 20 {
-            return json(&json!({"prefix": prefix, "objects": objects, "bytes": bytes, "truncated": page.truncated()}), 200);
+            return json(
+                &json!({"prefix": prefix, "objects": objects, "bytes": bytes, "truncated": page.truncated()}),
+                200,
+            );
         }
         cursor = page.cursor();
     }

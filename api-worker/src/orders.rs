@@ -14,7 +14,8 @@ use std::time::Duration;
 use worker::wasm_bindgen::JsValue;
 use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
 
-const ORDER_COLUMNS: &str = "id, status, product_id, amount, currency, credits, payment_url, created_at, updated_at";
+const ORDER_COLUMNS: &str =
+    "id, status, product_id, amount, currency, credits, payment_url, created_at, updated_at";
 
 #[derive(Deserialize)]
 struct OrderRow {
@@ -40,24 +41,50 @@ impl OrderRow {
 }
 
 fn field(name: &str, code: &'static str, message: &str) -> ApiError {
-    FieldError { field: name.into(), code, message: message.into() }.into()
+    FieldError {
+        field: name.into(),
+        code,
+        message: message.into(),
+    }
+    .into()
 }
 
 /// `POST /api/orders {product_id}` -> 201 `{order_id, checkout_url, …}`
 pub async fn create(mut req: Request, app: &App) -> ApiResult {
-    let user = auth::user(&req, app).await?;
-    app.limit(crate::app::Limit::Order, &user.to_string()).await?;
+    let user = auth::user_within(&req, app, crate::app::Limit::Order).await?;
     let body = json_body(&mut req, 4 * 1024).await?;
-    if let Some(unknown) = body.as_object().and_then(|o| o.keys().find(|k| k.as_str() != "product_id")) {
-        return Err(field(unknown, "unknown_field", "unknown field; expected product_id"));
+    if let Some(unknown) = body
+        .as_object()
+        .and_then(|o| o.keys().find(|k| k.as_str() != "product_id"))
+    {
+        return Err(field(
+            unknown,
+            "unknown_field",
+            "unknown field; expected product_id",
+        ));
     }
-    let product_id = body.get("product_id").and_then(Value::as_str).ok_or_else(|| field("product_id", "required", "is required"))?;
-    let product = app.cfg.catalog.product(product_id).ok_or_else(|| field("product_id", "unknown_product", "no such product in the catalogue"))?;
+    let product_id = body
+        .get("product_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| field("product_id", "required", "is required"))?;
+    let product = app.cfg.catalog.product(product_id).ok_or_else(|| {
+        field(
+            "product_id",
+            "unknown_product",
+            "no such product in the catalogue",
+        )
+    })?;
     let order_id = format!("ord_{}", uuid::Uuid::new_v4().simple());
     let at = now();
     let email: Option<String> = app
         .db
-        .first::<Value>("user email", &Stmt::new("SELECT email FROM users WHERE id = ?1", vec![user.to_string().into()]))
+        .first::<Value>(
+            "user email",
+            &Stmt::new(
+                "SELECT email FROM users WHERE id = ?1",
+                vec![user.to_string().into()],
+            ),
+        )
         .await?
         .and_then(|v| v["email"].as_str().map(str::to_owned));
     app.db
@@ -79,7 +106,15 @@ pub async fn create(mut req: Request, app: &App) -> ApiResult {
         )
         .await?;
 
-    let checkout = match create_checkout(app, &order_id, &user, product.creem_product_id(), email.as_deref()).await {
+    let checkout = match create_checkout(
+        app,
+        &order_id,
+        &user,
+        product.creem_product_id(),
+        email.as_deref(),
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => {
             // No checkout, no payment: the order cannot be paid, so it is closed at once.
@@ -107,8 +142,17 @@ pub async fn create(mut req: Request, app: &App) -> ApiResult {
 }
 
 /// Creem's create-checkout: returns (checkout id, checkout URL).
-async fn create_checkout(app: &App, order_id: &str, user: &UserId, creem_product: &str, email: Option<&str>) -> Result<(String, String), IoError> {
-    let err = |cause: String| IoError { step: "creem create checkout".into(), cause };
+async fn create_checkout(
+    app: &App,
+    order_id: &str,
+    user: &UserId,
+    creem_product: &str,
+    email: Option<&str>,
+) -> Result<(String, String), IoError> {
+    let err = |cause: String| IoError {
+        step: "creem create checkout".into(),
+        cause,
+    };
     let mut body = json!({
         "product_id": creem_product,
         "request_id": order_id,
@@ -119,16 +163,27 @@ async fn create_checkout(app: &App, order_id: &str, user: &UserId, creem_product
         body["customer"] = json!({"email": e});
     }
     let headers = Headers::new();
-    headers.set("x-api-key", &app.cfg.creem_api_key).step("header")?;
-    headers.set("content-type", "application/json").step("header")?;
+    headers
+        .set("x-api-key", &app.cfg.creem_api_key)
+        .step("header")?;
+    headers
+        .set("content-type", "application/json")
+        .step("header")?;
     let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from_str(&body.to_string())));
-    let req = Request::new_with_init(&format!("{}/v1/checkouts", app.cfg.creem_base_url), &init).step("build checkout request")?;
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(JsValue::from_str(&body.to_string())));
+    let req = Request::new_with_init(&format!("{}/v1/checkouts", app.cfg.creem_base_url), &init)
+        .step("build checkout request")?;
     app.io.fetch();
     let controller = AbortController::default();
     let signal = controller.signal();
     let fetcher = Fetch::Request(req);
-    let sent = futures::future::select(Box::pin(fetcher.send_with_signal(&signal)), Box::pin(Delay::from(Duration::from_secs(15)))).await;
+    let sent = futures::future::select(
+        Box::pin(fetcher.send_with_signal(&signal)),
+        Box::pin(Delay::from(Duration::from_secs(15))),
+    )
+    .await;
     let mut resp = match sent {
         futures::future::Either::Left((r, _)) => r.step("creem create checkout")?,
         futures::future::Either::Right(_) => {
@@ -139,10 +194,17 @@ async fn create_checkout(app: &App, order_id: &str, user: &UserId, creem_product
     let status = resp.status_code();
     let text = resp.text().await.step("read checkout response")?;
     if !(200..300).contains(&status) {
-        return Err(err(format!("HTTP {status}: {}", text.chars().take(300).collect::<String>())));
+        return Err(err(format!(
+            "HTTP {status}: {}",
+            text.chars().take(300).collect::<String>()
+        )));
     }
-    let v: Value = serde_json::from_str(&text).map_err(|e| err(format!("unreadable response: {e}")))?;
-    match (v.get("id").and_then(Value::as_str), v.get("checkout_url").and_then(Value::as_str)) {
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| err(format!("unreadable response: {e}")))?;
+    match (
+        v.get("id").and_then(Value::as_str),
+        v.get("checkout_url").and_then(Value::as_str),
+    ) {
         (Some(id), Some(url)) => Ok((id.to_owned(), url.to_owned())),
         _ => Err(err("response has no id or checkout_url".into())),
     }
@@ -153,7 +215,13 @@ pub async fn list(req: Request, app: &App) -> ApiResult {
     let user = auth::user(&req, app).await?;
     let limit = match query(&req, "limit") {
         None => 20,
-        Some(v) => v.parse::<i64>().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| ApiError::bad_request("invalid_limit", "limit must be an integer from 1 to 100"))?,
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_limit", "limit must be an integer from 1 to 100")
+            })?,
     };
     let rows: Vec<OrderRow> = app
         .db
@@ -165,7 +233,10 @@ pub async fn list(req: Request, app: &App) -> ApiResult {
             ),
         )
         .await?;
-    json(&json!({"orders": rows.iter().map(OrderRow::view).collect::<Vec<_>>()}), 200)
+    json(
+        &json!({"orders": rows.iter().map(OrderRow::view).collect::<Vec<_>>()}),
+        200,
+    )
 }
 
 /// `GET /api/orders/:id`: the caller's order; anyone else's is a 404.
@@ -180,7 +251,10 @@ pub async fn get(req: Request, ctx: &Ctx) -> ApiResult {
         .db
         .first(
             "order by id and owner",
-            &Stmt::new(format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1 AND user_id = ?2"), vec![id.into(), user.to_string().into()]),
+            &Stmt::new(
+                format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1 AND user_id = ?2"),
+                vec![id.into(), user.to_string().into()],
+            ),
         )
         .await?
         .ok_or(ApiError::NotFound("order"))?;
@@ -206,7 +280,8 @@ pub async fn subscription(req: Request, app: &App) -> ApiResult {
         )
         .await?;
     let active = row.as_ref().is_some_and(|r| {
-        let live = ["active", "trialing", "past_due", "cancelled"].contains(&r["status"].as_str().unwrap_or(""));
+        let live = ["active", "trialing", "past_due", "cancelled"]
+            .contains(&r["status"].as_str().unwrap_or(""));
         live && r["current_period_end"].as_i64().is_some_and(|e| e > now())
     });
     json(&json!({"subscription": row, "access": active}), 200)

@@ -18,7 +18,8 @@ use shared::submit::{self, TaskInput};
 use shared::task::TaskStatus;
 use worker::{FormEntry, HttpMetadata, Request};
 
-pub const TASK_COLUMNS: &str = "id, task_no, status, input_params, external_provider, cost, result_keys, failure_reason,
+pub const TASK_COLUMNS: &str =
+    "id, task_no, status, input_params, external_provider, cost, result_keys, failure_reason,
      created_at, updated_at, submitted_at, completed_at, deadline_at";
 
 /// A task row as the API reads it.
@@ -41,7 +42,10 @@ pub struct TaskRow {
 
 impl TaskRow {
     pub fn result_keys(&self) -> Vec<String> {
-        self.result_keys.as_deref().and_then(|k| serde_json::from_str(k).ok()).unwrap_or_default()
+        self.result_keys
+            .as_deref()
+            .and_then(|k| serde_json::from_str(k).ok())
+            .unwrap_or_default()
     }
 
     /// The public view of a task: what the owner sees.
@@ -88,13 +92,21 @@ struct Upload {
 
 /// `POST /api/tasks`: validate, hold the cost and insert the task in one batch, enqueue.
 pub async fn submit(mut req: Request, app: &App) -> ApiResult {
-    let user = auth::user(&req, app).await?;
-    app.limit(crate::app::Limit::Submit, &user.to_string()).await?;
+    let user = auth::user_within(&req, app, crate::app::Limit::Submit).await?;
     let idempotency_key = match req.headers().get("idempotency-key").ok().flatten() {
         None => None,
-        Some(raw) => Some(IdempotencyKey::parse(&raw).map_err(|e| ApiError::bad_request("invalid_idempotency_key", e.to_string()))?),
+        Some(raw) => Some(
+            IdempotencyKey::parse(&raw)
+                .map_err(|e| ApiError::bad_request("invalid_idempotency_key", e.to_string()))?,
+        ),
     };
-    let content_type = req.headers().get("content-type").ok().flatten().unwrap_or_default().to_ascii_lowercase();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
 
     let (input, uploads) = if content_type.starts_with("application/json") {
         let body = crate::app::json_body(&mut req, 64 * 1024).await?;
@@ -102,7 +114,9 @@ pub async fn submit(mut req: Request, app: &App) -> ApiResult {
     } else if content_type.starts_with("multipart/form-data") {
         read_multipart(&mut req, app, &user).await?
     } else {
-        return Err(ApiError::UnsupportedMediaType("send application/json or multipart/form-data".into()));
+        return Err(ApiError::UnsupportedMediaType(
+            "send application/json or multipart/form-data".into(),
+        ));
     };
 
     store_uploads(app, &user, &uploads).await?;
@@ -214,26 +228,42 @@ pub async fn enqueue_submit(app: &App, task: &TaskId) {
     for _ in 0..copies {
         app.io.queue_send();
         sent = match app.tasks_queue() {
-            Ok(q) => q.send(TaskMessage::submit(*task)).await.step("queue send task.submit"),
+            Ok(q) => q
+                .send(TaskMessage::submit(*task))
+                .await
+                .step("queue send task.submit"),
             Err(e) => Err(e),
         };
     }
     if let Err(e) = sent {
         // The task is durable and pending; the reconciler re-enqueues pending tasks it finds
         // without progress, so this is logged, not returned.
-        log(json!({"level": "error", "event": "enqueue_failed", "task_id": task.to_string(), "step": e.step, "cause": e.cause}));
+        log(
+            json!({"level": "error", "event": "enqueue_failed", "task_id": task.to_string(), "step": e.step, "cause": e.cause}),
+        );
     }
 }
 
-async fn read_multipart(req: &mut Request, app: &App, user: &UserId) -> Result<(TaskInput, Vec<Upload>), ApiError> {
-    let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
+async fn read_multipart(
+    req: &mut Request,
+    app: &App,
+    user: &UserId,
+) -> Result<(TaskInput, Vec<Upload>), ApiError> {
+    let declared = req
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > app.cfg.max_body_bytes) {
-        return Err(ApiError::TooLarge(format!("body larger than {} bytes", app.cfg.max_body_bytes)));
+        return Err(ApiError::TooLarge(format!(
+            "body larger than {} bytes",
+            app.cfg.max_body_bytes
+        )));
     }
-    let form = req
-        .form_data()
-        .await
-        .map_err(|_| ApiError::bad_request("invalid_multipart", "the multipart body could not be read"))?;
+    let form = req.form_data().await.map_err(|_| {
+        ApiError::bad_request("invalid_multipart", "the multipart body could not be read")
+    })?;
     let mut fields = serde_json::Map::new();
     for name in ["prompt", "model", "size"] {
         match form.get(name) {
@@ -242,7 +272,12 @@ async fn read_multipart(req: &mut Request, app: &App, user: &UserId) -> Result<(
                 fields.insert(name.into(), Value::String(v));
             }
             Some(FormEntry::File(_)) => {
-                return Err(submit::FieldError { field: name.into(), code: "invalid_type", message: "must be a text field".into() }.into())
+                return Err(submit::FieldError {
+                    field: name.into(),
+                    code: "invalid_type",
+                    message: "must be a text field".into(),
+                }
+                .into())
             }
         }
     }
@@ -251,7 +286,12 @@ async fn read_multipart(req: &mut Request, app: &App, user: &UserId) -> Result<(
         match entry {
             FormEntry::Field(v) => urls.push(Value::String(v)),
             FormEntry::File(_) => {
-                return Err(submit::FieldError { field: "images".into(), code: "invalid_type", message: "image URLs are text; send files as `file`".into() }.into())
+                return Err(submit::FieldError {
+                    field: "images".into(),
+                    code: "invalid_type",
+                    message: "image URLs are text; send files as `file`".into(),
+                }
+                .into())
             }
         }
     }
@@ -259,23 +299,53 @@ async fn read_multipart(req: &mut Request, app: &App, user: &UserId) -> Result<(
         fields.insert("images".into(), Value::Array(urls));
     }
     let mut uploads = Vec::new();
-    for (i, entry) in form.get_all("file").unwrap_or_default().into_iter().enumerate() {
+    for (i, entry) in form
+        .get_all("file")
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         let FormEntry::File(file) = entry else {
-            return Err(submit::FieldError { field: format!("file[{i}]"), code: "invalid_type", message: "must be a file".into() }.into());
+            return Err(submit::FieldError {
+                field: format!("file[{i}]"),
+                code: "invalid_type",
+                message: "must be a file".into(),
+            }
+            .into());
         };
         if file.size() > app.cfg.max_upload_bytes {
-            return Err(ApiError::TooLarge(format!("file[{i}] is larger than {} bytes", app.cfg.max_upload_bytes)));
+            return Err(ApiError::TooLarge(format!(
+                "file[{i}] is larger than {} bytes",
+                app.cfg.max_upload_bytes
+            )));
         }
-        let bytes = file.bytes().await.map_err(|_| ApiError::bad_request("invalid_multipart", format!("file[{i}] could not be read")))?;
+        let bytes = file.bytes().await.map_err(|_| {
+            ApiError::bad_request("invalid_multipart", format!("file[{i}] could not be read"))
+        })?;
         if bytes.is_empty() {
-            return Err(submit::FieldError { field: format!("file[{i}]"), code: "empty", message: "is empty".into() }.into());
+            return Err(submit::FieldError {
+                field: format!("file[{i}]"),
+                code: "empty",
+                message: "is empty".into(),
+            }
+            .into());
         }
-        let content_type = sniff_image(&bytes)
-            .ok_or_else(|| ApiError::UnsupportedMediaType(format!("file[{i}] is not a PNG, JPEG, WebP or GIF image")))?;
+        let content_type = sniff_image(&bytes).ok_or_else(|| {
+            ApiError::UnsupportedMediaType(format!(
+                "file[{i}] is not a PNG, JPEG, WebP or GIF image"
+            ))
+        })?;
         let ext = shared::keys::image_extension(content_type).unwrap_or("bin");
-        uploads.push(Upload { key: upload_key(user, &UploadId::new(), ext), content_type, bytes });
+        uploads.push(Upload {
+            key: upload_key(user, &UploadId::new(), ext),
+            content_type,
+            bytes,
+        });
     }
-    let input = submit::parse(&Value::Object(fields), uploads.iter().map(|u| u.key.clone()).collect())?;
+    let input = submit::parse(
+        &Value::Object(fields),
+        uploads.iter().map(|u| u.key.clone()).collect(),
+    )?;
     Ok((input, uploads))
 }
 
@@ -286,7 +356,10 @@ async fn store_uploads(app: &App, user: &UserId, uploads: &[Upload]) -> Result<(
     let bucket = app.bucket()?;
     for u in uploads {
         app.io.r2();
-        let meta = HttpMetadata { content_type: Some(u.content_type.into()), ..Default::default() };
+        let meta = HttpMetadata {
+            content_type: Some(u.content_type.into()),
+            ..Default::default()
+        };
         let custom = std::collections::HashMap::from([("user_id".to_owned(), user.to_string())]);
         bucket
             .put(u.key.clone(), u.bytes.clone())
@@ -308,8 +381,14 @@ async fn discard_uploads(app: &App, uploads: &[Upload]) {
     if let Ok(bucket) = app.bucket() {
         app.io.r2();
         let keys: Vec<String> = uploads.iter().map(|u| u.key.clone()).collect();
-        if let Err(e) = bucket.delete_multiple(keys).await.step("r2 delete unused uploads") {
-            log(json!({"level": "warn", "event": "discard_uploads_failed", "cause": e.to_string()}));
+        if let Err(e) = bucket
+            .delete_multiple(keys)
+            .await
+            .step("r2 delete unused uploads")
+        {
+            log(
+                json!({"level": "warn", "event": "discard_uploads_failed", "cause": e.to_string()}),
+            );
         }
     }
 }
@@ -350,11 +429,15 @@ pub async fn list(req: &Request, app: &App) -> ApiResult {
             .parse::<i64>()
             .ok()
             .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| ApiError::bad_request("invalid_limit", "limit must be an integer from 1 to 100"))?,
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_limit", "limit must be an integer from 1 to 100")
+            })?,
     };
     let (before_at, before_id) = match query(req, "cursor") {
         None => (i64::MAX, String::new()),
-        Some(c) => decode_cursor(&c).ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one we issued"))?,
+        Some(c) => decode_cursor(&c).ok_or_else(|| {
+            ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
+        })?,
     };
     let rows: Vec<TaskRow> = app
         .db
@@ -377,9 +460,19 @@ pub async fn list(req: &Request, app: &App) -> ApiResult {
         )
         .await?;
     let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    let page: Vec<&TaskRow> = rows.iter().take(usize::try_from(limit).unwrap_or(0)).collect();
-    let next = if more { page.last().map(|r| encode_cursor(r.created_at, &r.id)) } else { None };
-    json(&json!({ "tasks": page.iter().map(|r| r.view(app)).collect::<Vec<_>>(), "next_cursor": next }), 200)
+    let page: Vec<&TaskRow> = rows
+        .iter()
+        .take(usize::try_from(limit).unwrap_or(0))
+        .collect();
+    let next = if more {
+        page.last().map(|r| encode_cursor(r.created_at, &r.id))
+    } else {
+        None
+    };
+    json(
+        &json!({ "tasks": page.iter().map(|r| r.view(app)).collect::<Vec<_>>(), "next_cursor": next }),
+        200,
+    )
 }
 
 fn encode_cursor(created_at: i64, id: &str) -> String {
@@ -397,12 +490,18 @@ pub async fn result(req: &Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
     let user = auth::user(req, app).await?;
     let task = task_id(ctx)?;
-    let n: usize = ctx
-        .param("n")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| ApiError::bad_request("invalid_index", "result index must be a non-negative integer"))?;
+    let n: usize = ctx.param("n").and_then(|n| n.parse().ok()).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_index",
+            "result index must be a non-negative integer",
+        )
+    })?;
     let row = owned_task(app, &user, &task).await?;
-    let key = row.result_keys().into_iter().nth(n).ok_or(ApiError::NotFound("result"))?;
+    let key = row
+        .result_keys()
+        .into_iter()
+        .nth(n)
+        .ok_or(ApiError::NotFound("result"))?;
     crate::files::stream_object(req, app, &key, "private, max-age=3600").await
 }
 
@@ -412,7 +511,10 @@ pub async fn read_balance(app: &App, user: &UserId) -> Result<i64, ApiError> {
     struct Row {
         balance: i64,
     }
-    let row: Option<Row> = app.db.first("balance", &ledger::balance_query(user, now())).await?;
+    let row: Option<Row> = app
+        .db
+        .first("balance", &ledger::balance_query(user, now()))
+        .await?;
     Ok(row.map_or(0, |r| r.balance))
 }
 
@@ -420,12 +522,19 @@ pub async fn read_balance(app: &App, user: &UserId) -> Result<i64, ApiError> {
 pub async fn balance(req: &Request, app: &App) -> ApiResult {
     let user = auth::user(req, app).await?;
     let balance = read_balance(app, &user).await?;
-    json(&json!({ "balance": balance, "costs": Model::ALL.iter().map(|m| (m.as_str(), m.cost().get())).collect::<std::collections::BTreeMap<_, _>>() }), 200)
+    json(
+        &json!({ "balance": balance, "costs": Model::ALL.iter().map(|m| (m.as_str(), m.cost().get())).collect::<std::collections::BTreeMap<_, _>>() }),
+        200,
+    )
 }
 
 /// `GET /api/health`: whether D1, R2, KV and the queue binding answer.
 pub async fn health(app: &App) -> ApiResult {
-    let d1 = app.db.run("health", &Stmt::new("SELECT 1", vec![])).await.map(|_| ());
+    let d1 = app
+        .db
+        .run("health", &Stmt::new("SELECT 1", vec![]))
+        .await
+        .map(|_| ());
     app.io.r2();
     let r2 = match app.bucket() {
         Ok(b) => b.head("health/probe").await.step("r2 head").map(|_| ()),
@@ -433,7 +542,12 @@ pub async fn health(app: &App) -> ApiResult {
     };
     app.io.kv();
     let kv = match app.kv() {
-        Ok(k) => k.get("health:probe").text().await.step("kv get").map(|_| ()),
+        Ok(k) => k
+            .get("health:probe")
+            .text()
+            .await
+            .step("kv get")
+            .map(|_| ()),
         Err(e) => Err(e),
     };
     let queue = app.tasks_queue().map(|_| ());
@@ -441,16 +555,25 @@ pub async fn health(app: &App) -> ApiResult {
     let ok = checks.iter().all(|(_, r)| r.is_ok());
     let detail: serde_json::Map<String, Value> = checks
         .iter()
-        .map(|(name, r)| ((*name).to_owned(), json!(if r.is_ok() { "ok" } else { "failing" })))
+        .map(|(name, r)| {
+            (
+                (*name).to_owned(),
+                json!(if r.is_ok() { "ok" } else { "failing" }),
+            )
+        })
         .collect();
     for (name, r) in &checks {
         if let Err(e) = r {
-            log(json!({"level": "error", "event": "health_check_failed", "check": name, "cause": e.to_string()}));
+            log(
+                json!({"level": "error", "event": "health_check_failed", "check": name, "cause": e.to_string()}),
+            );
         }
     }
-    json(&json!({ "status": if ok { "ok" } else { "degraded" }, "checks": detail }), if ok { 200 } else { 503 })
+    json(
+        &json!({ "status": if ok { "ok" } else { "degraded" }, "checks": detail }),
+        if ok { 200 } else { 503 },
+    )
 }
-
 
 /// `POST /api/auth/signout`: ends the caller's session; `POST /api/auth/signout-all`: every session
 /// of the caller. Tokens of ended sessions are refused from then on.

@@ -32,22 +32,41 @@ struct CallbackTask {
 /// `POST /webhooks/ai/:provider?task=&token=`
 pub async fn ai_callback(mut req: Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
-    let model = ctx.param("provider").and_then(|p| Model::parse(p)).ok_or(ApiError::NotFound("provider"))?;
-    let task_raw = query(&req, "task").ok_or_else(|| ApiError::bad_request("invalid_callback", "the task parameter is required"))?;
+    let model = ctx
+        .param("provider")
+        .and_then(|p| Model::parse(p))
+        .ok_or(ApiError::NotFound("provider"))?;
+    let task_raw = query(&req, "task").ok_or_else(|| {
+        ApiError::bad_request("invalid_callback", "the task parameter is required")
+    })?;
     let token = query(&req, "token").unwrap_or_default();
     if !verify_callback_token(app.cfg.files_signing_key.as_bytes(), &task_raw, &token) {
         return Err(ApiError::Unauthorized("invalid callback token"));
     }
-    let task = TaskId::parse(&task_raw).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+    let task =
+        TaskId::parse(&task_raw).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
     let body = body_bytes(&mut req, 64 * 1024).await?;
-    let external_id = kie::parse_callback(&body).map_err(|e| ApiError::bad_request("invalid_callback", e))?;
+    let external_id =
+        kie::parse_callback(&body).map_err(|e| ApiError::bad_request("invalid_callback", e))?;
 
     if let Some(secret) = &app.cfg.kie_webhook_secret {
         let header = |name: &str| req.headers().get(name).ok().flatten().unwrap_or_default();
         let (timestamp, signature) = (header("x-webhook-timestamp"), header("x-webhook-signature"));
-        let fresh = timestamp.trim().parse::<i64>().is_ok_and(|t| (now() - t).abs() <= SIGNATURE_TOLERANCE_SECS);
-        if !fresh || !verify_kie_callback(secret.as_bytes(), &external_id, timestamp.trim(), &signature) {
-            return Err(ApiError::Unauthorized("invalid or stale callback signature"));
+        let fresh = timestamp
+            .trim()
+            .parse::<i64>()
+            .is_ok_and(|t| (now() - t).abs() <= SIGNATURE_TOLERANCE_SECS);
+        if !fresh
+            || !verify_kie_callback(
+                secret.as_bytes(),
+                &external_id,
+                timestamp.trim(),
+                &signature,
+            )
+        {
+            return Err(ApiError::Unauthorized(
+                "invalid or stale callback signature",
+            ));
         }
     }
 
@@ -65,13 +84,25 @@ pub async fn ai_callback(mut req: Request, ctx: &Ctx) -> ApiResult {
     if row.external_provider.as_deref() != Some(model.as_str()) {
         return Err(ApiError::NotFound("task"));
     }
-    if row.external_task_id.as_deref().is_some_and(|known| known != external_id) {
-        return Err(ApiError::Conflict { code: "task_mismatch", message: "the callback is for another provider task".into() });
+    if row
+        .external_task_id
+        .as_deref()
+        .is_some_and(|known| known != external_id)
+    {
+        return Err(ApiError::Conflict {
+            code: "task_mismatch",
+            message: "the callback is for another provider task".into(),
+        });
     }
     if TaskStatus::parse(&row.status).is_some_and(TaskStatus::is_terminal) {
         return json(&json!({"received": true, "status": row.status}), 200);
     }
-    let user = UserId::parse(&row.user_id).map_err(|e| ApiError::Unavailable(shared::edge::IoError { step: "task owner".into(), cause: e.to_string() }))?;
+    let user = UserId::parse(&row.user_id).map_err(|e| {
+        ApiError::Unavailable(shared::edge::IoError {
+            step: "task owner".into(),
+            cause: e.to_string(),
+        })
+    })?;
     let poll = TaskMessage::Poll {
         v: VERSION,
         task_id: task,
@@ -85,7 +116,10 @@ pub async fn ai_callback(mut req: Request, ctx: &Ctx) -> ApiResult {
         follow_up: false,
     };
     app.io.queue_send();
-    app.tasks_queue()?.send(poll).await.step("queue send callback poll")?;
+    app.tasks_queue()?
+        .send(poll)
+        .await
+        .step("queue send callback poll")?;
     json(&json!({"received": true}), 200)
 }
 
@@ -102,27 +136,55 @@ pub async fn creem(mut req: Request, app: &crate::app::App) -> ApiResult {
     let standard_id = header("webhook-id");
     let verified = if let Some(sig) = header("creem-signature") {
         shared::signing::verify_creem(&body, &sig, &app.cfg.creem_webhook_secrets)
-    } else if let (Some(id), Some(ts), Some(sig)) = (&standard_id, header("webhook-timestamp"), header("webhook-signature")) {
-        shared::signing::verify_standard_webhook(id, &ts, &sig, &body, &app.cfg.standard_webhook_secrets, now(), STANDARD_WEBHOOK_TOLERANCE_SECS).is_ok()
+    } else if let (Some(id), Some(ts), Some(sig)) = (
+        &standard_id,
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    ) {
+        shared::signing::verify_standard_webhook(
+            id,
+            &ts,
+            &sig,
+            &body,
+            &app.cfg.standard_webhook_secrets,
+            now(),
+            STANDARD_WEBHOOK_TOLERANCE_SECS,
+        )
+        .is_ok()
     } else {
         false
     };
     if !verified {
-        return Err(ApiError::Unauthorized("missing or invalid webhook signature"));
+        return Err(ApiError::Unauthorized(
+            "missing or invalid webhook signature",
+        ));
     }
     let payload = String::from_utf8_lossy(&body).into_owned();
     let (event_id, event_type, status, error) = match shared::payments::parse_event(&body) {
-        Ok(e) => (standard_id.unwrap_or(e.id), Some(e.event_type), "received", None),
+        Ok(e) => (
+            standard_id.unwrap_or(e.id),
+            Some(e.event_type),
+            "received",
+            None,
+        ),
         // Signed but unreadable: keep it for operators and acknowledge, or the provider would
         // retry it forever.
         Err(reason) => (
-            standard_id.unwrap_or_else(|| format!("unreadable:{}", &shared::signing::token_digest(&payload)[..32])),
+            standard_id.unwrap_or_else(|| {
+                format!(
+                    "unreadable:{}",
+                    &shared::signing::token_digest(&payload)[..32]
+                )
+            }),
             None,
             "rejected",
             Some(reason),
         ),
     };
-    let row_id = format!("whe_{}", &shared::signing::token_digest(&format!("creem\n{event_id}"))[..32]);
+    let row_id = format!(
+        "whe_{}",
+        &shared::signing::token_digest(&format!("creem\n{event_id}"))[..32]
+    );
     let inserted = app
         .db
         .run(
@@ -135,13 +197,22 @@ pub async fn creem(mut req: Request, app: &crate::app::App) -> ApiResult {
         )
         .await?;
     if status == "rejected" {
-        return json(&json!({"received": true, "accepted": false, "reason": error}), 200);
+        return json(
+            &json!({"received": true, "accepted": false, "reason": error}),
+            200,
+        );
     }
     if inserted == 0 {
         // A repeat. If the first delivery was stored but never queued, queue it now.
         let stored: Option<serde_json::Value> = app
             .db
-            .first("webhook event status", &Stmt::new("SELECT status FROM webhook_events WHERE id = ?1", vec![row_id.clone().into()]))
+            .first(
+                "webhook event status",
+                &Stmt::new(
+                    "SELECT status FROM webhook_events WHERE id = ?1",
+                    vec![row_id.clone().into()],
+                ),
+            )
             .await?;
         if stored.as_ref().and_then(|s| s["status"].as_str()) != Some("received") {
             return json(&json!({"received": true, "duplicate": true}), 200);

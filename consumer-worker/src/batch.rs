@@ -35,7 +35,11 @@ pub enum Next {
     Ack,
     /// Send this follow-up (JSON text, to the queue bound as `binding`) after `delay` seconds,
     /// then acknowledge. If the send fails the message itself is retried by the queue.
-    Send { binding: &'static str, message: String, delay: u32 },
+    Send {
+        binding: &'static str,
+        message: String,
+        delay: u32,
+    },
     /// Archive for operators, then acknowledge.
     DeadLetter { class: String, reason: String },
 }
@@ -50,7 +54,11 @@ pub struct Handled {
 impl Next {
     /// A task message to send to the tasks queue.
     pub fn task(msg: &messages::TaskMessage, delay: u32) -> Next {
-        Next::Send { binding: config::TASKS, message: serde_json::to_string(msg).unwrap_or_default(), delay }
+        Next::Send {
+            binding: config::TASKS,
+            message: serde_json::to_string(msg).unwrap_or_default(),
+            delay,
+        }
     }
 }
 
@@ -58,7 +66,10 @@ impl Handled {
     pub fn dead(class: &str, reason: impl Into<String>) -> Self {
         let reason = reason.into();
         Handled {
-            next: Next::DeadLetter { class: class.to_owned(), reason: reason.clone() },
+            next: Next::DeadLetter {
+                class: class.to_owned(),
+                reason: reason.clone(),
+            },
             task_id: None,
             error: Some((class.to_owned(), reason)),
         }
@@ -72,19 +83,33 @@ pub async fn handle(batch: MessageBatch<Value>, env: Env) {
         Err(e) => {
             // Nothing can be handled without configuration; hand every message back to the
             // queue, which dead-letters it after max_retries. Nothing is lost.
-            log(json!({"level": "error", "event": "consumer.misconfigured", "queue": queue, "cause": e.0}));
-            batch.retry_all_with_options(&QueueRetryOptionsBuilder::new().with_delay_seconds(60).build());
+            log(
+                json!({"level": "error", "event": "consumer.misconfigured", "queue": queue, "cause": e.0}),
+            );
+            batch.retry_all_with_options(
+                &QueueRetryOptionsBuilder::new()
+                    .with_delay_seconds(60)
+                    .build(),
+            );
             return;
         }
     };
+    let started = now_ms();
     let messages: Vec<RawMessage> = batch.raw_iter().collect();
     let work = messages.iter().map(|m| handle_one(m, &queue, &cfg, &env));
     futures::future::join_all(work).await;
+    // batch sizes and how long the slowest message held the batch: what throughput is made of
+    log(
+        json!({"event": "batch", "queue": queue, "messages": messages.len(), "ms": now_ms().saturating_sub(started)}),
+    );
 }
 
 fn body_of(msg: &RawMessage) -> (Value, String) {
     let raw = msg.body();
-    let text = worker::js_sys::JSON::stringify(&raw).ok().and_then(|s| s.as_string()).unwrap_or_default();
+    let text = worker::js_sys::JSON::stringify(&raw)
+        .ok()
+        .and_then(|s| s.as_string())
+        .unwrap_or_default();
     let value = serde_json::from_str(&text).unwrap_or(Value::Null);
     (value, text)
 }
@@ -99,7 +124,12 @@ async fn handle_one(msg: &RawMessage, queue: &str, cfg: &Rc<Config>, env: &Env) 
     let handled = match Db::new(env, config::DB, io.clone()) {
         Err(e) => Handled::dead("misconfigured", e.to_string()),
         Ok(db) => {
-            let ctx = Ctx { env: env.clone(), cfg: cfg.clone(), io: io.clone(), db };
+            let ctx = Ctx {
+                env: env.clone(),
+                cfg: cfg.clone(),
+                io: io.clone(),
+                db,
+            };
             if queue == cfg.tasks_queue {
                 tasks::handle(&ctx, &body).await
             } else if queue == cfg.events_queue {
@@ -136,11 +166,28 @@ async fn handle_one(msg: &RawMessage, queue: &str, cfg: &Rc<Config>, env: &Env) 
 
 impl Handled {
     /// Carries out the decision on the message itself.
-    async fn finish(self, ctx: &Ctx, msg: &RawMessage, queue: &str, body: &Value, text: &str) -> Handled {
-        let retry_later = |secs: u32| msg.retry_with_options(&QueueRetryOptionsBuilder::new().with_delay_seconds(secs).build());
+    async fn finish(
+        self,
+        ctx: &Ctx,
+        msg: &RawMessage,
+        queue: &str,
+        body: &Value,
+        text: &str,
+    ) -> Handled {
+        let retry_later = |secs: u32| {
+            msg.retry_with_options(
+                &QueueRetryOptionsBuilder::new()
+                    .with_delay_seconds(secs)
+                    .build(),
+            )
+        };
         match &self.next {
             Next::Ack => msg.ack(),
-            Next::Send { binding, message, delay } => {
+            Next::Send {
+                binding,
+                message,
+                delay,
+            } => {
                 let copies = if ctx.cfg.chaos_duplicate_sends { 2 } else { 1 };
                 let bodies = vec![message.clone(); copies];
                 let sent = match ctx.env.queue(binding).step(format!("binding {binding}")) {
@@ -150,7 +197,9 @@ impl Handled {
                 match sent {
                     Ok(()) => msg.ack(),
                     Err(e) => {
-                        log(json!({"level": "error", "event": "follow_up_send_failed", "cause": e.to_string()}));
+                        log(
+                            json!({"level": "error", "event": "follow_up_send_failed", "cause": e.to_string()}),
+                        );
                         retry_later(*delay);
                     }
                 }
@@ -158,13 +207,22 @@ impl Handled {
             Next::DeadLetter { class, reason } => {
                 let archived = dead_letters::archive(
                     ctx,
-                    dead_letters::Dead { queue, message_id: &msg.id(), body, text, class, reason },
+                    dead_letters::Dead {
+                        queue,
+                        message_id: &msg.id(),
+                        body,
+                        text,
+                        class,
+                        reason,
+                    },
                 )
                 .await;
                 match archived {
                     Ok(()) => msg.ack(),
                     Err(e) => {
-                        log(json!({"level": "error", "event": "archive_failed", "cause": e.to_string()}));
+                        log(
+                            json!({"level": "error", "event": "archive_failed", "cause": e.to_string()}),
+                        );
                         retry_later(30);
                     }
                 }

@@ -37,19 +37,29 @@ impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let max_attempts = number(env, "MAX_TRANSIENT_ATTEMPTS", 8)?;
         Ok(Self {
-            kie_base_url: required(env, "KIE_BASE_URL")?.trim_end_matches('/').to_owned(),
+            kie_base_url: required(env, "KIE_BASE_URL")?
+                .trim_end_matches('/')
+                .to_owned(),
             kie_api_key: required(env, "KIE_API_KEY")?,
-            public_base_url: required(env, "PUBLIC_BASE_URL")?.trim_end_matches('/').to_owned(),
+            public_base_url: required(env, "PUBLIC_BASE_URL")?
+                .trim_end_matches('/')
+                .to_owned(),
             files_signing_key: required(env, "FILES_SIGNING_KEY")?,
             max_result_bytes: usize::try_from(number(env, "MAX_RESULT_BYTES", 20 * 1024 * 1024)?)
-                .map_err(|_| ConfigError("MAX_RESULT_BYTES must be positive".into()))?,
+                .map_err(|_| {
+                ConfigError("MAX_RESULT_BYTES must be positive".into())
+            })?,
             poll: Policy {
                 initial: secs(env, "POLL_INITIAL_SECS", Policy::POLL.initial.as_secs())?,
                 max: secs(env, "POLL_MAX_SECS", Policy::POLL.max.as_secs())?,
                 ..Policy::POLL
             },
             transient: Policy {
-                initial: secs(env, "RETRY_INITIAL_SECS", Policy::TRANSIENT.initial.as_secs())?,
+                initial: secs(
+                    env,
+                    "RETRY_INITIAL_SECS",
+                    Policy::TRANSIENT.initial.as_secs(),
+                )?,
                 max: secs(env, "RETRY_MAX_SECS", Policy::TRANSIENT.max.as_secs())?,
                 max_attempts: u32::try_from(max_attempts)
                     .ok()
@@ -60,8 +70,10 @@ impl Config {
             tasks_queue: required(env, "TASKS_QUEUE_NAME")?,
             events_queue: required(env, "EVENTS_QUEUE_NAME")?,
             dead_letter_queue: required(env, "DEAD_LETTER_QUEUE_NAME")?,
-            chaos_duplicate_sends: shared::edge::var(env, "CHAOS_DUPLICATE_SENDS").as_deref() == Some("true"),
-            catalog: shared::catalog::Catalog::parse(&required(env, "CATALOG")?).map_err(ConfigError)?,
+            chaos_duplicate_sends: shared::edge::var(env, "CHAOS_DUPLICATE_SENDS").as_deref()
+                == Some("true"),
+            catalog: shared::catalog::Catalog::parse(&required(env, "CATALOG")?)
+                .map_err(ConfigError)?,
         })
     }
 }

@@ -24,16 +24,31 @@ pub struct Dead<'a> {
 
 /// Archives one dead message. Redelivery updates the same row instead of adding one.
 pub async fn archive(ctx: &Ctx, dead: Dead<'_>) -> Result<(), IoError> {
-    let id = format!("dl_{}", &token_digest(&format!("{}\n{}", dead.queue, dead.message_id))[..32]);
+    let id = format!(
+        "dl_{}",
+        &token_digest(&format!("{}\n{}", dead.queue, dead.message_id))[..32]
+    );
     let (inline, r2_key) = if dead.text.len() > INLINE_BODY_BYTES {
         let key = dead_letter_body_key(&id);
-        let meta = HttpMetadata { content_type: Some("application/json".into()), ..Default::default() };
-        ctx.bucket()?.put(key.clone(), dead.text.as_bytes().to_vec()).http_metadata(meta).execute().await.step("r2 put dead letter body")?;
+        let meta = HttpMetadata {
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        };
+        ctx.bucket()?
+            .put(key.clone(), dead.text.as_bytes().to_vec())
+            .http_metadata(meta)
+            .execute()
+            .await
+            .step("r2 put dead letter body")?;
         (None, Some(key))
     } else {
         (Some(dead.text.to_owned()), None)
     };
-    let attempts = dead.body.get("attempt").and_then(Value::as_i64).map_or(1, |a| a + 1);
+    let attempts = dead
+        .body
+        .get("attempt")
+        .and_then(Value::as_i64)
+        .map_or(1, |a| a + 1);
     let at = now();
     ctx.db
         .run(
@@ -67,18 +82,37 @@ pub async fn archive(ctx: &Ctx, dead: Dead<'_>) -> Result<(), IoError> {
 
 /// A message the queue gave up on (its retries ran out): archive it under the queue it came
 /// from, which its type tells.
-pub async fn from_dead_letter_queue(ctx: &Ctx, message_id: &str, body: &Value, text: &str) -> Handled {
+pub async fn from_dead_letter_queue(
+    ctx: &Ctx,
+    message_id: &str,
+    body: &Value,
+    text: &str,
+) -> Handled {
     let source = match messages::type_of(body) {
         Some(t) if t.starts_with("task.") => ctx.cfg.tasks_queue.clone(),
         Some(t) if t.starts_with("webhook.") => ctx.cfg.events_queue.clone(),
         _ => "unknown".to_owned(),
     };
-    let dead = Dead { queue: &source, message_id, body, text, class: "retries_exhausted", reason: "the queue's delivery retries ran out" };
+    let dead = Dead {
+        queue: &source,
+        message_id,
+        body,
+        text,
+        class: "retries_exhausted",
+        reason: "the queue's delivery retries ran out",
+    };
     match archive(ctx, dead).await {
-        Ok(()) => Handled { next: Next::Ack, task_id: None, error: None },
+        Ok(()) => Handled {
+            next: Next::Ack,
+            task_id: None,
+            error: None,
+        },
         Err(e) => Handled {
             // retried by the DLQ consumer's own max_retries; logged each time
-            next: Next::DeadLetter { class: "archive_failed".into(), reason: e.to_string() },
+            next: Next::DeadLetter {
+                class: "archive_failed".into(),
+                reason: e.to_string(),
+            },
             task_id: None,
             error: Some(("archive_failed".into(), e.to_string())),
         },

@@ -23,7 +23,11 @@ struct StoredEvent {
 }
 
 fn done(event_row: &str) -> Handled {
-    Handled { next: Next::Ack, task_id: Some(event_row.to_owned()), error: None }
+    Handled {
+        next: Next::Ack,
+        task_id: Some(event_row.to_owned()),
+        error: None,
+    }
 }
 
 pub async fn handle(ctx: &Ctx, body: &Value) -> Handled {
@@ -31,11 +35,17 @@ pub async fn handle(ctx: &Ctx, body: &Value) -> Handled {
         Ok(m) => m,
         Err(e) => return Handled::dead(e.class(), e.to_string()),
     };
-    let EventMessage::Apply { event_row, attempt, .. } = &msg;
+    let EventMessage::Apply {
+        event_row, attempt, ..
+    } = &msg;
     match apply(ctx, event_row).await {
         Ok(None) => done(event_row),
         Ok(Some(waiting_for)) if attempt + 1 < MAX_WAITS => {
-            let next = EventMessage::Apply { v: messages::VERSION, event_row: event_row.clone(), attempt: attempt + 1 };
+            let next = EventMessage::Apply {
+                v: messages::VERSION,
+                event_row: event_row.clone(),
+                attempt: attempt + 1,
+            };
             Handled {
                 next: Next::Send {
                     binding: config::EVENTS,
@@ -48,21 +58,39 @@ pub async fn handle(ctx: &Ctx, body: &Value) -> Handled {
         }
         Ok(Some(waiting_for)) => {
             let reason = format!("gave up after {MAX_WAITS} tries: {waiting_for}");
-            let _ = ctx.db.run("reject event", &payments::mark_event(event_row, "rejected", Some(&reason), now())).await;
+            let _ = ctx
+                .db
+                .run(
+                    "reject event",
+                    &payments::mark_event(event_row, "rejected", Some(&reason), now()),
+                )
+                .await;
             Handled::dead("unresolved_reference", reason)
         }
         Err(failure) => {
             let error = Some((failure.class().to_owned(), failure.detail().to_owned()));
             match shared::retry::decide(&failure, *attempt, &ctx.cfg.transient) {
                 shared::retry::Decision::RetryAfter { seconds } => {
-                    let next = EventMessage::Apply { v: messages::VERSION, event_row: event_row.clone(), attempt: attempt + 1 };
+                    let next = EventMessage::Apply {
+                        v: messages::VERSION,
+                        event_row: event_row.clone(),
+                        attempt: attempt + 1,
+                    };
                     Handled {
-                        next: Next::Send { binding: config::EVENTS, message: serde_json::to_string(&next).unwrap_or_default(), delay: seconds },
+                        next: Next::Send {
+                            binding: config::EVENTS,
+                            message: serde_json::to_string(&next).unwrap_or_default(),
+                            delay: seconds,
+                        },
                         task_id: Some(event_row.clone()),
                         error,
                     }
                 }
-                shared::retry::Decision::DeadLetter { class, reason } => Handled { next: Next::DeadLetter { class, reason }, task_id: Some(event_row.clone()), error },
+                shared::retry::Decision::DeadLetter { class, reason } => Handled {
+                    next: Next::DeadLetter { class, reason },
+                    task_id: Some(event_row.clone()),
+                    error,
+                },
                 shared::retry::Decision::Ack => done(event_row),
             }
         }
@@ -77,11 +105,20 @@ fn storage(e: shared::edge::IoError) -> Failure {
 async fn apply(ctx: &Ctx, event_row: &str) -> Result<Option<String>, Failure> {
     let stored: Option<StoredEvent> = ctx
         .db
-        .first("stored event", &Stmt::new("SELECT id, payload, status FROM webhook_events WHERE id = ?1", vec![event_row.into()]))
+        .first(
+            "stored event",
+            &Stmt::new(
+                "SELECT id, payload, status FROM webhook_events WHERE id = ?1",
+                vec![event_row.into()],
+            ),
+        )
         .await
         .map_err(storage)?;
     let Some(stored) = stored else {
-        return Err(Failure::permanent("unknown_event", format!("no stored event {event_row}")));
+        return Err(Failure::permanent(
+            "unknown_event",
+            format!("no stored event {event_row}"),
+        ));
     };
     if stored.status != "received" {
         return Ok(None); // applied, ignored or rejected already: a redelivery changes nothing
@@ -90,7 +127,13 @@ async fn apply(ctx: &Ctx, event_row: &str) -> Result<Option<String>, Failure> {
     let event = match payments::parse_event(stored.payload.as_bytes()) {
         Ok(e) => e,
         Err(why) => {
-            ctx.db.run("reject event", &payments::mark_event(&stored.id, "rejected", Some(&why), at)).await.map_err(storage)?;
+            ctx.db
+                .run(
+                    "reject event",
+                    &payments::mark_event(&stored.id, "rejected", Some(&why), at),
+                )
+                .await
+                .map_err(storage)?;
             return Ok(None);
         }
     };
@@ -114,23 +157,43 @@ async fn apply(ctx: &Ctx, event_row: &str) -> Result<Option<String>, Failure> {
         )
         .await
         .map_err(storage)?;
-    let order: Option<OrderRow> = lookups.first().map(shared::edge::rows::<OrderRow>).transpose().map_err(storage)?.and_then(|r| r.into_iter().next());
-    let sub: Option<SubscriptionRow> =
-        lookups.get(1).map(shared::edge::rows::<SubscriptionRow>).transpose().map_err(storage)?.and_then(|r| r.into_iter().next());
+    let order: Option<OrderRow> = lookups
+        .first()
+        .map(shared::edge::rows::<OrderRow>)
+        .transpose()
+        .map_err(storage)?
+        .and_then(|r| r.into_iter().next());
+    let sub: Option<SubscriptionRow> = lookups
+        .get(1)
+        .map(shared::edge::rows::<SubscriptionRow>)
+        .transpose()
+        .map_err(storage)?
+        .and_then(|r| r.into_iter().next());
 
     match payments::plan(&event, &ctx.cfg.catalog, order.as_ref(), sub.as_ref(), at) {
         Plan::Apply { mut stmts, note } => {
             // The event's own status goes in the same batch: applied exactly when its effects are.
             let mark = payments::mark_event(&stored.id, "applied", note.as_deref(), at);
-            stmts.push(Stmt::new(format!("{} AND status = 'received'", mark.sql), mark.params));
-            ctx.db.batch(&format!("apply {}", event.event_type), &stmts).await.map_err(storage)?;
+            stmts.push(Stmt::new(
+                format!("{} AND status = 'received'", mark.sql),
+                mark.params,
+            ));
+            ctx.db
+                .batch(&format!("apply {}", event.event_type), &stmts)
+                .await
+                .map_err(storage)?;
             Ok(None)
         }
         Plan::Ignore(why) => {
-            ctx.db.run("ignore event", &payments::mark_event(&stored.id, "ignored", Some(&why), at)).await.map_err(storage)?;
+            ctx.db
+                .run(
+                    "ignore event",
+                    &payments::mark_event(&stored.id, "ignored", Some(&why), at),
+                )
+                .await
+                .map_err(storage)?;
             Ok(None)
         }
         Plan::Wait(why) => Ok(Some(why)),
     }
 }
-

@@ -3,16 +3,18 @@
 
 use crate::batch::Ctx;
 use futures::future::{select, Either};
+use shared::ids::TaskId;
 use shared::keys::image_extension;
 use shared::kie::{self, Progress};
-use shared::ids::TaskId;
 use shared::model::Model;
-use shared::signing::callback_token;
 use shared::retry::{check_result_body, check_result_headers, classify_status, Failure};
+use shared::signing::callback_token;
 use std::time::Duration;
-use worker::wasm_bindgen::JsValue;
 use worker::js_sys::futures::JsFuture;
-use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit, Response, ResponseBody};
+use worker::wasm_bindgen::JsValue;
+use worker::{
+    AbortController, Delay, Fetch, Headers, Method, Request, RequestInit, Response, ResponseBody,
+};
 
 const API_TIMEOUT: Duration = Duration::from_secs(30);
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,16 +33,28 @@ async fn send(ctx: &Ctx, req: Request, timeout: Duration) -> Result<Response, Fa
         Either::Left((Err(e), _)) => Err(Failure::transient("network", e.to_string())),
         Either::Right(_) => {
             controller.abort();
-            Err(Failure::transient("timeout", format!("no response within {}s", timeout.as_secs())))
+            Err(Failure::transient(
+                "timeout",
+                format!("no response within {}s", timeout.as_secs()),
+            ))
         }
     };
     shared::edge::IoCounts::add_ms(&ctx.io.fetch_ms, started);
     outcome
 }
 
-fn api_request(ctx: &Ctx, method: Method, url: &str, body: Option<String>) -> Result<Request, Failure> {
+fn api_request(
+    ctx: &Ctx,
+    method: Method,
+    url: &str,
+    body: Option<String>,
+) -> Result<Request, Failure> {
     let headers = Headers::new();
-    let set = |k: &str, v: &str| headers.set(k, v).map_err(|e| Failure::permanent("bad_request", e.to_string()));
+    let set = |k: &str, v: &str| {
+        headers
+            .set(k, v)
+            .map_err(|e| Failure::permanent("bad_request", e.to_string()))
+    };
     set("authorization", &format!("Bearer {}", ctx.cfg.kie_api_key))?;
     set("accept", "application/json")?;
     if body.is_some() {
@@ -69,16 +83,30 @@ async fn read(ctx: &Ctx, req: Request) -> Result<Vec<u8>, Failure> {
         discard(&resp).await;
         return Err(f);
     }
-    resp.bytes().await.map_err(|e| Failure::transient("network", format!("reading provider response: {e}")))
+    resp.bytes()
+        .await
+        .map_err(|e| Failure::transient("network", format!("reading provider response: {e}")))
 }
 
 /// Creates the provider task; returns its id.
-pub async fn create(ctx: &Ctx, task: &TaskId, model: Model, prompt: &str, size: &str, image_urls: &[String]) -> Result<String, Failure> {
+pub async fn create(
+    ctx: &Ctx,
+    task: &TaskId,
+    model: Model,
+    prompt: &str,
+    size: &str,
+    image_urls: &[String],
+) -> Result<String, Failure> {
     let (create_path, _) = kie::endpoints(model);
     let token = callback_token(ctx.cfg.files_signing_key.as_bytes(), &task.to_string());
     let callback = kie::callback_url(&ctx.cfg.public_base_url, model, &task.to_string(), &token);
     let body = kie::create_body(model, prompt, size, image_urls, Some(&callback)).to_string();
-    let req = api_request(ctx, Method::Post, &format!("{}{create_path}", ctx.cfg.kie_base_url), Some(body))?;
+    let req = api_request(
+        ctx,
+        Method::Post,
+        &format!("{}{create_path}", ctx.cfg.kie_base_url),
+        Some(body),
+    )?;
     kie::parse_created(&read(ctx, req).await?)
 }
 
@@ -101,17 +129,35 @@ pub struct Image {
 
 /// Downloads a result, checked by `shared::retry::check_result_*`.
 pub async fn download(ctx: &Ctx, url: &str) -> Result<Image, Failure> {
-    let req = Request::new(url, Method::Get).map_err(|e| Failure::permanent("bad_result_url", e.to_string()))?;
+    let req = Request::new(url, Method::Get)
+        .map_err(|e| Failure::permanent("bad_result_url", e.to_string()))?;
     let mut resp = send(ctx, req, DOWNLOAD_TIMEOUT).await?;
     let max = u64::try_from(ctx.cfg.max_result_bytes).unwrap_or(u64::MAX);
-    let declared = resp.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<u64>().ok());
-    let declared_type = resp.headers().get("content-type").ok().flatten().unwrap_or_default();
+    let declared = resp
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<u64>().ok());
+    let declared_type = resp
+        .headers()
+        .get("content-type")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     if let Err(f) = check_result_headers(resp.status_code(), declared, &declared_type, max) {
         discard(&resp).await;
         return Err(f);
     }
-    let bytes = resp.bytes().await.map_err(|e| Failure::transient("download_failed", e.to_string()))?;
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Failure::transient("download_failed", e.to_string()))?;
     let content_type = check_result_body(&bytes, max)?;
     let extension = image_extension(content_type).unwrap_or("bin");
-    Ok(Image { bytes, content_type, extension })
+    Ok(Image {
+        bytes,
+        content_type,
+        extension,
+    })
 }

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use shared::edge::{cache_final_status, changes, now, CachedStatus, IoError};
 use shared::ids::{Credits, TaskId, UserId};
 use shared::keys::task_status_key;
-use shared::ledger::{self, classify_conflict, Grant, SettleConflict, Stmt};
+use shared::ledger::{self, classify_conflict, SettleConflict, Stmt};
 use shared::retry::Failure;
 use shared::task::{TaskStatus, Transition};
 
@@ -36,7 +36,10 @@ pub async fn claim(ctx: &Ctx, task: &TaskId) -> Result<Option<Claimed>, IoError>
         .first(
             "claim task",
             &Stmt::new(
-                format!("{} RETURNING user_id, input_params, cost, deadline_at", Transition::Claim.update_sql("updated_at = ?2")),
+                format!(
+                    "{} RETURNING user_id, input_params, cost, deadline_at",
+                    Transition::Claim.update_sql("updated_at = ?2")
+                ),
                 vec![task.to_string().into(), now().into()],
             ),
         )
@@ -49,7 +52,10 @@ pub async fn unclaim(ctx: &Ctx, task: &TaskId) -> Result<(), IoError> {
         .run(
             "unclaim task",
             &Stmt::new(
-                format!("{} AND external_task_id IS NULL", Transition::Unclaim.update_sql("updated_at = ?2")),
+                format!(
+                    "{} AND external_task_id IS NULL",
+                    Transition::Unclaim.update_sql("updated_at = ?2")
+                ),
                 vec![task.to_string().into(), now().into()],
             ),
         )
@@ -57,14 +63,17 @@ pub async fn unclaim(ctx: &Ctx, task: &TaskId) -> Result<(), IoError> {
         .map(|_| ())
 }
 
-/// `submitted -> processing` with the provider's task id.
+/// `submitted -> processing` with the provider's task id, once the provider reports the task as
+/// generating. A task that finishes before its first poll skips this write: completing it
+/// records the id.
 pub async fn accept(ctx: &Ctx, task: &TaskId, external_id: &str) -> Result<(), IoError> {
     let at = now();
     ctx.db
         .run(
             "accept task",
             &Stmt::new(
-                Transition::Accepted.update_sql("external_task_id = ?2, submitted_at = ?3, updated_at = ?3"),
+                Transition::Accepted
+                    .update_sql("external_task_id = ?2, submitted_at = ?3, updated_at = ?3"),
                 vec![task.to_string().into(), external_id.into(), at.into()],
             ),
         )
@@ -74,10 +83,14 @@ pub async fn accept(ctx: &Ctx, task: &TaskId, external_id: &str) -> Result<(), I
 
 /// Marks the task completed with its results and settles its hold, in one batch. Returns
 /// whether this call did it (false: it was already ended, by a duplicate or another path).
-pub async fn complete(ctx: &Ctx, end: &Ending, external_id: &str, urls: &[String], keys: &[String]) -> Result<bool, Failure> {
-    let grants: Vec<Grant> = ctx.db.all("grants of user", &ledger::grants_query(&end.user)).await.map_err(storage)?;
+pub async fn complete(
+    ctx: &Ctx,
+    end: &Ending,
+    external_id: &str,
+    urls: &[String],
+    keys: &[String],
+) -> Result<bool, Failure> {
     let at = now();
-    let allocation = ledger::allocate(end.cost, &grants, at);
     let mut stmts = vec![Stmt::new(
         Transition::Succeeded.update_sql(
             "result_urls = ?2, result_keys = ?3, external_task_id = COALESCE(external_task_id, ?4),
@@ -91,14 +104,22 @@ pub async fn complete(ctx: &Ctx, end: &Ending, external_id: &str, urls: &[String
             at.into(),
         ],
     )];
-    stmts.extend(ledger::settle(&end.task, &end.user, end.cost, &allocation, at));
+    stmts.extend(ledger::settle(&end.task, &end.user, end.cost, at));
     finish(ctx, end, stmts, TaskStatus::Completed, None, keys).await
 }
 
 /// Marks the task failed and releases its hold, in one batch. Returns whether this call did it.
 pub async fn fail(ctx: &Ctx, end: &Ending, reason: &str) -> Result<bool, Failure> {
     let stmts = ledger::fail_task(&end.task, &end.user, end.cost, reason, now());
-    finish(ctx, end, stmts.to_vec(), TaskStatus::Failed, Some(reason.chars().take(500).collect()), &[]).await
+    finish(
+        ctx,
+        end,
+        stmts.to_vec(),
+        TaskStatus::Failed,
+        Some(reason.chars().take(500).collect()),
+        &[],
+    )
+    .await
 }
 
 async fn finish(
@@ -113,7 +134,9 @@ async fn finish(
         Ok(results) => results.first().map(changes) == Some(1),
         Err(e) => match classify_conflict(&e.cause) {
             Some(SettleConflict::AlreadyResolved) => false,
-            Some(SettleConflict::GrantRaced) => return Err(Failure::transient("grant_raced", e.to_string())),
+            Some(SettleConflict::GrantRaced) => {
+                return Err(Failure::transient("grant_raced", e.to_string()))
+            }
             None => return Err(storage(e)),
         },
     };
@@ -134,7 +157,13 @@ async fn finish(
 /// Whether KV already knows this task ended (a duplicate poll can stop early).
 pub async fn known_ended(ctx: &Ctx, task: &TaskId) -> bool {
     match ctx.kv() {
-        Ok(kv) => kv.get(&task_status_key(task)).text().await.ok().flatten().is_some(),
+        Ok(kv) => kv
+            .get(&task_status_key(task))
+            .text()
+            .await
+            .ok()
+            .flatten()
+            .is_some(),
         Err(_) => false,
     }
 }

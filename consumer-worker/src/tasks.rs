@@ -39,8 +39,16 @@ pub async fn handle(ctx: &Ctx, body: &Value) -> Handled {
         TaskMessage::Store { .. } => store(ctx, &msg).await,
     };
     match result {
-        Ok(Step::Done) => Handled { next: Next::Ack, task_id, error: None },
-        Ok(Step::Then(next, delay)) => Handled { next: send(&next, delay), task_id, error: None },
+        Ok(Step::Done) => Handled {
+            next: Next::Ack,
+            task_id,
+            error: None,
+        },
+        Ok(Step::Then(next, delay)) => Handled {
+            next: send(&next, delay),
+            task_id,
+            error: None,
+        },
         Err(failure) => {
             let error = Some((failure.class().to_owned(), failure.detail().to_owned()));
             let next = match decide(&failure, msg.failures(), &ctx.cfg.transient) {
@@ -48,7 +56,11 @@ pub async fn handle(ctx: &Ctx, body: &Value) -> Handled {
                 Decision::RetryAfter { seconds } => send(&msg.after_failure(), seconds),
                 Decision::DeadLetter { class, reason } => Next::DeadLetter { class, reason },
             };
-            Handled { next, task_id, error }
+            Handled {
+                next,
+                task_id,
+                error,
+            }
         }
     }
 }
@@ -64,7 +76,8 @@ async fn submit(ctx: &Ctx, task: &TaskId) -> Result<Step, Failure> {
     };
     let end = Ending {
         task: *task,
-        user: UserId::parse(&claimed.user_id).map_err(|e| Failure::permanent("corrupt_task", e.to_string()))?,
+        user: UserId::parse(&claimed.user_id)
+            .map_err(|e| Failure::permanent("corrupt_task", e.to_string()))?,
         cost: Credits(claimed.cost),
     };
     let deadline_at = claimed.deadline_at.unwrap_or(i64::MAX);
@@ -95,11 +108,8 @@ async fn submit(ctx: &Ctx, task: &TaskId) -> Result<Step, Failure> {
         .collect();
     match provider::create(ctx, task, model, &input.prompt, &input.size, &urls).await {
         Ok(external_id) => {
-            if let Err(e) = store::accept(ctx, task, &external_id).await {
-                // The provider has the task: keep going. Completion records the external id
-                // too, so losing this write loses nothing.
-                shared::edge::log(serde_json::json!({"level": "warn", "event": "accept_write_failed", "task_id": task.to_string(), "cause": e.to_string()}));
-            }
+            // The provider's id rides in the poll; D1 learns it from the first poll that finds
+            // the task generating, or from completion (one round trip fewer per fast task).
             let first_poll = TaskMessage::Poll {
                 v: VERSION,
                 task_id: *task,
@@ -126,10 +136,25 @@ async fn submit(ctx: &Ctx, task: &TaskId) -> Result<Step, Failure> {
 }
 
 async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
-    let TaskMessage::Poll { task_id, user_id, model, external_id, cost, deadline_at, attempt, follow_up, .. } = msg else {
+    let TaskMessage::Poll {
+        task_id,
+        user_id,
+        model,
+        external_id,
+        cost,
+        deadline_at,
+        attempt,
+        follow_up,
+        ..
+    } = msg
+    else {
         return Ok(Step::Done);
     };
-    let end = Ending { task: *task_id, user: *user_id, cost: *cost };
+    let end = Ending {
+        task: *task_id,
+        user: *user_id,
+        cost: *cost,
+    };
     if now() >= *deadline_at {
         store::fail(ctx, &end, "deadline_exceeded").await?;
         return Ok(Step::Done);
@@ -137,18 +162,35 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     match provider::record(ctx, *model, external_id).await? {
         // a callback-prompted poll leaves the waiting to the chain that was already running
         Progress::Generating if !follow_up => Ok(Step::Done),
-        Progress::Generating => Ok(Step::Then(msg.next_poll(), ctx.cfg.poll.delay_secs(attempt + 1))),
+        Progress::Generating => {
+            if *attempt == 0 {
+                if let Err(e) = store::accept(ctx, task_id, external_id).await {
+                    // Completion records the external id too, so losing this write loses nothing.
+                    shared::edge::log(
+                        serde_json::json!({"level": "warn", "event": "accept_write_failed", "task_id": task_id.to_string(), "cause": e.to_string()}),
+                    );
+                }
+            }
+            Ok(Step::Then(
+                msg.next_poll(),
+                ctx.cfg.poll.delay_secs(attempt + 1),
+            ))
+        }
         Progress::Failed { class, reason } => {
             store::fail(ctx, &end, &format!("{class}: {reason}")).await?;
             Ok(Step::Done)
         }
         Progress::Succeeded { urls } => {
-            let Some(next) = msg.store(urls) else { return Ok(Step::Done) };
+            let Some(next) = msg.store(urls) else {
+                return Ok(Step::Done);
+            };
             // Store now; if a download fails, the store step retries on its own from here.
             match store(ctx, &next).await {
                 Err(f @ Failure::Transient { .. }) => {
                     let delay = ctx.cfg.transient.delay_secs(0);
-                    shared::edge::log(serde_json::json!({"event": "store_deferred", "task_id": task_id.to_string(), "error_class": f.class(), "error": f.detail()}));
+                    shared::edge::log(
+                        serde_json::json!({"event": "store_deferred", "task_id": task_id.to_string(), "error_class": f.class(), "error": f.detail()}),
+                    );
                     Ok(Step::Then(next.after_failure(), delay))
                 }
                 other => other,
@@ -160,10 +202,24 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
 /// Downloads the results, stores them and settles the task. A result over the size cap fails
 /// the task; other failures are transient and retried by the caller.
 async fn store(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
-    let TaskMessage::Store { task_id, user_id, model, external_id, cost, deadline_at, urls, .. } = msg else {
+    let TaskMessage::Store {
+        task_id,
+        user_id,
+        model,
+        external_id,
+        cost,
+        deadline_at,
+        urls,
+        ..
+    } = msg
+    else {
         return Ok(Step::Done);
     };
-    let end = Ending { task: *task_id, user: *user_id, cost: *cost };
+    let end = Ending {
+        task: *task_id,
+        user: *user_id,
+        cost: *cost,
+    };
     if store::known_ended(ctx, task_id).await {
         return Ok(Step::Done);
     }
@@ -185,7 +241,12 @@ async fn store(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
 
 /// Downloads every result into R2 at its deterministic key; a repeat overwrites the same
 /// objects instead of adding new ones.
-async fn store_results(ctx: &Ctx, model: Model, task: &TaskId, urls: &[String]) -> Result<Vec<String>, Failure> {
+async fn store_results(
+    ctx: &Ctx,
+    model: Model,
+    task: &TaskId,
+    urls: &[String],
+) -> Result<Vec<String>, Failure> {
     let mut keys = Vec::with_capacity(urls.len());
     for (n, url) in urls.iter().enumerate() {
         let image = match provider::download(ctx, url).await {
@@ -196,9 +257,15 @@ async fn store_results(ctx: &Ctx, model: Model, task: &TaskId, urls: &[String]) 
             Err(e) => return Err(e),
         };
         let key = result_key(model, task, n, image.extension);
-        let meta = HttpMetadata { content_type: Some(image.content_type.into()), ..Default::default() };
+        let meta = HttpMetadata {
+            content_type: Some(image.content_type.into()),
+            ..Default::default()
+        };
         let custom = HashMap::from([
-            ("source".to_owned(), url.chars().take(1024).collect::<String>()),
+            (
+                "source".to_owned(),
+                url.chars().take(1024).collect::<String>(),
+            ),
             ("task_id".to_owned(), task.to_string()),
         ]);
         ctx.bucket()

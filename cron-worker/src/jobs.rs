@@ -3,7 +3,9 @@
 
 use crate::runner::{Budget, Summary};
 use serde::Deserialize;
-use shared::edge::{cache_final_status, changes, number, send_json_batch, CachedStatus, Db, IoCounts, StepExt};
+use shared::edge::{
+    cache_final_status, changes, number, send_json_batch, CachedStatus, Db, IoCounts, StepExt,
+};
 use shared::ids::{Credits, TaskId, UserId};
 use shared::ledger::{self, Stmt};
 use shared::messages::{TaskMessage, VERSION};
@@ -23,7 +25,13 @@ fn setting(ctx: &JobCtx<'_>, name: &str, default: i64) -> i64 {
     number(ctx.env, name, default).unwrap_or(default)
 }
 
-pub async fn run(name: &str, ctx: &JobCtx<'_>, budget: Budget, cursor: Option<String>, summary: &mut Summary) {
+pub async fn run(
+    name: &str,
+    ctx: &JobCtx<'_>,
+    budget: Budget,
+    cursor: Option<String>,
+    summary: &mut Summary,
+) {
     match name {
         "expire_orders" => {
             let cutoff = ctx.now - setting(ctx, "ORDER_TTL_SECS", 30 * 60);
@@ -59,7 +67,13 @@ pub async fn run(name: &str, ctx: &JobCtx<'_>, budget: Budget, cursor: Option<St
 }
 
 /// Repeats a `LIMIT n` update until it changes fewer rows than asked, or the budget is spent.
-async fn chunked_update(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary, what: &str, stmt: impl Fn(i64) -> Stmt) {
+async fn chunked_update(
+    ctx: &JobCtx<'_>,
+    budget: Budget,
+    summary: &mut Summary,
+    what: &str,
+    stmt: impl Fn(i64) -> Stmt,
+) {
     loop {
         let n = CHUNK.min(budget.room(summary.changed));
         if n == 0 || !budget.time_left() {
@@ -124,9 +138,21 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
         let mut stmts = Vec::new();
         let mut ends = Vec::new();
         for t in &overdue {
-            let (Ok(task), Ok(user)) = (TaskId::parse(&t.id), UserId::parse(&t.user_id)) else { continue };
-            let reason = if t.dead_lettered == 1 { "dead_lettered" } else { "deadline_exceeded" };
-            stmts.extend(ledger::fail_task(&task, &user, Credits(t.cost), reason, ctx.now));
+            let (Ok(task), Ok(user)) = (TaskId::parse(&t.id), UserId::parse(&t.user_id)) else {
+                continue;
+            };
+            let reason = if t.dead_lettered == 1 {
+                "dead_lettered"
+            } else {
+                "deadline_exceeded"
+            };
+            stmts.extend(ledger::fail_task(
+                &task,
+                &user,
+                Credits(t.cost),
+                reason,
+                ctx.now,
+            ));
             ends.push((task, user, reason));
         }
         let results = match ctx.db.batch("fail overdue tasks", &stmts).await {
@@ -204,7 +230,9 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
         if changes(r) != 1 {
             continue;
         }
-        let (Ok(task), Ok(user)) = (TaskId::parse(&t.id), UserId::parse(&t.user_id)) else { continue };
+        let (Ok(task), Ok(user)) = (TaskId::parse(&t.id), UserId::parse(&t.user_id)) else {
+            continue;
+        };
         let model = t.external_provider.as_deref().and_then(Model::parse);
         let msg = match (&t.external_task_id, model) {
             (Some(external_id), Some(model)) if t.status != "pending" => TaskMessage::Poll {
@@ -238,9 +266,15 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
 
 /// Deletes objects under `cache/` older than `CACHE_MAX_AGE_SECS` (default 7 days), listing with
 /// a cursor and deleting at most 1,000 keys per call. `result/` is never listed here.
-async fn clean_r2_cache(ctx: &JobCtx<'_>, budget: Budget, mut cursor: Option<String>, summary: &mut Summary) {
+async fn clean_r2_cache(
+    ctx: &JobCtx<'_>,
+    budget: Budget,
+    mut cursor: Option<String>,
+    summary: &mut Summary,
+) {
     let max_age_ms = setting(ctx, "CACHE_MAX_AGE_SECS", 7 * 86_400).saturating_mul(1000);
-    let cutoff_ms = u64::try_from(ctx.now.saturating_mul(1000).saturating_sub(max_age_ms)).unwrap_or(0);
+    let cutoff_ms =
+        u64::try_from(ctx.now.saturating_mul(1000).saturating_sub(max_age_ms)).unwrap_or(0);
     let bucket = match ctx.env.bucket("BUCKET").step("binding BUCKET") {
         Ok(b) => b,
         Err(e) => return summary.failed(&e),
@@ -252,7 +286,10 @@ async fn clean_r2_cache(ctx: &JobCtx<'_>, budget: Budget, mut cursor: Option<Str
             summary.cursor = cursor;
             return;
         }
-        let mut list = bucket.list().prefix("cache/").limit(u32::try_from(room).unwrap_or(1000));
+        let mut list = bucket
+            .list()
+            .prefix("cache/")
+            .limit(u32::try_from(room).unwrap_or(1000));
         if let Some(c) = &cursor {
             list = list.cursor(c.clone());
         }
@@ -263,11 +300,19 @@ async fn clean_r2_cache(ctx: &JobCtx<'_>, budget: Budget, mut cursor: Option<Str
         };
         let objects = page.objects();
         summary.examined += u64::try_from(objects.len()).unwrap_or(0);
-        let old: Vec<String> = objects.iter().filter(|o| o.uploaded().as_millis() < cutoff_ms).map(|o| o.key()).collect();
+        let old: Vec<String> = objects
+            .iter()
+            .filter(|o| o.uploaded().as_millis() < cutoff_ms)
+            .map(|o| o.key())
+            .collect();
         if !old.is_empty() {
             ctx.io.r2();
             let n = u64::try_from(old.len()).unwrap_or(0);
-            match bucket.delete_multiple(old).await.step("r2 delete old cache objects") {
+            match bucket
+                .delete_multiple(old)
+                .await
+                .step("r2 delete old cache objects")
+            {
                 Ok(()) => summary.changed += n,
                 Err(e) => return summary.failed(&e),
             }
@@ -285,10 +330,26 @@ async fn clean_r2_cache(ctx: &JobCtx<'_>, budget: Budget, mut cursor: Option<Str
 async fn retention(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary) {
     let days = |name: &str, default: i64| ctx.now - setting(ctx, name, default) * 86_400;
     let rules: [(&str, String, i64); 4] = [
-        ("webhook_events", "received_at < ?1 AND status != 'received'".into(), days("WEBHOOK_RETENTION_DAYS", 90)),
-        ("dead_letters", "last_failed_at < ?1 AND status IN ('replayed','discarded')".into(), days("DEAD_LETTER_RETENTION_DAYS", 30)),
-        ("signin_logs", "created_at < ?1".into(), days("SIGNIN_LOG_RETENTION_DAYS", 180)),
-        ("cron_runs", "started_at < ?1 * 1000".into(), days("CRON_RUN_RETENTION_DAYS", 30)),
+        (
+            "webhook_events",
+            "received_at < ?1 AND status != 'received'".into(),
+            days("WEBHOOK_RETENTION_DAYS", 90),
+        ),
+        (
+            "dead_letters",
+            "last_failed_at < ?1 AND status IN ('replayed','discarded')".into(),
+            days("DEAD_LETTER_RETENTION_DAYS", 30),
+        ),
+        (
+            "signin_logs",
+            "created_at < ?1".into(),
+            days("SIGNIN_LOG_RETENTION_DAYS", 180),
+        ),
+        (
+            "cron_runs",
+            "started_at < ?1 * 1000".into(),
+            days("CRON_RUN_RETENTION_DAYS", 30),
+        ),
     ];
     for (table, condition, cutoff) in rules {
         chunked_update(ctx, budget, summary, &format!("retention {table}"), |n| {

@@ -26,7 +26,10 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     let job = path.strip_prefix("/run/").unwrap_or_default().to_owned();
     let cadence = shared::schedule::cadence_of(&job);
     let (Method::Post, Some(cadence)) = (req.method(), cadence) else {
-        return Response::from_json(&serde_json::json!({"error": {"code": "not_found", "message": "no such job"}})).map(|r| r.with_status(404));
+        return Response::from_json(
+            &serde_json::json!({"error": {"code": "not_found", "message": "no such job"}}),
+        )
+        .map(|r| r.with_status(404));
     };
     let summary = runner::run_job(&env, &job, "manual", cadence).await;
     Response::from_json(&summary)

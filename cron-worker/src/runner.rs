@@ -3,10 +3,10 @@
 //! the summary. Whatever happens, the error is recorded, never returned into the void.
 
 use crate::jobs;
-use shared::schedule::{self, Cadence};
 use serde::Serialize;
 use shared::edge::{log, now, now_ms, number, Db, IoCounts, IoError};
 use shared::ledger::Stmt;
+use shared::schedule::{self, Cadence};
 use std::rc::Rc;
 use worker::Env;
 
@@ -63,8 +63,13 @@ fn budget(env: &Env, cadence: Cadence) -> Budget {
         Cadence::Daily => ("CRON_DAILY_BUDGET_MS", 600_000),
     };
     let ms = number(env, var, default).unwrap_or(default).max(1);
-    let items = number(env, "CRON_MAX_ITEMS", 50_000).unwrap_or(50_000).max(1);
-    Budget { until_ms: now_ms() + u64::try_from(ms).unwrap_or(0), max_items: u64::try_from(items).unwrap_or(1) }
+    let items = number(env, "CRON_MAX_ITEMS", 50_000)
+        .unwrap_or(50_000)
+        .max(1);
+    Budget {
+        until_ms: now_ms() + u64::try_from(ms).unwrap_or(0),
+        max_items: u64::try_from(items).unwrap_or(1),
+    }
 }
 
 /// Runs one job, records and logs it, and returns the recorded row.
@@ -86,7 +91,12 @@ pub async fn run_job(env: &Env, name: &str, schedule: &str, cadence: Cadence) ->
             "record cron start",
             &Stmt::new(
                 "INSERT INTO cron_runs (id, job, schedule, started_at) VALUES (?1, ?2, ?3, ?4)",
-                vec![run_id.clone().into(), name.into(), schedule.into(), i64::try_from(started).unwrap_or(0).into()],
+                vec![
+                    run_id.clone().into(),
+                    name.into(),
+                    schedule.into(),
+                    i64::try_from(started).unwrap_or(0).into(),
+                ],
             ),
         )
         .await;
@@ -95,7 +105,12 @@ pub async fn run_job(env: &Env, name: &str, schedule: &str, cadence: Cadence) ->
     }
     let cursor = last_cursor(&db, name).await.unwrap_or(None);
     let budget = budget(env, cadence);
-    let ctx = jobs::JobCtx { env, db: &db, io: &io, now: now() };
+    let ctx = jobs::JobCtx {
+        env,
+        db: &db,
+        io: &io,
+        now: now(),
+    };
     jobs::run(name, &ctx, budget, cursor, &mut summary).await;
     let finished = now_ms();
     let stored = db

@@ -20,11 +20,18 @@ impl Reply {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     /// The error code of a JSON error body.
     pub fn code(&self) -> String {
-        self.json().pointer("/error/code").and_then(Value::as_str).unwrap_or("").to_owned()
+        self.json()
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -33,14 +40,25 @@ impl Reply {
 
 fn read(resp: ureq::Response) -> Reply {
     let status = resp.status();
-    let headers = resp.headers_names().into_iter().filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_owned()))).collect();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_owned())))
+        .collect();
     let mut body = Vec::new();
     let _ = std::io::Read::read_to_end(&mut resp.into_reader(), &mut body);
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// A multipart/form-data body: text fields and files (field name, file name, content type, bytes).
-pub fn multipart(fields: &[(&str, &str)], files: &[(&str, &str, &str, &[u8])]) -> (String, Vec<u8>) {
+pub fn multipart(
+    fields: &[(&str, &str)],
+    files: &[(&str, &str, &str, &[u8])],
+) -> (String, Vec<u8>) {
     let boundary = "edgeline-e2e-boundary-7f3a9c";
     let mut body = Vec::new();
     for (name, value) in fields {
@@ -59,12 +77,28 @@ pub fn multipart(fields: &[(&str, &str)], files: &[(&str, &str, &str, &[u8])]) -
 
 impl Client {
     pub fn new(base: &str) -> Self {
-        Client { base: base.trim_end_matches('/').to_owned(), agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build() }
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(30))
+                .build(),
+        }
     }
 
     /// Any request. `path` may be a full URL.
-    pub fn send(&self, method: &str, path: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<(&str, &[u8])>) -> Reply {
-        let url = if path.starts_with("http") { path.to_owned() } else { format!("{}{path}", self.base) };
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<(&str, &[u8])>,
+    ) -> Reply {
+        let url = if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        };
         let mut req = self.agent.request(method, &url);
         if let Some(t) = token {
             req = req.set("authorization", &format!("Bearer {t}"));
@@ -78,7 +112,11 @@ impl Client {
         };
         match result {
             Ok(resp) | Err(ureq::Error::Status(_, resp)) => read(resp),
-            Err(e) => Reply { status: 0, headers: vec![], body: e.to_string().into_bytes() },
+            Err(e) => Reply {
+                status: 0,
+                headers: vec![],
+                body: e.to_string().into_bytes(),
+            },
         }
     }
 
@@ -87,7 +125,13 @@ impl Client {
     }
 
     pub fn post_json(&self, path: &str, token: Option<&str>, body: &Value) -> Reply {
-        self.send("POST", path, token, &[], Some(("application/json", body.to_string().as_bytes())))
+        self.send(
+            "POST",
+            path,
+            token,
+            &[],
+            Some(("application/json", body.to_string().as_bytes())),
+        )
     }
 
     /// A new user with `credits` starting credits and a session token for them.
@@ -95,14 +139,22 @@ impl Client {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let email = format!("user{n}-{}@e2e.test", std::process::id());
-        let created = self.post_json("/admin/users", Some(admin_token), &json!({"email": email, "name": "E2E", "credits": credits}));
+        let created = self.post_json(
+            "/admin/users",
+            Some(admin_token),
+            &json!({"email": email, "name": "E2E", "credits": credits}),
+        );
         assert_eq!(created.status, 201, "create user: {}", created.text());
         let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
         (id.clone(), self.session(admin_token, &id))
     }
 
     pub fn session(&self, admin_token: &str, user_id: &str) -> String {
-        let s = self.post_json(&format!("/admin/users/{user_id}/sessions"), Some(admin_token), &json!({}));
+        let s = self.post_json(
+            &format!("/admin/users/{user_id}/sessions"),
+            Some(admin_token),
+            &json!({}),
+        );
         assert_eq!(s.status, 201, "create session: {}", s.text());
         s.json()["token"].as_str().unwrap_or_default().to_owned()
     }
@@ -121,7 +173,11 @@ impl Client {
             let task = r.json();
             match task["status"].as_str() {
                 Some("completed") | Some("failed") => return task,
-                _ if started.elapsed() > limit => panic!("task {id} did not finish in {}s: {}", limit.as_secs(), r.text()),
+                _ if started.elapsed() > limit => panic!(
+                    "task {id} did not finish in {}s: {}",
+                    limit.as_secs(),
+                    r.text()
+                ),
                 _ => std::thread::sleep(Duration::from_millis(200)),
             }
         }

@@ -13,7 +13,8 @@ fn dev_vars() -> Result<BTreeMap<String, String>, String> {
     let root = root();
     let path = root.join(".dev.vars");
     if !path.exists() {
-        fs::copy(root.join(".dev.vars.example"), &path).map_err(|e| format!("creating .dev.vars: {e}"))?;
+        fs::copy(root.join(".dev.vars.example"), &path)
+            .map_err(|e| format!("creating .dev.vars: {e}"))?;
         eprintln!("dev: created .dev.vars from .dev.vars.example");
     }
     let text = fs::read_to_string(&path).map_err(|e| format!("reading .dev.vars: {e}"))?;
@@ -28,10 +29,22 @@ fn dev_vars() -> Result<BTreeMap<String, String>, String> {
 
 pub fn run(_args: &[String]) -> Result<(), String> {
     let mut vars = dev_vars()?;
-    vars.insert("KIE_BASE_URL".into(), format!("http://127.0.0.1:{SIM_PORT}"));
-    vars.insert("PUBLIC_BASE_URL".into(), format!("http://127.0.0.1:{API_PORT}"));
-    vars.insert("CREEM_BASE_URL".into(), format!("http://127.0.0.1:{SIM_PORT}"));
-    let admin = vars.get("ADMIN_TOKEN").cloned().ok_or(".dev.vars has no ADMIN_TOKEN")?;
+    vars.insert(
+        "KIE_BASE_URL".into(),
+        format!("http://127.0.0.1:{SIM_PORT}"),
+    );
+    vars.insert(
+        "PUBLIC_BASE_URL".into(),
+        format!("http://127.0.0.1:{API_PORT}"),
+    );
+    vars.insert(
+        "CREEM_BASE_URL".into(),
+        format!("http://127.0.0.1:{SIM_PORT}"),
+    );
+    let admin = vars
+        .get("ADMIN_TOKEN")
+        .cloned()
+        .ok_or(".dev.vars has no ADMIN_TOKEN")?;
     let state = root().join(".state");
     let mut stack = Stack::start(StackOptions {
         state_dir: Some(state.clone()),

@@ -8,9 +8,18 @@
 pub mod check;
 pub mod client;
 pub mod dev;
+pub mod floor;
 pub mod fuzz;
 pub mod stack;
 pub mod suite;
 
 pub use client::Client;
+
+/// Milliseconds since the epoch on this machine's clock (the workers' `at_ms` uses the same).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
+        .unwrap_or(0)
+}
 pub use stack::{Stack, StackOptions};

@@ -19,7 +19,10 @@ pub const CREEM_OLD_SECRET: &str = "e2e-creem-old-secret";
 pub const STANDARD_WEBHOOK_SECRET: &str = "whsec_ZTJlLXN0YW5kYXJkLXdlYmhvb2stc2VjcmV0";
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// A port nobody is listening on right now.
@@ -28,8 +31,23 @@ pub fn free_port() -> Result<u16, String> {
     l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
+type SeedFn = dyn Fn(&Seed) -> Result<(), String> + Send + Sync;
+
 /// Writes fixtures into a stack's state before it starts.
-pub type Seeder = fn(&Seed) -> Result<(), String>;
+#[derive(Clone)]
+pub struct Seeder(std::sync::Arc<SeedFn>);
+
+impl<F: Fn(&Seed) -> Result<(), String> + Send + Sync + 'static> From<F> for Seeder {
+    fn from(f: F) -> Self {
+        Seeder(std::sync::Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Seeder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Seeder")
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -70,13 +88,21 @@ impl Default for StackOptions {
             state_dir: None,
             port: None,
             sim_port: None,
-            vars: vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            vars: vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             // generous, so suites that submit hundreds of tasks are not throttled; the limits
             // suite sets its own
-            rate_limits: ["SUBMIT_LIMIT", "ORDER_LIMIT", "AUTH_FAILURE_LIMIT", "WEBHOOK_FAILURE_LIMIT"]
-                .iter()
-                .map(|n| ((*n).to_owned(), 100_000))
-                .collect(),
+            rate_limits: [
+                "SUBMIT_LIMIT",
+                "ORDER_LIMIT",
+                "AUTH_FAILURE_LIMIT",
+                "WEBHOOK_FAILURE_LIMIT",
+            ]
+            .iter()
+            .map(|n| ((*n).to_owned(), 100_000))
+            .collect(),
             keep_state: false,
             expect_healthy: true,
             cron_only: false,
@@ -90,26 +116,42 @@ pub struct Stack {
     pub api: String,
     pub sim: sim::Sim,
     pub state_dir: PathBuf,
+    /// From spawning `wrangler dev` to the first healthy answer.
+    pub started_in: Duration,
     child: Option<Child>,
     keep_state: std::sync::atomic::AtomicBool,
     own_group: bool,
 }
 
-fn wrangler() -> PathBuf {
+pub(crate) fn wrangler() -> PathBuf {
     root().join("node_modules/.bin/wrangler")
 }
 
-fn quiet(cmd: &mut Command) -> &mut Command {
-    cmd.env("WRANGLER_SEND_METRICS", "false").env("CI", "1").env("NO_COLOR", "1").env("FORCE_COLOR", "0")
+pub(crate) fn quiet(cmd: &mut Command) -> &mut Command {
+    cmd.env("WRANGLER_SEND_METRICS", "false")
+        .env("CI", "1")
+        .env("NO_COLOR", "1")
+        .env("FORCE_COLOR", "0")
 }
 
 /// Writes a copy of a committed wrangler config with absolute paths and the given variables, so
 /// the stack runs the committed bindings against its own state, ports and simulator.
-fn derive_config(source: &Path, dest: &Path, vars: &BTreeMap<String, String>, limits: &BTreeMap<String, i64>) -> Result<(), String> {
-    let text = fs::read_to_string(source).map_err(|e| format!("reading {}: {e}", source.display()))?;
-    let mut doc: toml::Table = text.parse().map_err(|e| format!("parsing {}: {e}", source.display()))?;
+fn derive_config(
+    source: &Path,
+    dest: &Path,
+    vars: &BTreeMap<String, String>,
+    limits: &BTreeMap<String, i64>,
+) -> Result<(), String> {
+    let text =
+        fs::read_to_string(source).map_err(|e| format!("reading {}: {e}", source.display()))?;
+    let mut doc: toml::Table = text
+        .parse()
+        .map_err(|e| format!("parsing {}: {e}", source.display()))?;
     let dir = source.parent().unwrap_or(Path::new("."));
-    let absolute = |v: &toml::Value| v.as_str().map(|p| toml::Value::String(dir.join(p).display().to_string()));
+    let absolute = |v: &toml::Value| {
+        v.as_str()
+            .map(|p| toml::Value::String(dir.join(p).display().to_string()))
+    };
     if let Some(main) = doc.get("main").and_then(absolute) {
         doc.insert("main".into(), main);
     }
@@ -122,19 +164,28 @@ fn derive_config(source: &Path, dest: &Path, vars: &BTreeMap<String, String>, li
     }
     if let Some(toml::Value::Array(rls)) = doc.get_mut("ratelimits") {
         for rl in rls.iter_mut().filter_map(toml::Value::as_table_mut) {
-            let name = rl.get("name").and_then(toml::Value::as_str).unwrap_or_default().to_owned();
-            if let (Some(limit), Some(toml::Value::Table(simple))) = (limits.get(&name), rl.get_mut("simple")) {
+            let name = rl
+                .get("name")
+                .and_then(toml::Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            if let (Some(limit), Some(toml::Value::Table(simple))) =
+                (limits.get(&name), rl.get_mut("simple"))
+            {
                 simple.insert("limit".into(), toml::Value::Integer(*limit));
             }
         }
     }
-    let table = doc.entry("vars").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let table = doc
+        .entry("vars")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
     if let toml::Value::Table(t) = table {
         for (k, v) in vars {
             t.insert(k.clone(), toml::Value::String(v.clone()));
         }
     }
-    fs::write(dest, toml::to_string(&doc).map_err(|e| e.to_string())?).map_err(|e| format!("writing {}: {e}", dest.display()))
+    fs::write(dest, toml::to_string(&doc).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("writing {}: {e}", dest.display()))
 }
 
 /// Writes fixtures into a stack's local state before it starts, with wrangler's own local
@@ -147,29 +198,48 @@ pub struct Seed {
 
 impl Seed {
     fn wrangler(&self, args: &[&str]) -> Result<(), String> {
-        let out = quiet(Command::new(wrangler()).current_dir(self.config.parent().unwrap_or(Path::new("."))))
-            .args(args)
-            .arg("--local")
-            .arg("--persist-to")
-            .arg(&self.persist)
-            .arg("-c")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("starting wrangler: {e}"))?;
+        let out = quiet(
+            Command::new(wrangler()).current_dir(self.config.parent().unwrap_or(Path::new("."))),
+        )
+        .args(args)
+        .arg("--local")
+        .arg("--persist-to")
+        .arg(&self.persist)
+        .arg("-c")
+        .arg(&self.config)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("starting wrangler: {e}"))?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!("wrangler {}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+            Err(format!(
+                "wrangler {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
         }
     }
 
     /// Runs SQL against the local D1.
     pub fn d1(&self, sql: &str) -> Result<(), String> {
         fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
-        let file = self.dir.join(format!("seed-{}.sql", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
+        let file = self.dir.join(format!(
+            "seed-{}.sql",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
         fs::write(&file, sql).map_err(|e| e.to_string())?;
-        self.wrangler(&["d1", "execute", "edgeline", "--file", &file.display().to_string()])
+        self.wrangler(&[
+            "d1",
+            "execute",
+            "edgeline",
+            "--file",
+            &file.display().to_string(),
+        ])
     }
 
     /// Puts objects into the local R2 bucket, many at once.
@@ -183,8 +253,19 @@ impl Seed {
             list.push(serde_json::json!({"key": key, "file": f.display().to_string()}));
         }
         let list_file = files.join("list.json");
-        fs::write(&list_file, serde_json::Value::Array(list).to_string()).map_err(|e| e.to_string())?;
-        self.wrangler(&["r2", "bulk", "put", "edgeline", "--filename", &list_file.display().to_string(), "--ct", content_type, "--force"])
+        fs::write(&list_file, serde_json::Value::Array(list).to_string())
+            .map_err(|e| e.to_string())?;
+        self.wrangler(&[
+            "r2",
+            "bulk",
+            "put",
+            "edgeline",
+            "--filename",
+            &list_file.display().to_string(),
+            "--ct",
+            content_type,
+            "--force",
+        ])
     }
 }
 
@@ -193,7 +274,9 @@ impl Stack {
         let root = root();
         for w in ["api-worker", "consumer-worker", "cron-worker"] {
             if !root.join(w).join("build/index.js").exists() {
-                return Err(format!("{w} is not built; run `cargo xtask test` (or `cargo xtask build`) first"));
+                return Err(format!(
+                    "{w} is not built; run `cargo xtask test` (or `cargo xtask build`) first"
+                ));
             }
         }
         let sim = sim::Sim::start(opts.sim_port.unwrap_or(0))?;
@@ -204,10 +287,13 @@ impl Stack {
         let inspector = free_port()?;
         let state_dir = match &opts.state_dir {
             Some(d) => d.clone(),
-            None => std::env::temp_dir().join(format!("edgeline-e2e-{}-{port}", std::process::id())),
+            None => {
+                std::env::temp_dir().join(format!("edgeline-e2e-{}-{port}", std::process::id()))
+            }
         };
         let config_dir = state_dir.join("config");
-        fs::create_dir_all(&config_dir).map_err(|e| format!("creating {}: {e}", config_dir.display()))?;
+        fs::create_dir_all(&config_dir)
+            .map_err(|e| format!("creating {}: {e}", config_dir.display()))?;
 
         let mut vars: BTreeMap<String, String> = [
             ("PUBLIC_BASE_URL", format!("http://127.0.0.1:{port}")),
@@ -218,8 +304,14 @@ impl Stack {
             ("JWT_SECRET", JWT_SECRET.to_owned()),
             ("CREEM_BASE_URL", sim.base_url()),
             ("CREEM_API_KEY", "e2e-creem-key".to_owned()),
-            ("CREEM_WEBHOOK_SECRETS", format!("{CREEM_OLD_SECRET},{CREEM_WEBHOOK_SECRET}")),
-            ("STANDARD_WEBHOOK_SECRETS", STANDARD_WEBHOOK_SECRET.to_owned()),
+            (
+                "CREEM_WEBHOOK_SECRETS",
+                format!("{CREEM_OLD_SECRET},{CREEM_WEBHOOK_SECRET}"),
+            ),
+            (
+                "STANDARD_WEBHOOK_SECRETS",
+                STANDARD_WEBHOOK_SECRET.to_owned(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -227,8 +319,14 @@ impl Stack {
         vars.extend(opts.vars.clone());
         let configs = [
             (root.join("wrangler.toml"), config_dir.join("api.toml")),
-            (root.join("consumer-worker/wrangler.toml"), config_dir.join("consumer.toml")),
-            (root.join("cron-worker/wrangler.toml"), config_dir.join("cron.toml")),
+            (
+                root.join("consumer-worker/wrangler.toml"),
+                config_dir.join("consumer.toml"),
+            ),
+            (
+                root.join("cron-worker/wrangler.toml"),
+                config_dir.join("cron.toml"),
+            ),
         ];
         for (src, dest) in &configs {
             derive_config(src, dest, &vars, &opts.rate_limits)?;
@@ -237,13 +335,22 @@ impl Stack {
 
         let migrate_log = state_dir.join("migrate.log");
         let status = quiet(Command::new(wrangler()).current_dir(&config_dir))
-            .args(["d1", "migrations", "apply", "edgeline", "--local", "--persist-to"])
+            .args([
+                "d1",
+                "migrations",
+                "apply",
+                "edgeline",
+                "--local",
+                "--persist-to",
+            ])
             .arg(&persist)
             .arg("-c")
             .arg(&configs[0].1)
             .stdin(Stdio::null())
             .stdout(fs::File::create(&migrate_log).map_err(|e| e.to_string())?)
-            .stderr(Stdio::from(fs::File::create(state_dir.join("migrate.err")).map_err(|e| e.to_string())?))
+            .stderr(Stdio::from(
+                fs::File::create(state_dir.join("migrate.err")).map_err(|e| e.to_string())?,
+            ))
             .status()
             .map_err(|e| format!("starting wrangler: {e}"))?;
         if !status.success() {
@@ -251,8 +358,12 @@ impl Stack {
             return Err(format!("migrations failed ({status}):\n{err}"));
         }
 
-        if let Some(seed) = opts.seed {
-            seed(&Seed { config: configs[0].1.clone(), persist: persist.clone(), dir: state_dir.join("seed") })?;
+        if let Some(Seeder(seed)) = &opts.seed {
+            seed(&Seed {
+                config: configs[0].1.clone(),
+                persist: persist.clone(),
+                dir: state_dir.join("seed"),
+            })?;
         }
 
         let log = fs::File::create(state_dir.join("wrangler.log")).map_err(|e| e.to_string())?;
@@ -263,39 +374,71 @@ impl Stack {
             .args(
                 configs
                     .iter()
-                    .filter(|(src, _)| !opts.cron_only || src.ends_with("cron-worker/wrangler.toml"))
+                    .filter(|(src, _)| {
+                        !opts.cron_only || src.ends_with("cron-worker/wrangler.toml")
+                    })
                     .flat_map(|(_, d)| [PathBuf::from("-c"), d.clone()]),
             )
-            .args(["--ip", "127.0.0.1", "--port", &port.to_string(), "--inspector-port", &inspector.to_string()])
+            .args([
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--inspector-port",
+                &inspector.to_string(),
+            ])
             .arg("--persist-to")
             .arg(&persist)
-            .args(["--test-scheduled", "--show-interactive-dev-session=false", "--log-level", "log"])
+            .args([
+                "--test-scheduled",
+                "--show-interactive-dev-session=false",
+                "--log-level",
+                "log",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
             .stderr(Stdio::from(log));
         if opts.own_process_group {
             cmd.process_group(0);
         }
-        let child = cmd.spawn().map_err(|e| format!("starting wrangler dev: {e}"))?;
+        let spawned = Instant::now();
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("starting wrangler dev: {e}"))?;
         let mut stack = Stack {
             api: format!("http://127.0.0.1:{port}"),
             sim,
             state_dir,
+            started_in: Duration::ZERO,
             child: Some(child),
             keep_state: opts.keep_state.into(),
             own_group: opts.own_process_group,
         };
-        stack.wait_healthy(if opts.cron_only { "/runs" } else { "/api/health" }, opts.expect_healthy, Duration::from_secs(90))?;
+        stack.wait_healthy(
+            if opts.cron_only {
+                "/runs"
+            } else {
+                "/api/health"
+            },
+            opts.expect_healthy,
+            Duration::from_secs(90),
+        )?;
+        stack.started_in = spawned.elapsed();
         Ok(stack)
     }
 
     fn wait_healthy(&mut self, path: &str, need_200: bool, limit: Duration) -> Result<(), String> {
         let started = Instant::now();
-        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .build();
         while started.elapsed() < limit {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!("wrangler dev exited ({status}):\n{}", self.log_tail(60)));
+                    return Err(format!(
+                        "wrangler dev exited ({status}):\n{}",
+                        self.log_tail(60)
+                    ));
                 }
             }
             match agent.get(&format!("{}{path}", self.api)).call() {
@@ -303,9 +446,13 @@ impl Stack {
                 Err(ureq::Error::Status(_, _)) if !need_200 => return Ok(()),
                 _ => {}
             }
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(10));
         }
-        Err(format!("the stack did not become healthy in {}s:\n{}", limit.as_secs(), self.log_tail(60)))
+        Err(format!(
+            "the stack did not become healthy in {}s:\n{}",
+            limit.as_secs(),
+            self.log_tail(60)
+        ))
     }
 
     /// The last lines wrangler printed (worker logs included), for failure messages.
@@ -325,7 +472,13 @@ impl Stack {
     pub fn events(&self, event: Option<&str>) -> Vec<serde_json::Value> {
         self.log()
             .lines()
-            .filter_map(|l| if l.starts_with('{') { Some(l.to_owned()) } else { l.split_once("] {").map(|(_, rest)| format!("{{{rest}")) })
+            .filter_map(|l| {
+                if l.starts_with('{') {
+                    Some(l.to_owned())
+                } else {
+                    l.split_once("] {").map(|(_, rest)| format!("{{{rest}"))
+                }
+            })
             .filter_map(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
             .filter(|v| event.is_none_or(|e| v["event"] == e))
             .collect()
@@ -335,10 +488,32 @@ impl Stack {
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
         let bin = root().join("target/debug/xtask");
         if !bin.exists() {
-            let _ = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).current_dir(root()).args(["build", "-q", "-p", "xtask"]).status();
+            let _ = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(root())
+                .args(["build", "-q", "-p", "xtask"])
+                .status();
         }
-        match Command::new(bin).arg("admin").args(args).args(["--url", &self.api, "--token", ADMIN_TOKEN, "--actor", "e2e-operator"]).output() {
-            Ok(out) => (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))),
+        match Command::new(bin)
+            .arg("admin")
+            .args(args)
+            .args([
+                "--url",
+                &self.api,
+                "--token",
+                ADMIN_TOKEN,
+                "--actor",
+                "e2e-operator",
+            ])
+            .output()
+        {
+            Ok(out) => (
+                out.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            ),
             Err(e) => (false, format!("the CLI did not run: {e}")),
         }
     }
@@ -349,7 +524,13 @@ impl Stack {
 
     /// Keeps the state directory (logs, D1, R2, KV) after the stack stops, for a post-mortem.
     pub fn keep_state(&self) {
-        self.keep_state.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.keep_state
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// wrangler's process id (the process group's, when it runs in a group of its own).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Blocks until wrangler exits (for `cargo xtask dev`).
@@ -361,22 +542,37 @@ impl Stack {
 
     /// Stops wrangler and everything it started (workerd), by process group.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let group = if self.own_group { format!("-{}", child.id()) } else { child.id().to_string() };
-        let _ = Command::new("kill").args(["-s", "TERM", "--", &group]).status();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = Command::new("kill").args(["-s", "KILL", "--", &group]).status();
-        let _ = child.wait();
+        let Some(child) = self.child.take() else {
+            return;
+        };
+        stop_process(child, self.own_group);
         if !self.keep_state.load(std::sync::atomic::Ordering::SeqCst) {
             let _ = fs::remove_dir_all(&self.state_dir);
         }
     }
+}
+
+/// Stops a `wrangler dev` and, when it leads its own process group, the workerd it started.
+pub(crate) fn stop_process(mut child: Child, own_group: bool) {
+    let group = if own_group {
+        format!("-{}", child.id())
+    } else {
+        child.id().to_string()
+    };
+    let _ = Command::new("kill")
+        .args(["-s", "TERM", "--", &group])
+        .status();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill")
+        .args(["-s", "KILL", "--", &group])
+        .status();
+    let _ = child.wait();
 }
 
 impl Drop for Stack {

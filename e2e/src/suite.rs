@@ -31,8 +31,14 @@ pub fn run(options: StackOptions, setup: fn(&Stack), cases: Vec<(&'static str, C
     let conclusion = libtest_mimic::run(&args, trials);
     if conclusion.has_failed() {
         stack.keep_state();
-        eprintln!("--- wrangler log (last 120 lines) ---\n{}", stack.log_tail(120));
-        eprintln!("--- the whole log and state are kept in {} ---", stack.state_dir.display());
+        eprintln!(
+            "--- wrangler log (last 120 lines) ---\n{}",
+            stack.log_tail(120)
+        );
+        eprintln!(
+            "--- the whole log and state are kept in {} ---",
+            stack.state_dir.display()
+        );
     }
     drop(stack);
     conclusion.exit()

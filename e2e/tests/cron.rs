@@ -69,11 +69,15 @@ fn seed(s: &Seed) -> Result<(), String> {
     );
     s.d1(&sql)?;
     let png = sim::result_png("cached", 0);
-    let old: Vec<(String, Vec<u8>)> = (0..1500).map(|i| (format!("cache/seed/old-{i}.png"), png.clone())).collect();
+    let old: Vec<(String, Vec<u8>)> = (0..1500)
+        .map(|i| (format!("cache/seed/old-{i}.png"), png.clone()))
+        .collect();
     s.r2(&old, "image/png")?;
     // the old objects must be older than the cache age when the cleaner runs; the new ones not
     std::thread::sleep(Duration::from_secs(CACHE_MAX_AGE_SECS + 5));
-    let mut new: Vec<(String, Vec<u8>)> = (0..1500).map(|i| (format!("cache/seed/new-{i}.png"), png.clone())).collect();
+    let mut new: Vec<(String, Vec<u8>)> = (0..1500)
+        .map(|i| (format!("cache/seed/new-{i}.png"), png.clone()))
+        .collect();
     new.extend((0..100).map(|i| (format!("result/kie_4o/seed-{i}/result_0.png"), png.clone())));
     s.r2(&new, "image/png")
 }
@@ -91,7 +95,11 @@ fn run_to_completion(c: &Client, job: &str) -> Result<Vec<Value>, String> {
     let mut runs = Vec::new();
     for _ in 0..10 {
         let summary = run_job(c, job)?["summary"].clone();
-        eq(summary["errors"].as_u64(), Some(0), &format!("{job} errors: {summary}"))?;
+        eq(
+            summary["errors"].as_u64(),
+            Some(0),
+            &format!("{job} errors: {summary}"),
+        )?;
         let done = summary["stopped_early"] == false;
         runs.push(summary);
         if done {
@@ -108,12 +116,27 @@ fn total(runs: &[Value], field: &str) -> u64 {
 fn expire_orders_expires_exactly_the_stale_ones(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let runs = run_to_completion(&c, "expire_orders")?;
-    ensure(runs.len() >= 3 && runs[0]["stopped_early"] == true, format!("bounded runs: {runs:?}"))?;
-    eq(total(&runs, "changed"), 4000, "exactly the stale pending orders")?;
+    ensure(
+        runs.len() >= 3 && runs[0]["stopped_early"] == true,
+        format!("bounded runs: {runs:?}"),
+    )?;
+    eq(
+        total(&runs, "changed"),
+        4000,
+        "exactly the stale pending orders",
+    )?;
     let stats = c.get("/admin/orders/stats", Some(ADMIN_TOKEN)).json()["orders"].clone();
-    eq(stats, json!({"expired": 4000, "pending": 3000, "completed": 3000}), "by status")?;
+    eq(
+        stats,
+        json!({"expired": 4000, "pending": 3000, "completed": 3000}),
+        "by status",
+    )?;
     let again = run_job(&c, "expire_orders")?["summary"].clone();
-    eq(again["changed"].as_u64(), Some(0), "a second run changes nothing")?;
+    eq(
+        again["changed"].as_u64(),
+        Some(0),
+        "a second run changes nothing",
+    )?;
 
     // a payment for an order that expired still completes it
     let token = c.session(ADMIN_TOKEN, ORDERS_USER);
@@ -122,10 +145,24 @@ fn expire_orders_expires_exactly_the_stale_ones(stack: &Stack) -> Result<(), Fai
                    "product": {"id": "prod_pack_starter"}, "metadata": {"order_id": "ord_seed_1", "user_id": ORDERS_USER}}});
     let body = event.to_string();
     let sig = shared::signing::hmac_hex(CREEM_WEBHOOK_SECRET.as_bytes(), body.as_bytes());
-    eq(c.send("POST", "/webhooks/creem", None, &[("creem-signature", &sig)], Some(("application/json", body.as_bytes()))).status, 200, "delivered")?;
+    eq(
+        c.send(
+            "POST",
+            "/webhooks/creem",
+            None,
+            &[("creem-signature", &sig)],
+            Some(("application/json", body.as_bytes())),
+        )
+        .status,
+        200,
+        "delivered",
+    )?;
     let started = std::time::Instant::now();
     while c.get("/api/orders/ord_seed_1", Some(&token)).json()["status"] != "completed" {
-        ensure(started.elapsed() < Duration::from_secs(20), "the expired order completed")?;
+        ensure(
+            started.elapsed() < Duration::from_secs(20),
+            "the expired order completed",
+        )?;
         std::thread::sleep(Duration::from_millis(200));
     }
     eq(c.balance(&token), 50, "and granted its credits")?;
@@ -134,16 +171,44 @@ fn expire_orders_expires_exactly_the_stale_ones(stack: &Stack) -> Result<(), Fai
 
 fn clean_r2_cache_in_bounded_runs(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
-    let count = |prefix: &str| c.get(&format!("/admin/storage?prefix={prefix}"), Some(ADMIN_TOKEN)).json()["objects"].as_u64();
+    let count = |prefix: &str| {
+        c.get(
+            &format!("/admin/storage?prefix={prefix}"),
+            Some(ADMIN_TOKEN),
+        )
+        .json()["objects"]
+            .as_u64()
+    };
     eq(count("cache/"), Some(3000), "seeded cache")?;
     let runs = run_to_completion(&c, "clean_r2_cache")?;
-    ensure(runs.len() >= 2 && runs[0]["stopped_early"] == true && runs[0]["cursor"].is_string(), format!("bounded runs with a cursor: {runs:?}"))?;
-    eq(total(&runs, "changed"), 1500, "exactly the old cache objects")?;
+    ensure(
+        runs.len() >= 2 && runs[0]["stopped_early"] == true && runs[0]["cursor"].is_string(),
+        format!("bounded runs with a cursor: {runs:?}"),
+    )?;
+    eq(
+        total(&runs, "changed"),
+        1500,
+        "exactly the old cache objects",
+    )?;
     eq(count("cache/"), Some(1500), "the new ones stay")?;
     eq(count("result/"), Some(100), "results are never touched")?;
-    let recorded = c.get("/admin/cron/runs?job=clean_r2_cache", Some(ADMIN_TOKEN)).json();
-    let ms: i64 = recorded["runs"].as_array().cloned().unwrap_or_default().iter().filter_map(|r| Some(r["finished_at"].as_i64()? - r["started_at"].as_i64()?)).sum();
-    println!("clean_r2_cache: {} objects deleted in {} runs, {} ms ({:.0} deletions/s)", total(&runs, "changed"), runs.len(), ms, total(&runs, "changed") as f64 * 1000.0 / ms.max(1) as f64);
+    let recorded = c
+        .get("/admin/cron/runs?job=clean_r2_cache", Some(ADMIN_TOKEN))
+        .json();
+    let ms: i64 = recorded["runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| Some(r["finished_at"].as_i64()? - r["started_at"].as_i64()?))
+        .sum();
+    println!(
+        "clean_r2_cache: {} objects deleted in {} runs, {} ms ({:.0} deletions/s)",
+        total(&runs, "changed"),
+        runs.len(),
+        ms,
+        total(&runs, "changed") as f64 * 1000.0 / ms.max(1) as f64
+    );
     Ok(())
 }
 
@@ -152,14 +217,34 @@ fn reconcile_recovers_and_fails_stuck_tasks(stack: &Stack) -> Result<(), Failed>
     let token = c.session(ADMIN_TOKEN, TASKS_USER);
     eq(c.balance(&token), 4, "three holds of 2 on a gift of 10")?;
     let first = run_job(&c, "reconcile_tasks")?["summary"].clone();
-    eq(first["changed"].as_u64(), Some(3), &format!("two failed, one re-enqueued: {first}"))?;
+    eq(
+        first["changed"].as_u64(),
+        Some(3),
+        &format!("two failed, one re-enqueued: {first}"),
+    )?;
     let overdue = c.get(&format!("/api/tasks/{OVERDUE}"), Some(&token)).json();
-    eq(overdue["failure_reason"].as_str(), Some("deadline_exceeded"), "past its deadline")?;
+    eq(
+        overdue["failure_reason"].as_str(),
+        Some("deadline_exceeded"),
+        "past its deadline",
+    )?;
     let dead = c.get(&format!("/api/tasks/{DEAD}"), Some(&token)).json();
-    eq(dead["failure_reason"].as_str(), Some("dead_lettered"), "its message died")?;
+    eq(
+        dead["failure_reason"].as_str(),
+        Some("dead_lettered"),
+        "its message died",
+    )?;
     let lost = c.wait_task(&token, LOST, Duration::from_secs(60));
-    eq(lost["status"].as_str(), Some("completed"), "the task whose message was lost completed")?;
-    eq(c.balance(&token), 8, "failed holds released, the completed task charged once")?;
+    eq(
+        lost["status"].as_str(),
+        Some("completed"),
+        "the task whose message was lost completed",
+    )?;
+    eq(
+        c.balance(&token),
+        8,
+        "failed holds released, the completed task charged once",
+    )?;
     let again = run_job(&c, "reconcile_tasks")?["summary"].clone();
     eq(again["changed"].as_u64(), Some(0), "nothing left to do")?;
     Ok(())
@@ -170,36 +255,85 @@ fn expire_subscriptions_and_retention(stack: &Stack) -> Result<(), Failed> {
     let (ok, out) = stack.cli(&["cron", "run", "expire_subscriptions"]);
     ensure(ok && out.contains("changed 2"), format!("cli run: {out}"))?;
     let (ok, out) = stack.cli(&["cron", "run", "expire_subscriptions"]);
-    ensure(ok && out.contains("changed 0"), format!("second run: {out}"))?;
+    ensure(
+        ok && out.contains("changed 0"),
+        format!("second run: {out}"),
+    )?;
     let token = c.session(ADMIN_TOKEN, TASKS_USER);
-    eq(c.get("/api/subscription", Some(&token)).json()["subscription"]["plan"].as_str(), Some("premium"), "the live one is current")?;
+    eq(
+        c.get("/api/subscription", Some(&token)).json()["subscription"]["plan"].as_str(),
+        Some("premium"),
+        "the live one is current",
+    )?;
 
     let runs = run_to_completion(&c, "retention")?;
-    eq(total(&runs, "changed"), 120 + 30 + 50 + 20, "exactly the records past retention")?;
-    eq(run_job(&c, "retention")?["summary"]["changed"].as_u64(), Some(0), "a second run deletes nothing")?;
-    let events = c.get("/admin/webhook-events?limit=200", Some(ADMIN_TOKEN)).json();
-    let seeded: Vec<&str> = events["webhook_events"].as_array().map(|a| a.iter().filter_map(|e| e["id"].as_str()).filter(|i| i.starts_with("whe_seed_")).collect()).unwrap_or_default();
+    eq(
+        total(&runs, "changed"),
+        120 + 30 + 50 + 20,
+        "exactly the records past retention",
+    )?;
+    eq(
+        run_job(&c, "retention")?["summary"]["changed"].as_u64(),
+        Some(0),
+        "a second run deletes nothing",
+    )?;
+    let events = c
+        .get("/admin/webhook-events?limit=200", Some(ADMIN_TOKEN))
+        .json();
+    let seeded: Vec<&str> = events["webhook_events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["id"].as_str())
+                .filter(|i| i.starts_with("whe_seed_"))
+                .collect()
+        })
+        .unwrap_or_default();
     eq(seeded.len(), 5, "recent events kept")?;
     let (ok, out) = stack.cli(&["cron", "runs", "--job", "retention"]);
-    ensure(ok && out.contains("STOPPED EARLY") && out.contains("manual"), format!("cli runs: {out}"))?;
-    eq(c.post_json("/admin/cron/no_such_job", Some(ADMIN_TOKEN), &json!({})).status, 404, "unknown job")?;
+    ensure(
+        ok && out.contains("STOPPED EARLY") && out.contains("manual"),
+        format!("cli runs: {out}"),
+    )?;
+    eq(
+        c.post_json("/admin/cron/no_such_job", Some(ADMIN_TOKEN), &json!({}))
+            .status,
+        404,
+        "unknown job",
+    )?;
     Ok(())
 }
 
 fn main() {
     let mut options = StackOptions::default();
-    for (k, v) in [("CRON_MAX_ITEMS", "1500".to_owned()), ("TASK_LEASE_SECS", "5".into()), ("CACHE_MAX_AGE_SECS", CACHE_MAX_AGE_SECS.to_string())] {
+    for (k, v) in [
+        ("CRON_MAX_ITEMS", "1500".to_owned()),
+        ("TASK_LEASE_SECS", "5".into()),
+        ("CACHE_MAX_AGE_SECS", CACHE_MAX_AGE_SECS.to_string()),
+    ] {
         options.vars.insert(k.into(), v);
     }
-    options.seed = Some(seed);
+    options.seed = Some(seed.into());
     e2e::suite::run(
         options,
         |_| {},
         vec![
-            ("expire_orders_expires_exactly_the_stale_ones", expire_orders_expires_exactly_the_stale_ones),
-            ("clean_r2_cache_in_bounded_runs", clean_r2_cache_in_bounded_runs),
-            ("reconcile_recovers_and_fails_stuck_tasks", reconcile_recovers_and_fails_stuck_tasks),
-            ("expire_subscriptions_and_retention", expire_subscriptions_and_retention),
+            (
+                "expire_orders_expires_exactly_the_stale_ones",
+                expire_orders_expires_exactly_the_stale_ones,
+            ),
+            (
+                "clean_r2_cache_in_bounded_runs",
+                clean_r2_cache_in_bounded_runs,
+            ),
+            (
+                "reconcile_recovers_and_fails_stuck_tasks",
+                reconcile_recovers_and_fails_stuck_tasks,
+            ),
+            (
+                "expire_subscriptions_and_retention",
+                expire_subscriptions_and_retention,
+            ),
         ],
     )
 }

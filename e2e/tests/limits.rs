@@ -11,21 +11,69 @@ fn submissions_and_orders_per_user(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, alice) = c.new_user(ADMIN_TOKEN, 100);
     let (_, bob) = c.new_user(ADMIN_TOKEN, 100);
-    let submit = |t: &str, i: usize| c.post_json("/api/tasks", Some(t), &json!({"prompt": format!("limit {i} [sim:stuck]"), "model": "kie_4o"}));
+    let submit = |t: &str, i: usize| {
+        c.post_json(
+            "/api/tasks",
+            Some(t),
+            &json!({"prompt": format!("limit {i} [sim:stuck]"), "model": "kie_4o"}),
+        )
+    };
     for i in 0..3 {
         eq(submit(&alice, i).status, 202, "within the limit")?;
     }
     let over = submit(&alice, 3);
-    eq((over.status, over.code()), (429, "rate_limited".to_owned()), "over the limit")?;
-    eq(over.header("retry-after"), Some("60"), "says when to come back")?;
-    eq(c.balance(&alice), 100 - 3 * 2, "the refused submission held nothing")?;
-    eq(c.get("/api/tasks", Some(&alice)).json()["tasks"].as_array().map(Vec::len), Some(3), "and created nothing")?;
+    eq(
+        (over.status, over.code()),
+        (429, "rate_limited".to_owned()),
+        "over the limit",
+    )?;
+    eq(
+        over.header("retry-after"),
+        Some("60"),
+        "says when to come back",
+    )?;
+    eq(
+        c.balance(&alice),
+        100 - 3 * 2,
+        "the refused submission held nothing",
+    )?;
+    eq(
+        c.get("/api/tasks", Some(&alice)).json()["tasks"]
+            .as_array()
+            .map(Vec::len),
+        Some(3),
+        "and created nothing",
+    )?;
     eq(submit(&bob, 0).status, 202, "limits are per user")?;
     for _ in 0..2 {
-        eq(c.post_json("/api/orders", Some(&alice), &json!({"product_id": "pack_starter"})).status, 201, "order")?;
+        eq(
+            c.post_json(
+                "/api/orders",
+                Some(&alice),
+                &json!({"product_id": "pack_starter"}),
+            )
+            .status,
+            201,
+            "order",
+        )?;
     }
-    eq(c.post_json("/api/orders", Some(&alice), &json!({"product_id": "pack_starter"})).status, 429, "third order in a minute")?;
-    eq(c.get("/api/orders", Some(&alice)).json()["orders"].as_array().map(Vec::len), Some(2), "no order written")?;
+    eq(
+        c.post_json(
+            "/api/orders",
+            Some(&alice),
+            &json!({"product_id": "pack_starter"}),
+        )
+        .status,
+        429,
+        "third order in a minute",
+    )?;
+    eq(
+        c.get("/api/orders", Some(&alice)).json()["orders"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "no order written",
+    )?;
     Ok(())
 }
 
@@ -35,25 +83,58 @@ fn failures_per_client(stack: &Stack) -> Result<(), Failed> {
     for _ in 0..7 {
         statuses.push(c.get("/api/balance", Some("forged.token.here")).status);
     }
-    eq(statuses, vec![401, 401, 401, 401, 401, 429, 429], "bad tokens: 401 until the limit, then 429")?;
+    eq(
+        statuses,
+        vec![401, 401, 401, 401, 401, 429, 429],
+        "bad tokens: 401 until the limit, then 429",
+    )?;
     let mut statuses = Vec::new();
     for _ in 0..7 {
-        statuses.push(c.send("POST", "/webhooks/creem", None, &[("creem-signature", "00")], Some(("application/json", b"{}"))).status);
+        statuses.push(
+            c.send(
+                "POST",
+                "/webhooks/creem",
+                None,
+                &[("creem-signature", "00")],
+                Some(("application/json", b"{}")),
+            )
+            .status,
+        );
     }
-    eq(statuses, vec![401, 401, 401, 401, 401, 429, 429], "bad signatures: 401 until the limit, then 429")?;
+    eq(
+        statuses,
+        vec![401, 401, 401, 401, 401, 429, 429],
+        "bad signatures: 401 until the limit, then 429",
+    )?;
     let stored = c.get("/admin/webhook-events", Some(ADMIN_TOKEN)).json();
-    ensure(stored["webhook_events"].as_array().is_some_and(Vec::is_empty), "nothing stored")?;
+    ensure(
+        stored["webhook_events"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "nothing stored",
+    )?;
     Ok(())
 }
 
 fn main() {
     let mut options = StackOptions::default();
-    for (name, limit) in [("SUBMIT_LIMIT", 3), ("ORDER_LIMIT", 2), ("AUTH_FAILURE_LIMIT", 5), ("WEBHOOK_FAILURE_LIMIT", 5)] {
+    for (name, limit) in [
+        ("SUBMIT_LIMIT", 3),
+        ("ORDER_LIMIT", 2),
+        ("AUTH_FAILURE_LIMIT", 5),
+        ("WEBHOOK_FAILURE_LIMIT", 5),
+    ] {
         options.rate_limits.insert(name.into(), limit);
     }
     e2e::suite::run(
         options,
         |_| {},
-        vec![("submissions_and_orders_per_user", submissions_and_orders_per_user), ("failures_per_client", failures_per_client)],
+        vec![
+            (
+                "submissions_and_orders_per_user",
+                submissions_and_orders_per_user,
+            ),
+            ("failures_per_client", failures_per_client),
+        ],
     )
 }

@@ -3,7 +3,7 @@
 //! One stack for the whole run; tests isolate themselves by user.
 
 use e2e::check::{ensure, eq};
-use e2e::client::{multipart, Client};
+use e2e::client::{multipart, Client, Reply};
 use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN, FILES_SIGNING_KEY};
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
@@ -22,21 +22,44 @@ fn golden_path_4o(stack: &Stack) -> Result<(), Failed> {
     let r = submit(&c, &token, json!({"prompt": prompt, "model": "kie_4o"}));
     eq(r.status, 202, &format!("submit {}", r.text()))?;
     let created = r.json();
-    eq(created["status"].as_str(), Some("pending"), "initial status")?;
-    ensure(created["task_no"].as_str().is_some_and(|n| n.starts_with('T')), "task_no")?;
+    eq(
+        created["status"].as_str(),
+        Some("pending"),
+        "initial status",
+    )?;
+    ensure(
+        created["task_no"]
+            .as_str()
+            .is_some_and(|n| n.starts_with('T')),
+        "task_no",
+    )?;
     let id = created["id"].as_str().unwrap_or_default().to_owned();
 
     let task = c.wait_task(&token, &id, WAIT);
-    eq(task["status"].as_str(), Some("completed"), &format!("final status {task}"))?;
-    ensure(task["submitted_at"].is_i64() && task["completed_at"].is_i64(), "timestamps set")?;
+    eq(
+        task["status"].as_str(),
+        Some("completed"),
+        &format!("final status {task}"),
+    )?;
+    ensure(
+        task["submitted_at"].is_i64() && task["completed_at"].is_i64(),
+        "timestamps set",
+    )?;
     let results = task["results"].as_array().cloned().unwrap_or_default();
     eq(results.len(), 1, "one result")?;
 
     // the bytes in R2 are exactly what the provider served
     let stored = c.get(&format!("/api/tasks/{id}/results/0"), Some(&token));
     eq(stored.status, 200, "result download")?;
-    eq(stored.header("content-type"), Some("image/png"), "content type kept")?;
-    ensure(stored.body == sim::result_png(prompt, 0), "stored bytes equal the simulator's")?;
+    eq(
+        stored.header("content-type"),
+        Some("image/png"),
+        "content type kept",
+    )?;
+    ensure(
+        stored.body == sim::result_png(prompt, 0),
+        "stored bytes equal the simulator's",
+    )?;
     // and the signed URL serves the same bytes without a token
     let signed = results[0]["signed_url"].as_str().unwrap_or_default();
     let via_signed = c.get(signed, None);
@@ -45,27 +68,70 @@ fn golden_path_4o(stack: &Stack) -> Result<(), Failed> {
 
     // ranges, validators and cache headers
     let etag = stored.header("etag").unwrap_or_default().to_owned();
-    ensure(!etag.is_empty() && stored.header("cache-control").is_some_and(|c| c.contains("private")), "etag and cache-control")?;
-    eq(stored.header("accept-ranges"), Some("bytes"), "ranges advertised")?;
+    ensure(
+        !etag.is_empty()
+            && stored
+                .header("cache-control")
+                .is_some_and(|c| c.contains("private")),
+        "etag and cache-control",
+    )?;
+    eq(
+        stored.header("accept-ranges"),
+        Some("bytes"),
+        "ranges advertised",
+    )?;
     let path = format!("/api/tasks/{id}/results/0");
     let part = c.send("GET", &path, Some(&token), &[("range", "bytes=0-7")], None);
     eq(part.status, 206, "a range")?;
     ensure(part.body == stored.body[..8], "the first 8 bytes")?;
-    eq(part.header("content-range").map(str::to_owned), Some(format!("bytes 0-7/{}", stored.body.len())), "content-range")?;
+    eq(
+        part.header("content-range").map(str::to_owned),
+        Some(format!("bytes 0-7/{}", stored.body.len())),
+        "content-range",
+    )?;
     let tail = c.send("GET", &path, Some(&token), &[("range", "bytes=-4")], None);
-    ensure(tail.status == 206 && tail.body == stored.body[stored.body.len() - 4..], "a suffix range")?;
-    let past = c.send("GET", &path, Some(&token), &[("range", "bytes=999999-")], None);
-    eq((past.status, past.code()), (416, "range_not_satisfiable".to_owned()), "a range past the end")?;
-    let cached = c.send("GET", &path, Some(&token), &[("if-none-match", &etag)], None);
-    ensure(cached.status == 304 && cached.body.is_empty(), format!("if-none-match: {}", cached.status))?;
+    ensure(
+        tail.status == 206 && tail.body == stored.body[stored.body.len() - 4..],
+        "a suffix range",
+    )?;
+    let past = c.send(
+        "GET",
+        &path,
+        Some(&token),
+        &[("range", "bytes=999999-")],
+        None,
+    );
+    eq(
+        (past.status, past.code()),
+        (416, "range_not_satisfiable".to_owned()),
+        "a range past the end",
+    )?;
+    let cached = c.send(
+        "GET",
+        &path,
+        Some(&token),
+        &[("if-none-match", &etag)],
+        None,
+    );
+    ensure(
+        cached.status == 304 && cached.body.is_empty(),
+        format!("if-none-match: {}", cached.status),
+    )?;
     let signed_part = c.send("GET", signed, None, &[("range", "bytes=0-3")], None);
-    ensure(signed_part.status == 206 && signed_part.body == stored.body[..4], "ranges on signed urls too")?;
+    ensure(
+        signed_part.status == 206 && signed_part.body == stored.body[..4],
+        "ranges on signed urls too",
+    )?;
 
     // charged exactly the cost, once
     eq(c.balance(&token), 8, "balance after one kie_4o task")?;
     std::thread::sleep(Duration::from_secs(3));
     eq(c.balance(&token), 8, "balance stays settled")?;
-    eq(stack.sim.stats().creates_by_prompt.get(prompt).copied(), Some(1), "one provider submission")?;
+    eq(
+        stack.sim.stats().creates_by_prompt.get(prompt).copied(),
+        Some(1),
+        "one provider submission",
+    )?;
     Ok(())
 }
 
@@ -74,17 +140,33 @@ fn kontext_with_upload(stack: &Stack) -> Result<(), Failed> {
     let (_, token) = c.new_user(ADMIN_TOKEN, 10);
     let prompt = "kontext with an uploaded photo";
     let input = sim::result_png("an input image", 0);
-    let (ct, body) = multipart(&[("prompt", prompt), ("model", "kie_kontext")], &[("file", "me.png", "image/png", &input)]);
+    let (ct, body) = multipart(
+        &[("prompt", prompt), ("model", "kie_kontext")],
+        &[("file", "me.png", "image/png", &input)],
+    );
     let r = c.send("POST", "/api/tasks", Some(&token), &[], Some((&ct, &body)));
     eq(r.status, 202, &format!("multipart submit {}", r.text()))?;
     let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
     let task = c.wait_task(&token, &id, WAIT);
-    eq(task["status"].as_str(), Some("completed"), &format!("final {task}"))?;
+    eq(
+        task["status"].as_str(),
+        Some("completed"),
+        &format!("final {task}"),
+    )?;
     eq(c.balance(&token), 7, "kontext costs 3")?;
     // the provider got a signed URL for the upload, and it serves the uploaded bytes
-    let inputs = stack.sim.stats().inputs_by_prompt.get(prompt).cloned().unwrap_or_default();
+    let inputs = stack
+        .sim
+        .stats()
+        .inputs_by_prompt
+        .get(prompt)
+        .cloned()
+        .unwrap_or_default();
     eq(inputs.len(), 1, "one input image sent")?;
-    ensure(inputs[0].contains("/files/cache/") && inputs[0].contains("sig="), format!("signed upload url: {}", inputs[0]))?;
+    ensure(
+        inputs[0].contains("/files/cache/") && inputs[0].contains("sig="),
+        format!("signed upload url: {}", inputs[0]),
+    )?;
     let fetched = c.get(&inputs[0], None);
     eq(fetched.status, 200, "provider can fetch the upload")?;
     ensure(fetched.body == input, "upload bytes round-trip")?;
@@ -94,20 +176,42 @@ fn kontext_with_upload(stack: &Stack) -> Result<(), Failed> {
 fn failed_generation_restores_balance(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 5);
-    let r = submit(&c, &token, json!({"prompt": "this one fails [sim:fail]", "model": "kie_4o"}));
+    let r = submit(
+        &c,
+        &token,
+        json!({"prompt": "this one fails [sim:fail]", "model": "kie_4o"}),
+    );
     eq(r.status, 202, "submit")?;
     eq(c.balance(&token), 3, "held while running")?;
     let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
     let task = c.wait_task(&token, &id, WAIT);
     eq(task["status"].as_str(), Some("failed"), "failed")?;
-    ensure(task["failure_reason"].as_str().is_some_and(|r| r.contains("generate_failed")), format!("reason: {}", task["failure_reason"]))?;
+    ensure(
+        task["failure_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("generate_failed")),
+        format!("reason: {}", task["failure_reason"]),
+    )?;
     eq(c.balance(&token), 5, "hold released")?;
 
-    let refused = submit(&c, &token, json!({"prompt": "refused [sim:refuse]", "model": "kie_kontext"}));
+    let refused = submit(
+        &c,
+        &token,
+        json!({"prompt": "refused [sim:refuse]", "model": "kie_kontext"}),
+    );
     let id = refused.json()["id"].as_str().unwrap_or_default().to_owned();
     let task = c.wait_task(&token, &id, WAIT);
-    eq(task["status"].as_str(), Some("failed"), "refused task failed")?;
-    ensure(task["failure_reason"].as_str().is_some_and(|r| r.contains("content_policy")), format!("reason: {}", task["failure_reason"]))?;
+    eq(
+        task["status"].as_str(),
+        Some("failed"),
+        "refused task failed",
+    )?;
+    ensure(
+        task["failure_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("content_policy")),
+        format!("reason: {}", task["failure_reason"]),
+    )?;
     eq(c.balance(&token), 5, "balance untouched by failures")?;
     Ok(())
 }
@@ -117,34 +221,83 @@ fn idempotent_submit(stack: &Stack) -> Result<(), Failed> {
     let (_, token) = c.new_user(ADMIN_TOKEN, 10);
     let body = json!({"prompt": "idempotent please", "model": "kie_4o"});
     let key = [("idempotency-key", "submit-once-1")];
-    let first = c.send("POST", "/api/tasks", Some(&token), &key, Some(("application/json", body.to_string().as_bytes())));
-    let second = c.send("POST", "/api/tasks", Some(&token), &key, Some(("application/json", body.to_string().as_bytes())));
+    let first = c.send(
+        "POST",
+        "/api/tasks",
+        Some(&token),
+        &key,
+        Some(("application/json", body.to_string().as_bytes())),
+    );
+    let second = c.send(
+        "POST",
+        "/api/tasks",
+        Some(&token),
+        &key,
+        Some(("application/json", body.to_string().as_bytes())),
+    );
     eq(first.status, 202, "first")?;
     eq(second.status, 202, "repeat")?;
-    eq(first.json()["id"].clone(), second.json()["id"].clone(), "same task")?;
-    eq(second.header("idempotent-replayed"), Some("true"), "marked as replay")?;
+    eq(
+        first.json()["id"].clone(),
+        second.json()["id"].clone(),
+        "same task",
+    )?;
+    eq(
+        second.header("idempotent-replayed"),
+        Some("true"),
+        "marked as replay",
+    )?;
     eq(c.balance(&token), 8, "reserved once")?;
     let other = json!({"prompt": "something else", "model": "kie_4o"});
-    let reused = c.send("POST", "/api/tasks", Some(&token), &key, Some(("application/json", other.to_string().as_bytes())));
+    let reused = c.send(
+        "POST",
+        "/api/tasks",
+        Some(&token),
+        &key,
+        Some(("application/json", other.to_string().as_bytes())),
+    );
     eq(reused.status, 422, "key reused for another body")?;
     eq(reused.code(), "idempotency_key_reused".into(), "code")?;
     let id = first.json()["id"].as_str().unwrap_or_default().to_owned();
     c.wait_task(&token, &id, WAIT);
     eq(c.balance(&token), 8, "charged once")?;
     let list = c.get("/api/tasks", Some(&token)).json();
-    eq(list["tasks"].as_array().map(Vec::len), Some(1), "one task exists")?;
-    eq(stack.sim.stats().creates_by_prompt.get("idempotent please").copied(), Some(1), "submitted once")?;
+    eq(
+        list["tasks"].as_array().map(Vec::len),
+        Some(1),
+        "one task exists",
+    )?;
+    eq(
+        stack
+            .sim
+            .stats()
+            .creates_by_prompt
+            .get("idempotent please")
+            .copied(),
+        Some(1),
+        "submitted once",
+    )?;
     Ok(())
 }
 
 fn short_balance_is_402_and_writes_nothing(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (user, token) = c.new_user(ADMIN_TOKEN, 1);
-    let r = submit(&c, &token, json!({"prompt": "too expensive", "model": "kie_4o"}));
+    let r = submit(
+        &c,
+        &token,
+        json!({"prompt": "too expensive", "model": "kie_4o"}),
+    );
     eq(r.status, 402, "402")?;
     eq(r.code(), "insufficient_credits".into(), "code")?;
     eq(c.balance(&token), 1, "balance unchanged")?;
-    eq(c.get("/api/tasks", Some(&token)).json()["tasks"].as_array().map(Vec::len), Some(0), "no task written")?;
+    eq(
+        c.get("/api/tasks", Some(&token)).json()["tasks"]
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "no task written",
+    )?;
     // expired grants do not count
     let g = c.post_json(
         &format!("/admin/users/{user}/grants"),
@@ -153,14 +306,40 @@ fn short_balance_is_402_and_writes_nothing(stack: &Stack) -> Result<(), Failed> 
     );
     eq(g.status, 201, &format!("grant {}", g.text()))?;
     eq(c.balance(&token), 1, "expired grant not in balance")?;
-    eq(submit(&c, &token, json!({"prompt": "still too expensive", "model": "kie_4o"})).status, 402, "still 402")?;
+    eq(
+        submit(
+            &c,
+            &token,
+            json!({"prompt": "still too expensive", "model": "kie_4o"}),
+        )
+        .status,
+        402,
+        "still 402",
+    )?;
     // a live grant does
-    let g = c.post_json(&format!("/admin/users/{user}/grants"), Some(ADMIN_TOKEN), &json!({"credits": 1, "reference": "top-up"}));
+    let g = c.post_json(
+        &format!("/admin/users/{user}/grants"),
+        Some(ADMIN_TOKEN),
+        &json!({"credits": 1, "reference": "top-up"}),
+    );
     eq(g.status, 201, "grant")?;
-    let again = c.post_json(&format!("/admin/users/{user}/grants"), Some(ADMIN_TOKEN), &json!({"credits": 1, "reference": "top-up"}));
+    let again = c.post_json(
+        &format!("/admin/users/{user}/grants"),
+        Some(ADMIN_TOKEN),
+        &json!({"credits": 1, "reference": "top-up"}),
+    );
     eq(again.status, 409, "same grant reference twice")?;
     eq(c.balance(&token), 2, "live grant counts once")?;
-    eq(submit(&c, &token, json!({"prompt": "affordable now", "model": "kie_4o"})).status, 202, "now affordable")?;
+    eq(
+        submit(
+            &c,
+            &token,
+            json!({"prompt": "affordable now", "model": "kie_4o"}),
+        )
+        .status,
+        202,
+        "now affordable",
+    )?;
     Ok(())
 }
 
@@ -168,68 +347,211 @@ fn other_users_tasks_are_404(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, alice) = c.new_user(ADMIN_TOKEN, 10);
     let (_, bob) = c.new_user(ADMIN_TOKEN, 10);
-    let r = submit(&c, &alice, json!({"prompt": "alice's private cat", "model": "kie_4o"}));
+    let r = submit(
+        &c,
+        &alice,
+        json!({"prompt": "alice's private cat", "model": "kie_4o"}),
+    );
     let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
     c.wait_task(&alice, &id, WAIT);
     let missing = c.get(&format!("/api/tasks/{id}"), Some(&bob));
     eq(missing.status, 404, "bob reads alice's task")?;
     eq(missing.code(), "not_found".into(), "code")?;
-    let nobody = c.get(&format!("/api/tasks/{}", "00000000-0000-4000-8000-000000000000"), Some(&bob));
-    eq(nobody.text(), missing.text(), "indistinguishable from a missing task")?;
-    eq(c.get(&format!("/api/tasks/{id}/results/0"), Some(&bob)).status, 404, "bob reads alice's result")?;
-    eq(c.get("/api/tasks", Some(&bob)).json()["tasks"].as_array().map(Vec::len), Some(0), "bob's list is empty")?;
+    let nobody = c.get(
+        &format!("/api/tasks/{}", "00000000-0000-4000-8000-000000000000"),
+        Some(&bob),
+    );
+    eq(
+        nobody.text(),
+        missing.text(),
+        "indistinguishable from a missing task",
+    )?;
+    eq(
+        c.get(&format!("/api/tasks/{id}/results/0"), Some(&bob))
+            .status,
+        404,
+        "bob reads alice's result",
+    )?;
+    eq(
+        c.get("/api/tasks", Some(&bob)).json()["tasks"]
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "bob's list is empty",
+    )?;
     // orders and subscriptions too
-    let order = c.post_json("/api/orders", Some(&alice), &json!({"product_id": "pack_starter"}));
+    let order = c.post_json(
+        "/api/orders",
+        Some(&alice),
+        &json!({"product_id": "pack_starter"}),
+    );
     eq(order.status, 201, "alice orders")?;
-    let order_id = order.json()["order_id"].as_str().unwrap_or_default().to_owned();
+    let order_id = order.json()["order_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let theirs = c.get(&format!("/api/orders/{order_id}"), Some(&bob));
-    eq(theirs.text(), c.get("/api/orders/ord_does_not_exist", Some(&bob)).text(), "another's order is a plain 404")?;
+    eq(
+        theirs.text(),
+        c.get("/api/orders/ord_does_not_exist", Some(&bob)).text(),
+        "another's order is a plain 404",
+    )?;
     eq(theirs.status, 404, "404")?;
-    eq(c.get("/api/orders", Some(&bob)).json()["orders"].as_array().map(Vec::len), Some(0), "bob sees no orders")?;
-    eq(c.get("/api/subscription", Some(&bob)).json()["subscription"].clone(), Value::Null, "nor a subscription")?;
+    eq(
+        c.get("/api/orders", Some(&bob)).json()["orders"]
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "bob sees no orders",
+    )?;
+    eq(
+        c.get("/api/subscription", Some(&bob)).json()["subscription"].clone(),
+        Value::Null,
+        "nor a subscription",
+    )?;
     // bob signing out ends only bob's session
-    eq(c.post_json("/api/auth/signout", Some(&bob), &json!({})).status, 200, "bob signs out")?;
-    eq(c.get("/api/tasks", Some(&alice)).status, 200, "alice is still signed in")?;
+    eq(
+        c.post_json("/api/auth/signout", Some(&bob), &json!({}))
+            .status,
+        200,
+        "bob signs out",
+    )?;
+    eq(
+        c.get("/api/tasks", Some(&alice)).status,
+        200,
+        "alice is still signed in",
+    )?;
     Ok(())
 }
 
 fn bad_input_gets_json_4xx(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 10);
-    let raw = |ct: &str, body: &[u8]| c.send("POST", "/api/tasks", Some(&token), &[], Some((ct, body)));
+    let raw =
+        |ct: &str, body: &[u8]| c.send("POST", "/api/tasks", Some(&token), &[], Some((ct, body)));
     let cases: Vec<(&str, e2e::client::Reply, u16, &str)> = vec![
-        ("malformed json", raw("application/json", b"{\"prompt\": "), 400, "invalid_json"),
-        ("not an object", raw("application/json", b"[1,2]"), 400, "invalid_json"),
-        ("unknown model", submit(&c, &token, json!({"prompt": "x", "model": "dall-e"})), 422, "unknown_model"),
-        ("empty prompt", submit(&c, &token, json!({"prompt": "   ", "model": "kie_4o"})), 422, "empty"),
-        ("unknown field", submit(&c, &token, json!({"prompt": "x", "model": "kie_4o", "seed": 1})), 422, "unknown_field"),
-        ("wrong content type", raw("text/plain", b"hello"), 415, "unsupported_media_type"),
-        ("no token", c.post_json("/api/tasks", None, &json!({})), 401, "unauthorized"),
-        ("bad token", c.post_json("/api/tasks", Some("not-a-token"), &json!({})), 401, "unauthorized"),
-        ("unknown route", c.get("/api/nothing-here", Some(&token)), 404, "not_found"),
-        ("wrong method", c.send("DELETE", "/api/balance", Some(&token), &[], None), 405, "method_not_allowed"),
-        ("bad task id", c.get("/api/tasks/not-a-uuid", Some(&token)), 400, "invalid_id"),
-        ("bad cursor", c.get("/api/tasks?cursor=%%%", Some(&token)), 400, "invalid_cursor"),
-        ("bad limit", c.get("/api/tasks?limit=1000", Some(&token)), 400, "invalid_limit"),
+        (
+            "malformed json",
+            raw("application/json", b"{\"prompt\": "),
+            400,
+            "invalid_json",
+        ),
+        (
+            "not an object",
+            raw("application/json", b"[1,2]"),
+            400,
+            "invalid_json",
+        ),
+        (
+            "unknown model",
+            submit(&c, &token, json!({"prompt": "x", "model": "dall-e"})),
+            422,
+            "unknown_model",
+        ),
+        (
+            "empty prompt",
+            submit(&c, &token, json!({"prompt": "   ", "model": "kie_4o"})),
+            422,
+            "empty",
+        ),
+        (
+            "unknown field",
+            submit(
+                &c,
+                &token,
+                json!({"prompt": "x", "model": "kie_4o", "seed": 1}),
+            ),
+            422,
+            "unknown_field",
+        ),
+        (
+            "wrong content type",
+            raw("text/plain", b"hello"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "no token",
+            c.post_json("/api/tasks", None, &json!({})),
+            401,
+            "unauthorized",
+        ),
+        (
+            "bad token",
+            c.post_json("/api/tasks", Some("not-a-token"), &json!({})),
+            401,
+            "unauthorized",
+        ),
+        (
+            "unknown route",
+            c.get("/api/nothing-here", Some(&token)),
+            404,
+            "not_found",
+        ),
+        (
+            "wrong method",
+            c.send("DELETE", "/api/balance", Some(&token), &[], None),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "bad task id",
+            c.get("/api/tasks/not-a-uuid", Some(&token)),
+            400,
+            "invalid_id",
+        ),
+        (
+            "bad cursor",
+            c.get("/api/tasks?cursor=%%%", Some(&token)),
+            400,
+            "invalid_cursor",
+        ),
+        (
+            "bad limit",
+            c.get("/api/tasks?limit=1000", Some(&token)),
+            400,
+            "invalid_limit",
+        ),
     ];
     for (what, reply, status, code) in cases {
         eq(reply.status, status, &format!("{what}: {}", reply.text()))?;
         eq(reply.code(), code.to_owned(), what)?;
-        ensure(reply.header("content-type").is_some_and(|t| t.starts_with("application/json")), format!("{what}: JSON"))?;
+        ensure(
+            reply
+                .header("content-type")
+                .is_some_and(|t| t.starts_with("application/json")),
+            format!("{what}: JSON"),
+        )?;
     }
     let field = submit(&c, &token, json!({"prompt": "x", "model": "dall-e"})).json();
-    eq(field["error"]["field"].as_str(), Some("model"), "error names the field")?;
+    eq(
+        field["error"]["field"].as_str(),
+        Some("model"),
+        "error names the field",
+    )?;
 
     // uploads: too big, not an image
     let big = vec![0u8; 10 * 1024 * 1024 + 1];
-    let (ct, body) = multipart(&[("prompt", "big"), ("model", "kie_4o")], &[("file", "big.png", "image/png", &big)]);
+    let (ct, body) = multipart(
+        &[("prompt", "big"), ("model", "kie_4o")],
+        &[("file", "big.png", "image/png", &big)],
+    );
     let r = c.send("POST", "/api/tasks", Some(&token), &[], Some((&ct, &body)));
     eq(r.status, 413, &format!("oversized upload {}", r.text()))?;
-    let (ct, body) = multipart(&[("prompt", "html"), ("model", "kie_4o")], &[("file", "x.png", "image/png", b"<html>not an image</html>")]);
+    let (ct, body) = multipart(
+        &[("prompt", "html"), ("model", "kie_4o")],
+        &[("file", "x.png", "image/png", b"<html>not an image</html>")],
+    );
     let r = c.send("POST", "/api/tasks", Some(&token), &[], Some((&ct, &body)));
     eq(r.status, 415, &format!("non-image upload {}", r.text()))?;
     eq(c.balance(&token), 10, "nothing was charged")?;
-    eq(c.get("/api/tasks", Some(&token)).json()["tasks"].as_array().map(Vec::len), Some(0), "nothing was created")?;
+    eq(
+        c.get("/api/tasks", Some(&token)).json()["tasks"]
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "nothing was created",
+    )?;
     Ok(())
 }
 
@@ -238,17 +560,33 @@ fn listing_is_newest_first_and_paginated(stack: &Stack) -> Result<(), Failed> {
     let (_, token) = c.new_user(ADMIN_TOKEN, 20);
     let mut ids = Vec::new();
     for i in 0..3 {
-        let r = submit(&c, &token, json!({"prompt": format!("list me {i} [sim:stuck]"), "model": "kie_4o"}));
+        let r = submit(
+            &c,
+            &token,
+            json!({"prompt": format!("list me {i} [sim:stuck]"), "model": "kie_4o"}),
+        );
         ids.push(r.json()["id"].as_str().unwrap_or_default().to_owned());
         std::thread::sleep(Duration::from_millis(1100));
     }
     let page1 = c.get("/api/tasks?limit=2", Some(&token)).json();
-    let got: Vec<&str> = page1["tasks"].as_array().map(|a| a.iter().filter_map(|t| t["id"].as_str()).collect()).unwrap_or_default();
-    eq(got, vec![ids[2].as_str(), ids[1].as_str()], "first page, newest first")?;
+    let got: Vec<&str> = page1["tasks"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t["id"].as_str()).collect())
+        .unwrap_or_default();
+    eq(
+        got,
+        vec![ids[2].as_str(), ids[1].as_str()],
+        "first page, newest first",
+    )?;
     let cursor = page1["next_cursor"].as_str().unwrap_or_default().to_owned();
     ensure(!cursor.is_empty(), "a cursor for more")?;
-    let page2 = c.get(&format!("/api/tasks?limit=2&cursor={cursor}"), Some(&token)).json();
-    let got: Vec<&str> = page2["tasks"].as_array().map(|a| a.iter().filter_map(|t| t["id"].as_str()).collect()).unwrap_or_default();
+    let page2 = c
+        .get(&format!("/api/tasks?limit=2&cursor={cursor}"), Some(&token))
+        .json();
+    let got: Vec<&str> = page2["tasks"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t["id"].as_str()).collect())
+        .unwrap_or_default();
     eq(got, vec![ids[0].as_str()], "second page")?;
     ensure(page2["next_cursor"].is_null(), "no more pages")?;
     Ok(())
@@ -259,23 +597,56 @@ fn tokens_are_checked_and_revocable(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (user, token) = c.new_user(ADMIN_TOKEN, 3);
     let uid = shared::ids::UserId::parse(&user).map_err(|e| e.to_string())?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    eq(c.get("/api/balance", Some(&token)).status, 200, "a live session")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    eq(
+        c.get("/api/balance", Some(&token)).status,
+        200,
+        "a live session",
+    )?;
     let jwt = e2e::stack::JWT_SECRET.as_bytes();
     let sid_of = |t: &str| -> String {
         use base64::Engine;
-        let claims = t.split('.').nth(1).and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok()).unwrap_or_default();
-        serde_json::from_slice::<Value>(&claims).ok().and_then(|v| v["sid"].as_str().map(str::to_owned)).unwrap_or_default()
+        let claims = t
+            .split('.')
+            .nth(1)
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
+            .unwrap_or_default();
+        serde_json::from_slice::<Value>(&claims)
+            .ok()
+            .and_then(|v| v["sid"].as_str().map(str::to_owned))
+            .unwrap_or_default()
     };
     let sid = sid_of(&token);
-    let expired = mint(jwt, "edgeline", &uid, &sid, now - 7200, now - 3600).map_err(|e| e.to_string())?;
-    let wrong_key = mint(b"not-our-secret-not-our-secret-xxxx", "edgeline", &uid, &sid, now, now + 3600).map_err(|e| e.to_string())?;
-    let wrong_issuer = mint(jwt, "someone-else", &uid, &sid, now, now + 3600).map_err(|e| e.to_string())?;
-    let unknown_session = mint(jwt, "edgeline", &uid, "never-opened", now, now + 3600).map_err(|e| e.to_string())?;
+    let expired =
+        mint(jwt, "edgeline", &uid, &sid, now - 7200, now - 3600).map_err(|e| e.to_string())?;
+    let wrong_key = mint(
+        b"not-our-secret-not-our-secret-xxxx",
+        "edgeline",
+        &uid,
+        &sid,
+        now,
+        now + 3600,
+    )
+    .map_err(|e| e.to_string())?;
+    let wrong_issuer =
+        mint(jwt, "someone-else", &uid, &sid, now, now + 3600).map_err(|e| e.to_string())?;
+    let unknown_session =
+        mint(jwt, "edgeline", &uid, "never-opened", now, now + 3600).map_err(|e| e.to_string())?;
     let none = {
         use base64::Engine;
         let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        format!("{}.{}.", b.encode(br#"{"alg":"none","typ":"JWT"}"#), token.split('.').nth(1).unwrap_or_default())
+        format!(
+            "{}.{}.",
+            b.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            token.split('.').nth(1).unwrap_or_default()
+        )
     };
     for (what, t) in [
         ("expired", expired.as_str()),
@@ -291,46 +662,151 @@ fn tokens_are_checked_and_revocable(stack: &Stack) -> Result<(), Failed> {
     // sign out one session: that token is refused, the other still works; then everywhere
     let other = c.session(ADMIN_TOKEN, &user);
     let r = c.post_json("/api/auth/signout", Some(&token), &json!({}));
-    eq((r.status, r.json()["signed_out"].as_i64()), (200, Some(1)), "signed out")?;
-    eq(c.get("/api/balance", Some(&token)).status, 401, "revoked at once")?;
-    eq(c.get("/api/balance", Some(&other)).status, 200, "the other session lives")?;
+    eq(
+        (r.status, r.json()["signed_out"].as_i64()),
+        (200, Some(1)),
+        "signed out",
+    )?;
+    eq(
+        c.get("/api/balance", Some(&token)).status,
+        401,
+        "revoked at once",
+    )?;
+    eq(
+        c.get("/api/balance", Some(&other)).status,
+        200,
+        "the other session lives",
+    )?;
     let third = c.session(ADMIN_TOKEN, &user);
-    eq(c.post_json("/api/auth/signout-all", Some(&other), &json!({})).json()["signed_out"].as_i64(), Some(2), "everywhere")?;
+    eq(
+        c.post_json("/api/auth/signout-all", Some(&other), &json!({}))
+            .json()["signed_out"]
+            .as_i64(),
+        Some(2),
+        "everywhere",
+    )?;
     eq(c.get("/api/balance", Some(&other)).status, 401, "this one")?;
-    eq(c.get("/api/balance", Some(&third)).status, 401, "and every other")?;
-    eq(c.post_json("/admin/users", Some(&c.session(ADMIN_TOKEN, &user)), &json!({})).status, 403, "a user token never reaches /admin/")?;
+    eq(
+        c.get("/api/balance", Some(&third)).status,
+        401,
+        "and every other",
+    )?;
+    eq(
+        c.post_json(
+            "/admin/users",
+            Some(&c.session(ADMIN_TOKEN, &user)),
+            &json!({}),
+        )
+        .status,
+        403,
+        "a user token never reaches /admin/",
+    )?;
     Ok(())
 }
 
 fn admin_and_files_are_guarded(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (user, token) = c.new_user(ADMIN_TOKEN, 0);
-    eq(c.post_json("/admin/users", Some(&token), &json!({})).status, 403, "user token on admin route")?;
-    eq(c.post_json("/admin/users", None, &json!({})).status, 401, "no token on admin route")?;
-    eq(c.post_json("/admin/users", Some("guess"), &json!({})).status, 401, "wrong admin token")?;
-    let dup = c.post_json("/admin/users", Some(ADMIN_TOKEN), &json!({"email": "dup@e2e.test", "name": "a"}));
-    let dup2 = c.post_json("/admin/users", Some(ADMIN_TOKEN), &json!({"email": "dup@e2e.test", "name": "b"}));
-    eq((dup.status, dup2.status), (201, 409), "duplicate email is a conflict")?;
-    eq(c.post_json(&format!("/admin/users/{user}/sessions"), Some(ADMIN_TOKEN), &json!({"ttl_secs": 5})).status, 422, "ttl too short")?;
-    let extra = c.post_json("/admin/users", Some(ADMIN_TOKEN), &json!({"email": "extra@e2e.test", "name": "x", "role": "admin"}));
-    eq((extra.status, extra.code(), extra.json()["error"]["field"].as_str().map(str::to_owned)), (422, "unknown_field".to_owned(), Some("role".to_owned())), "unknown admin field")?;
+    eq(
+        c.post_json("/admin/users", Some(&token), &json!({})).status,
+        403,
+        "user token on admin route",
+    )?;
+    eq(
+        c.post_json("/admin/users", None, &json!({})).status,
+        401,
+        "no token on admin route",
+    )?;
+    eq(
+        c.post_json("/admin/users", Some("guess"), &json!({}))
+            .status,
+        401,
+        "wrong admin token",
+    )?;
+    let dup = c.post_json(
+        "/admin/users",
+        Some(ADMIN_TOKEN),
+        &json!({"email": "dup@e2e.test", "name": "a"}),
+    );
+    let dup2 = c.post_json(
+        "/admin/users",
+        Some(ADMIN_TOKEN),
+        &json!({"email": "dup@e2e.test", "name": "b"}),
+    );
+    eq(
+        (dup.status, dup2.status),
+        (201, 409),
+        "duplicate email is a conflict",
+    )?;
+    eq(
+        c.post_json(
+            &format!("/admin/users/{user}/sessions"),
+            Some(ADMIN_TOKEN),
+            &json!({"ttl_secs": 5}),
+        )
+        .status,
+        422,
+        "ttl too short",
+    )?;
+    let extra = c.post_json(
+        "/admin/users",
+        Some(ADMIN_TOKEN),
+        &json!({"email": "extra@e2e.test", "name": "x", "role": "admin"}),
+    );
+    eq(
+        (
+            extra.status,
+            extra.code(),
+            extra.json()["error"]["field"].as_str().map(str::to_owned),
+        ),
+        (422, "unknown_field".to_owned(), Some("role".to_owned())),
+        "unknown admin field",
+    )?;
 
     let exp = 4_000_000_000i64;
-    let sig = shared::signing::file_signature(FILES_SIGNING_KEY.as_bytes(), "result/kie_4o/x/result_0.png", exp);
-    let tampered = c.get(&format!("/files/result/kie_4o/y/result_0.png?exp={exp}&sig={sig}"), None);
+    let sig = shared::signing::file_signature(
+        FILES_SIGNING_KEY.as_bytes(),
+        "result/kie_4o/x/result_0.png",
+        exp,
+    );
+    let tampered = c.get(
+        &format!("/files/result/kie_4o/y/result_0.png?exp={exp}&sig={sig}"),
+        None,
+    );
     eq(tampered.status, 403, "signature for another key")?;
-    let expired_sig = shared::signing::file_signature(FILES_SIGNING_KEY.as_bytes(), "result/kie_4o/x/result_0.png", 1000);
-    eq(c.get(&format!("/files/result/kie_4o/x/result_0.png?exp=1000&sig={expired_sig}"), None).status, 403, "expired")?;
-    eq(c.get("/files/result/kie_4o/x/result_0.png", None).status, 403, "unsigned")?;
+    let expired_sig = shared::signing::file_signature(
+        FILES_SIGNING_KEY.as_bytes(),
+        "result/kie_4o/x/result_0.png",
+        1000,
+    );
+    eq(
+        c.get(
+            &format!("/files/result/kie_4o/x/result_0.png?exp=1000&sig={expired_sig}"),
+            None,
+        )
+        .status,
+        403,
+        "expired",
+    )?;
+    eq(
+        c.get("/files/result/kie_4o/x/result_0.png", None).status,
+        403,
+        "unsigned",
+    )?;
     let health = c.get("/api/health", None);
     eq(health.status, 200, "health")?;
-    eq(health.json()["checks"].clone(), json!({"d1": "ok", "r2": "ok", "kv": "ok", "queue": "ok"}), "all checks")?;
+    eq(
+        health.json()["checks"].clone(),
+        json!({"d1": "ok", "r2": "ok", "kv": "ok", "queue": "ok"}),
+        "all checks",
+    )?;
     Ok(())
 }
 
 /// The routes the api worker registers, from its router's source, in OpenAPI form.
 fn registered_routes() -> std::collections::BTreeSet<(String, String)> {
-    let src = std::fs::read_to_string(e2e::stack::root().join("api-worker/src/app.rs")).unwrap_or_default();
+    let src = std::fs::read_to_string(e2e::stack::root().join("api-worker/src/app.rs"))
+        .unwrap_or_default();
     let mut routes = std::collections::BTreeSet::new();
     for method in ["get", "post", "put", "patch", "delete"] {
         for pattern in [format!(".{method}_async(\""), format!(".{method}(\"")] {
@@ -341,10 +817,12 @@ fn registered_routes() -> std::collections::BTreeSet<(String, String)> {
                 }
                 let openapi: Vec<String> = path
                     .split('/')
-                    .map(|seg| match seg.strip_prefix(':').or_else(|| seg.strip_prefix('*')) {
-                        Some(name) => format!("{{{name}}}"),
-                        None => seg.to_owned(),
-                    })
+                    .map(
+                        |seg| match seg.strip_prefix(':').or_else(|| seg.strip_prefix('*')) {
+                            Some(name) => format!("{{{name}}}"),
+                            None => seg.to_owned(),
+                        },
+                    )
                     .collect();
                 routes.insert((method.to_owned(), openapi.join("/")));
             }
@@ -361,15 +839,25 @@ fn the_contract_matches_the_routes(stack: &Stack) -> Result<(), Failed> {
     eq(doc["openapi"].as_str(), Some("3.1.0"), "OpenAPI 3")?;
     let mut documented = std::collections::BTreeSet::new();
     for (path, item) in doc["paths"].as_object().cloned().unwrap_or_default() {
-        for method in item.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
+        for method in item
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
             documented.insert((method, path.clone()));
         }
     }
     let registered = registered_routes();
-    ensure(registered.len() > 30, format!("the router's routes were read: {}", registered.len()))?;
+    ensure(
+        registered.len() > 30,
+        format!("the router's routes were read: {}", registered.len()),
+    )?;
     let undocumented: Vec<_> = registered.difference(&documented).collect();
     let unserved: Vec<_> = documented.difference(&registered).collect();
-    ensure(undocumented.is_empty() && unserved.is_empty(), format!("routes without docs: {undocumented:?}; docs without routes: {unserved:?}"))?;
+    ensure(
+        undocumented.is_empty() && unserved.is_empty(),
+        format!("routes without docs: {undocumented:?}; docs without routes: {unserved:?}"),
+    )?;
     // every documented operation is routed, answers without a 5xx, and errors have one shape
     for (method, path) in &documented {
         let concrete = path
@@ -379,11 +867,31 @@ fn the_contract_matches_the_routes(stack: &Stack) -> Result<(), Failed> {
             .replace("{provider}", "kie_4o")
             .replace("{queue}", "tasks")
             .replace("{job}", "retention");
-        let r = c.send(&method.to_uppercase(), &concrete, None, &[], if method == "post" { Some(("application/json", b"{}")) } else { None });
-        ensure(r.status < 500 || (path == "/api/health" && r.status == 503), format!("{method} {path}: {}", r.status))?;
-        ensure(!(r.status == 404 && r.json()["error"]["message"] == "route not found") && r.status != 405, format!("{method} {path} is routed"))?;
+        let r = c.send(
+            &method.to_uppercase(),
+            &concrete,
+            None,
+            &[],
+            if method == "post" {
+                Some(("application/json", b"{}"))
+            } else {
+                None
+            },
+        );
+        ensure(
+            r.status < 500 || (path == "/api/health" && r.status == 503),
+            format!("{method} {path}: {}", r.status),
+        )?;
+        ensure(
+            !(r.status == 404 && r.json()["error"]["message"] == "route not found")
+                && r.status != 405,
+            format!("{method} {path} is routed"),
+        )?;
         if r.status >= 400 {
-            ensure(r.json()["error"]["code"].is_string() && r.json()["error"]["message"].is_string(), format!("{method} {path}: JSON error: {}", r.text()))?;
+            ensure(
+                r.json()["error"]["code"].is_string() && r.json()["error"]["message"].is_string(),
+                format!("{method} {path}: JSON error: {}", r.text()),
+            )?;
         }
     }
     Ok(())
@@ -406,7 +914,96 @@ fn fuzzing_finds_nothing_the_contract_does_not_allow(stack: &Stack) -> Result<()
         .map_err(|e| format!("schemathesis did not run: {e}"))?;
     let report = String::from_utf8_lossy(&out.stdout);
     let tail: Vec<&str> = report.lines().rev().take(40).collect();
-    ensure(out.status.success(), format!("schemathesis found problems:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n")))?;
+    ensure(
+        out.status.success(),
+        format!(
+            "schemathesis found problems:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ),
+    )?;
+    Ok(())
+}
+
+/// Settlement allocates in SQL (`ledger::ALLOCATION_SQL`, in the settle batch) as
+/// `ledger::allocate` specifies: live grants by earliest expiry whatever order they were granted
+/// in, grants without expiry after them, and a grant that lapsed while the task ran last.
+fn settlement_draws_grants_in_allocation_order(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let now = i64::try_from(e2e::now_ms() / 1000).unwrap_or(0);
+    let grant = |user: &str,
+                 reference: &str,
+                 credits: i64,
+                 expires_at: Option<i64>|
+     -> Result<String, Failed> {
+        let r = c.post_json(
+            &format!("/admin/users/{user}/grants"),
+            Some(ADMIN_TOKEN),
+            &json!({"credits": credits, "reference": reference, "expires_at": expires_at}),
+        );
+        eq(r.status, 201, &format!("grant {reference}: {}", r.text()))?;
+        Ok(r.json()["id"].as_str().unwrap_or_default().to_owned())
+    };
+    let (a, token_a) = c.new_user(ADMIN_TOKEN, 0);
+    let forever = grant(&a, "forever", 1, None)?;
+    let lapsing = grant(&a, "lapsing", 5, Some(now + 4))?;
+    let soon = grant(&a, "soon", 1, Some(now + 1000))?;
+    let (b, token_b) = c.new_user(ADMIN_TOKEN, 0);
+    let later = grant(&b, "later", 1, Some(now + 2000))?;
+    let sooner = grant(&b, "sooner", 1, Some(now + 1000))?;
+    grant(&b, "forever", 5, None)?;
+
+    let a_task = submit(
+        &c,
+        &token_a,
+        json!({"prompt": "allocation a [sim:slow=7000]", "model": "kie_kontext"}),
+    );
+    eq(a_task.status, 202, &a_task.text())?;
+    let b_task = submit(
+        &c,
+        &token_b,
+        json!({"prompt": "allocation b", "model": "kie_4o"}),
+    );
+    eq(b_task.status, 202, &b_task.text())?;
+    let drawn = |token: &str, task: &Reply| -> Result<Vec<(String, i64)>, Failed> {
+        let id = task.json()["id"].as_str().unwrap_or_default().to_owned();
+        eq(
+            c.wait_task(token, &id, WAIT)["status"].as_str(),
+            Some("completed"),
+            "completed",
+        )?;
+        let detail = c
+            .get(&format!("/admin/tasks/{id}"), Some(ADMIN_TOKEN))
+            .json();
+        let mut rows: Vec<(String, i64)> = detail["consumptions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                (
+                    r["from_record_id"].as_str().unwrap_or_default().to_owned(),
+                    r["amount"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect();
+        rows.sort();
+        Ok(rows)
+    };
+    let mut want_a = vec![(soon, 1), (forever, 1), (lapsing, 1)];
+    want_a.sort();
+    eq(
+        drawn(&token_a, &a_task)?,
+        want_a,
+        "a: expiring, then permanent, then the grant that lapsed while the task ran",
+    )?;
+    let mut want_b = vec![(sooner, 1), (later, 1)];
+    want_b.sort();
+    eq(
+        drawn(&token_b, &b_task)?,
+        want_b,
+        "b: earliest expiry first, never the permanent grant",
+    )?;
+    eq(c.balance(&token_b), 5, "b keeps the permanent grant")?;
     Ok(())
 }
 
@@ -417,16 +1014,38 @@ fn main() {
         vec![
             ("golden_path_4o", golden_path_4o),
             ("kontext_with_upload", kontext_with_upload),
-            ("failed_generation_restores_balance", failed_generation_restores_balance),
+            (
+                "failed_generation_restores_balance",
+                failed_generation_restores_balance,
+            ),
+            (
+                "settlement_draws_grants_in_allocation_order",
+                settlement_draws_grants_in_allocation_order,
+            ),
             ("idempotent_submit", idempotent_submit),
-            ("short_balance_is_402_and_writes_nothing", short_balance_is_402_and_writes_nothing),
+            (
+                "short_balance_is_402_and_writes_nothing",
+                short_balance_is_402_and_writes_nothing,
+            ),
             ("other_users_tasks_are_404", other_users_tasks_are_404),
             ("bad_input_gets_json_4xx", bad_input_gets_json_4xx),
-            ("listing_is_newest_first_and_paginated", listing_is_newest_first_and_paginated),
+            (
+                "listing_is_newest_first_and_paginated",
+                listing_is_newest_first_and_paginated,
+            ),
             ("admin_and_files_are_guarded", admin_and_files_are_guarded),
-            ("tokens_are_checked_and_revocable", tokens_are_checked_and_revocable),
-            ("the_contract_matches_the_routes", the_contract_matches_the_routes),
-            ("fuzzing_finds_nothing_the_contract_does_not_allow", fuzzing_finds_nothing_the_contract_does_not_allow),
+            (
+                "tokens_are_checked_and_revocable",
+                tokens_are_checked_and_revocable,
+            ),
+            (
+                "the_contract_matches_the_routes",
+                the_contract_matches_the_routes,
+            ),
+            (
+                "fuzzing_finds_nothing_the_contract_does_not_allow",
+                fuzzing_finds_nothing_the_contract_does_not_allow,
+            ),
         ],
     )
 }

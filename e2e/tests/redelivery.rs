@@ -14,65 +14,149 @@ const WAIT: Duration = Duration::from_secs(60);
 const WEBHOOK_SECRET: &str = "e2e-kie-webhook-secret";
 
 fn submit(c: &Client, token: &str, prompt: &str, model: &str) -> String {
-    let r = c.post_json("/api/tasks", Some(token), &json!({"prompt": prompt, "model": model}));
+    let r = c.post_json(
+        "/api/tasks",
+        Some(token),
+        &json!({"prompt": prompt, "model": model}),
+    );
     assert_eq!(r.status, 202, "submit: {}", r.text());
     r.json()["id"].as_str().unwrap_or_default().to_owned()
 }
 
 fn count(stack: &Stack, event: &str, task: &str) -> usize {
-    stack.events(Some(event)).iter().filter(|e| e["task_id"] == task).count()
+    stack
+        .events(Some(event))
+        .iter()
+        .filter(|e| e["task_id"] == task)
+        .count()
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Posts a kie.ai callback the way kie.ai signs it.
 fn post_callback(c: &Client, url: &str, body: &str, provider_task: &str) -> e2e::client::Reply {
     let ts = now().to_string();
     let sig = kie_callback_signature(WEBHOOK_SECRET.as_bytes(), provider_task, &ts);
-    c.send("POST", url, None, &[("x-webhook-timestamp", &ts), ("x-webhook-signature", &sig)], Some(("application/json", body.as_bytes())))
+    c.send(
+        "POST",
+        url,
+        None,
+        &[("x-webhook-timestamp", &ts), ("x-webhook-signature", &sig)],
+        Some(("application/json", body.as_bytes())),
+    )
 }
 
 fn duplicates_change_nothing_twice(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 20);
     let tasks = [
-        (submit(&c, &token, "duplicated one", "kie_4o"), "duplicated one", 2),
-        (submit(&c, &token, "duplicated two", "kie_kontext"), "duplicated two", 3),
-        (submit(&c, &token, "duplicated three", "kie_4o"), "duplicated three", 2),
+        (
+            submit(&c, &token, "duplicated one", "kie_4o"),
+            "duplicated one",
+            2,
+        ),
+        (
+            submit(&c, &token, "duplicated two", "kie_kontext"),
+            "duplicated two",
+            3,
+        ),
+        (
+            submit(&c, &token, "duplicated three", "kie_4o"),
+            "duplicated three",
+            2,
+        ),
     ];
     for (id, prompt, cost) in &tasks {
-        eq(c.wait_task(&token, id, WAIT)["status"].as_str(), Some("completed"), id)?;
-        let submits = stack.events(Some("message")).iter().filter(|m| m["task_id"] == id.as_str() && m["type"] == "task.submit").count();
-        ensure(submits >= 2, format!("{id}: the submit really was delivered twice ({submits})"))?;
-        eq(stack.sim.stats().creates_by_prompt.get(*prompt).copied(), Some(1), "one provider submission")?;
-        let detail = c.get(&format!("/admin/tasks/{id}"), Some(ADMIN_TOKEN)).json();
-        eq(detail["objects"].as_array().map(Vec::len), Some(1), "one set of R2 objects")?;
-        let mut kinds: Vec<String> = detail["ledger"].as_array().cloned().unwrap_or_default().iter().filter_map(|r| r["type"].as_str().map(str::to_owned)).collect();
+        eq(
+            c.wait_task(&token, id, WAIT)["status"].as_str(),
+            Some("completed"),
+            id,
+        )?;
+        let submits = stack
+            .events(Some("message"))
+            .iter()
+            .filter(|m| m["task_id"] == id.as_str() && m["type"] == "task.submit")
+            .count();
+        ensure(
+            submits >= 2,
+            format!("{id}: the submit really was delivered twice ({submits})"),
+        )?;
+        eq(
+            stack.sim.stats().creates_by_prompt.get(*prompt).copied(),
+            Some(1),
+            "one provider submission",
+        )?;
+        let detail = c
+            .get(&format!("/admin/tasks/{id}"), Some(ADMIN_TOKEN))
+            .json();
+        eq(
+            detail["objects"].as_array().map(Vec::len),
+            Some(1),
+            "one set of R2 objects",
+        )?;
+        let mut kinds: Vec<String> = detail["ledger"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r["type"].as_str().map(str::to_owned))
+            .collect();
         kinds.sort();
-        eq(kinds, vec!["consumption".to_owned(), "release".into(), "reserve".into()], "one hold, one settlement")?;
-        let drawn: i64 = detail["consumptions"].as_array().cloned().unwrap_or_default().iter().filter_map(|r| r["amount"].as_i64()).sum();
+        eq(
+            kinds,
+            vec!["consumption".to_owned(), "release".into(), "reserve".into()],
+            "one hold, one settlement",
+        )?;
+        let drawn: i64 = detail["consumptions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r["amount"].as_i64())
+            .sum();
         eq(drawn, *cost, "allocation equals the cost")?;
     }
     std::thread::sleep(Duration::from_secs(2));
     for (id, _, _) in &tasks {
-        eq(count(stack, "task.final_status_cached", id), 1, "one KV write of the final status")?;
+        eq(
+            count(stack, "task.final_status_cached", id),
+            1,
+            "one KV write of the final status",
+        )?;
     }
     eq(c.balance(&token), 20 - 7, "charged exactly once per task")?;
 
     // the same messages again, twice in one batch, after their effect is done
     let (id, prompt, _) = &tasks[0];
-    let detail = c.get(&format!("/admin/tasks/{id}"), Some(ADMIN_TOKEN)).json();
+    let detail = c
+        .get(&format!("/admin/tasks/{id}"), Some(ADMIN_TOKEN))
+        .json();
     let poll = json!({"v": 1, "type": "task.poll", "task_id": id, "user_id": detail["user_id"], "model": "kie_4o",
         "external_id": detail["external_task_id"], "cost": 2, "deadline_at": now() + 600, "attempt": 0});
     let submit_again = json!({"v": 1, "type": "task.submit", "task_id": id, "attempt": 0});
-    let r = c.post_json("/admin/queues/tasks/messages", Some(ADMIN_TOKEN), &json!({"messages": [submit_again, submit_again, poll, poll]}));
+    let r = c.post_json(
+        "/admin/queues/tasks/messages",
+        Some(ADMIN_TOKEN),
+        &json!({"messages": [submit_again, submit_again, poll, poll]}),
+    );
     eq(r.status, 202, "inject")?;
     std::thread::sleep(Duration::from_secs(4));
     eq(c.balance(&token), 13, "replayed messages charged nothing")?;
-    eq(stack.sim.stats().creates_by_prompt.get(*prompt).copied(), Some(1), "nor submitted again")?;
-    eq(count(stack, "task.final_status_cached", id), 1, "nor rewrote the status")?;
+    eq(
+        stack.sim.stats().creates_by_prompt.get(*prompt).copied(),
+        Some(1),
+        "nor submitted again",
+    )?;
+    eq(
+        count(stack, "task.final_status_cached", id),
+        1,
+        "nor rewrote the status",
+    )?;
     Ok(())
 }
 
@@ -85,8 +169,17 @@ fn callback_beats_polling(stack: &Stack) -> Result<(), Failed> {
     let task = c.wait_task(&token, &id, WAIT);
     eq(task["status"].as_str(), Some("completed"), "completed")?;
     // the first poll is 12 s (±30%) away; only the callback can have finished it this soon
-    ensure(started.elapsed() < Duration::from_secs(8), format!("completed in {:?}", started.elapsed()))?;
-    let posted = stack.sim.stats().callbacks_by_prompt.get(prompt).cloned().unwrap_or_default();
+    ensure(
+        started.elapsed() < Duration::from_secs(8),
+        format!("completed in {:?}", started.elapsed()),
+    )?;
+    let posted = stack
+        .sim
+        .stats()
+        .callbacks_by_prompt
+        .get(prompt)
+        .cloned()
+        .unwrap_or_default();
     eq(posted.len(), 1, "one callback posted")?;
     eq(posted[0].2, 200, "accepted")?;
     eq(c.balance(&token), 3, "charged once")?;
@@ -99,47 +192,113 @@ fn forged_callbacks_are_rejected(stack: &Stack) -> Result<(), Failed> {
     let id = submit(&c, &token, "waits forever [sim:stuck]", "kie_4o");
     let started = Instant::now();
     while c.get(&format!("/api/tasks/{id}"), Some(&token)).json()["status"] != "processing" {
-        ensure(started.elapsed() < Duration::from_secs(20), "the provider accepted the task")?;
+        // processing once the first poll (12 s ±30% away) finds it generating
+        ensure(
+            started.elapsed() < Duration::from_secs(40),
+            "the provider accepted the task",
+        )?;
         std::thread::sleep(Duration::from_millis(200));
     }
     let good_token = callback_token(FILES_SIGNING_KEY.as_bytes(), &id);
     let body = json!({"code": 200, "msg": "success", "data": {"taskId": "4o-forged", "info": {"result_urls": ["http://evil/x.png"]}}}).to_string();
     let url = format!("/webhooks/ai/kie_4o?task={id}&token={good_token}");
 
-    let bad_token = post_callback(&c, &format!("/webhooks/ai/kie_4o?task={id}&token=deadbeef"), &body, "4o-forged");
-    eq((bad_token.status, bad_token.code()), (401, "unauthorized".into()), "forged token")?;
-    let unsigned = c.send("POST", &url, None, &[], Some(("application/json", body.as_bytes())));
+    let bad_token = post_callback(
+        &c,
+        &format!("/webhooks/ai/kie_4o?task={id}&token=deadbeef"),
+        &body,
+        "4o-forged",
+    );
+    eq(
+        (bad_token.status, bad_token.code()),
+        (401, "unauthorized".into()),
+        "forged token",
+    )?;
+    let unsigned = c.send(
+        "POST",
+        &url,
+        None,
+        &[],
+        Some(("application/json", body.as_bytes())),
+    );
     eq(unsigned.status, 401, "valid token but no signature")?;
     let wrong_sig = c.send(
         "POST",
         &url,
         None,
-        &[("x-webhook-timestamp", &now().to_string()), ("x-webhook-signature", "AAAA")],
+        &[
+            ("x-webhook-timestamp", &now().to_string()),
+            ("x-webhook-signature", "AAAA"),
+        ],
         Some(("application/json", body.as_bytes())),
     );
     eq(wrong_sig.status, 401, "bad signature")?;
     let stale = {
         let ts = (now() - 3600).to_string();
         let sig = kie_callback_signature(WEBHOOK_SECRET.as_bytes(), "4o-forged", &ts);
-        c.send("POST", &url, None, &[("x-webhook-timestamp", &ts), ("x-webhook-signature", &sig)], Some(("application/json", body.as_bytes())))
+        c.send(
+            "POST",
+            &url,
+            None,
+            &[("x-webhook-timestamp", &ts), ("x-webhook-signature", &sig)],
+            Some(("application/json", body.as_bytes())),
+        )
     };
     eq(stale.status, 401, "replayed old signature")?;
-    eq(post_callback(&c, &url, "{not json", "4o-forged").status, 400, "malformed body")?;
-    eq(post_callback(&c, &format!("/webhooks/ai/midjourney?task={id}&token={good_token}"), &body, "4o-forged").status, 404, "unknown provider")?;
+    eq(
+        post_callback(&c, &url, "{not json", "4o-forged").status,
+        400,
+        "malformed body",
+    )?;
+    eq(
+        post_callback(
+            &c,
+            &format!("/webhooks/ai/midjourney?task={id}&token={good_token}"),
+            &body,
+            "4o-forged",
+        )
+        .status,
+        404,
+        "unknown provider",
+    )?;
     let ghost = "00000000-0000-4000-8000-00000000beef";
-    let ghost_url = format!("/webhooks/ai/kie_4o?task={ghost}&token={}", callback_token(FILES_SIGNING_KEY.as_bytes(), ghost));
-    eq(post_callback(&c, &ghost_url, &body, "4o-forged").status, 404, "unknown task")?;
-    let detail = c.get(&format!("/admin/tasks/{id}"), Some(ADMIN_TOKEN)).json();
-    let real_external = detail["external_task_id"].as_str().unwrap_or_default().to_owned();
-    ensure(!real_external.is_empty(), "the task was accepted by the provider")?;
-    eq(post_callback(&c, &url, &body, "4o-forged").status, 409, "a callback for another provider task")?;
+    let ghost_url = format!(
+        "/webhooks/ai/kie_4o?task={ghost}&token={}",
+        callback_token(FILES_SIGNING_KEY.as_bytes(), ghost)
+    );
+    eq(
+        post_callback(&c, &ghost_url, &body, "4o-forged").status,
+        404,
+        "unknown task",
+    )?;
+    let detail = c
+        .get(&format!("/admin/tasks/{id}"), Some(ADMIN_TOKEN))
+        .json();
+    let real_external = detail["external_task_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ensure(
+        !real_external.is_empty(),
+        "the task was accepted by the provider",
+    )?;
+    eq(
+        post_callback(&c, &url, &body, "4o-forged").status,
+        409,
+        "a callback for another provider task",
+    )?;
 
     // the log is written as requests finish: give the last lines a moment to land
     let rejections = || -> Vec<Value> {
         stack
             .events(Some("http"))
             .into_iter()
-            .filter(|e| e["path"].as_str().is_some_and(|p| p.starts_with("/webhooks/ai/")) && e["status"].as_u64().is_some_and(|s| s >= 400))
+            .filter(|e| {
+                e["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/webhooks/ai/"))
+                    && e["status"].as_u64().is_some_and(|s| s >= 400)
+            })
             .collect()
     };
     let started = Instant::now();
@@ -148,9 +307,19 @@ fn forged_callbacks_are_rejected(stack: &Stack) -> Result<(), Failed> {
         std::thread::sleep(Duration::from_millis(200));
         rejected = rejections();
     }
-    ensure(rejected.len() >= 8, format!("rejections logged: {}", rejected.len()))?;
-    ensure(rejected.iter().all(|e| e["io"]["queue_sends"] == 0), "a rejected callback enqueues nothing")?;
-    eq(c.get(&format!("/api/tasks/{id}"), Some(&token)).json()["status"].as_str(), Some("processing"), "the task is untouched")?;
+    ensure(
+        rejected.len() >= 8,
+        format!("rejections logged: {}", rejected.len()),
+    )?;
+    ensure(
+        rejected.iter().all(|e| e["io"]["queue_sends"] == 0),
+        "a rejected callback enqueues nothing",
+    )?;
+    eq(
+        c.get(&format!("/api/tasks/{id}"), Some(&token)).json()["status"].as_str(),
+        Some("processing"),
+        "the task is untouched",
+    )?;
     Ok(())
 }
 
@@ -159,17 +328,38 @@ fn duplicate_callbacks_are_harmless(stack: &Stack) -> Result<(), Failed> {
     let (_, token) = c.new_user(ADMIN_TOKEN, 5);
     let prompt = "called back twice";
     let id = submit(&c, &token, prompt, "kie_kontext");
-    eq(c.wait_task(&token, &id, WAIT)["status"].as_str(), Some("completed"), "completed")?;
-    let (url, body, _) = stack.sim.stats().callbacks_by_prompt.get(prompt).and_then(|v| v.first().cloned()).ok_or("a callback was posted")?;
-    let provider_task = serde_json::from_str::<Value>(&body).ok().and_then(|b| b["data"]["taskId"].as_str().map(str::to_owned)).unwrap_or_default();
+    eq(
+        c.wait_task(&token, &id, WAIT)["status"].as_str(),
+        Some("completed"),
+        "completed",
+    )?;
+    let (url, body, _) = stack
+        .sim
+        .stats()
+        .callbacks_by_prompt
+        .get(prompt)
+        .and_then(|v| v.first().cloned())
+        .ok_or("a callback was posted")?;
+    let provider_task = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|b| b["data"]["taskId"].as_str().map(str::to_owned))
+        .unwrap_or_default();
     for _ in 0..2 {
         let r = post_callback(&c, &url, &body, &provider_task);
         eq(r.status, 200, &format!("repeat callback: {}", r.text()))?;
-        eq(r.json()["status"].as_str(), Some("completed"), "answered from the final state")?;
+        eq(
+            r.json()["status"].as_str(),
+            Some("completed"),
+            "answered from the final state",
+        )?;
     }
     std::thread::sleep(Duration::from_secs(2));
     eq(c.balance(&token), 2, "charged once")?;
-    eq(count(stack, "task.final_status_cached", &id), 1, "status written once")?;
+    eq(
+        count(stack, "task.final_status_cached", &id),
+        1,
+        "status written once",
+    )?;
     Ok(())
 }
 
@@ -185,12 +375,26 @@ fn main() {
     }
     e2e::suite::run(
         options,
-        |stack| stack.sim.set_knobs(sim::Knobs { webhook_secret: Some(WEBHOOK_SECRET.into()), ..sim::Knobs::default() }),
+        |stack| {
+            stack.sim.set_knobs(sim::Knobs {
+                webhook_secret: Some(WEBHOOK_SECRET.into()),
+                ..sim::Knobs::default()
+            })
+        },
         vec![
-            ("duplicates_change_nothing_twice", duplicates_change_nothing_twice),
+            (
+                "duplicates_change_nothing_twice",
+                duplicates_change_nothing_twice,
+            ),
             ("callback_beats_polling", callback_beats_polling),
-            ("forged_callbacks_are_rejected", forged_callbacks_are_rejected),
-            ("duplicate_callbacks_are_harmless", duplicate_callbacks_are_harmless),
+            (
+                "forged_callbacks_are_rejected",
+                forged_callbacks_are_rejected,
+            ),
+            (
+                "duplicate_callbacks_are_harmless",
+                duplicate_callbacks_are_harmless,
+            ),
         ],
     )
 }

@@ -85,17 +85,26 @@ impl Product<'_> {
 impl Catalog {
     /// Parses and checks a catalogue; the error says what is wrong.
     pub fn parse(json: &str) -> Result<Catalog, String> {
-        let c: Catalog = serde_json::from_str(json).map_err(|e| format!("CATALOG is not a valid catalogue: {e}"))?;
+        let c: Catalog = serde_json::from_str(json)
+            .map_err(|e| format!("CATALOG is not a valid catalogue: {e}"))?;
         let mut ids = HashSet::new();
         let mut provider_ids = HashSet::new();
-        let products = c.packs.iter().map(Product::Pack).chain(c.plans.iter().map(Product::Plan));
+        let products = c
+            .packs
+            .iter()
+            .map(Product::Pack)
+            .chain(c.plans.iter().map(Product::Plan));
         for p in products {
             let id = p.id();
             if id.is_empty() || !ids.insert(id.to_owned()) {
                 return Err(format!("CATALOG: product id {id:?} is empty or repeated"));
             }
-            if p.creem_product_id().is_empty() || !provider_ids.insert(p.creem_product_id().to_owned()) {
-                return Err(format!("CATALOG: {id}: creem_product_id is empty or repeated"));
+            if p.creem_product_id().is_empty()
+                || !provider_ids.insert(p.creem_product_id().to_owned())
+            {
+                return Err(format!(
+                    "CATALOG: {id}: creem_product_id is empty or repeated"
+                ));
             }
             if p.price() < 0 {
                 return Err(format!("CATALOG: {id}: price must not be negative"));
@@ -105,27 +114,42 @@ impl Catalog {
             }
             let cur = p.currency();
             if cur.len() != 3 || !cur.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(format!("CATALOG: {id}: currency must be a 3-letter ISO code like USD"));
+                return Err(format!(
+                    "CATALOG: {id}: currency must be a 3-letter ISO code like USD"
+                ));
             }
         }
         for pack in &c.packs {
             if pack.expires_in_days.is_some_and(|d| d <= 0) {
-                return Err(format!("CATALOG: {}: expires_in_days must be positive", pack.id));
+                return Err(format!(
+                    "CATALOG: {}: expires_in_days must be positive",
+                    pack.id
+                ));
             }
         }
         for plan in &c.plans {
             if !["basic", "pro", "premium"].contains(&plan.plan.as_str()) {
-                return Err(format!("CATALOG: {}: plan must be basic, pro or premium", plan.id));
+                return Err(format!(
+                    "CATALOG: {}: plan must be basic, pro or premium",
+                    plan.id
+                ));
             }
             if !["monthly", "yearly"].contains(&plan.cycle.as_str()) {
-                return Err(format!("CATALOG: {}: cycle must be monthly or yearly", plan.id));
+                return Err(format!(
+                    "CATALOG: {}: cycle must be monthly or yearly",
+                    plan.id
+                ));
             }
         }
         Ok(c)
     }
 
     pub fn product(&self, id: &str) -> Option<Product<'_>> {
-        self.packs.iter().find(|p| p.id == id).map(Product::Pack).or_else(|| self.plans.iter().find(|p| p.id == id).map(Product::Plan))
+        self.packs
+            .iter()
+            .find(|p| p.id == id)
+            .map(Product::Pack)
+            .or_else(|| self.plans.iter().find(|p| p.id == id).map(Product::Plan))
     }
 
     pub fn by_creem_id(&self, creem_product_id: &str) -> Option<Product<'_>> {
@@ -133,7 +157,12 @@ impl Catalog {
             .iter()
             .find(|p| p.creem_product_id == creem_product_id)
             .map(Product::Pack)
-            .or_else(|| self.plans.iter().find(|p| p.creem_product_id == creem_product_id).map(Product::Plan))
+            .or_else(|| {
+                self.plans
+                    .iter()
+                    .find(|p| p.creem_product_id == creem_product_id)
+                    .map(Product::Plan)
+            })
     }
 }
 
@@ -163,7 +192,9 @@ mod tests {
         assert!(bad("\"plan\":\"pro\"", "\"plan\":\"gold\"").contains("plan must be"));
         assert!(bad("\"expires_in_days\":365", "\"expires_in_days\":0").contains("expires_in_days"));
         assert!(bad("\"price\":499", "\"price\":-1").contains("price"));
-        assert!(Catalog::parse("{").unwrap_err().contains("not a valid catalogue"));
+        assert!(Catalog::parse("{")
+            .unwrap_err()
+            .contains("not a valid catalogue"));
         assert!(bad("\"price\":499", "\"price\":499,\"colour\":1").contains("unknown field"));
     }
 }

@@ -9,7 +9,10 @@ use std::cell::Cell;
 use std::fmt;
 use std::rc::Rc;
 use worker::wasm_bindgen::JsValue;
-use worker::{BatchMessageBuilder, D1Database, D1PreparedStatement, D1Result, Env, Queue, QueueContentType, RawMessageBuilder};
+use worker::{
+    BatchMessageBuilder, D1Database, D1PreparedStatement, D1Result, Env, Queue, QueueContentType,
+    RawMessageBuilder,
+};
 
 /// Calls this invocation made, by kind, for the per-message log line and the cost benchmark.
 #[derive(Debug, Default)]
@@ -44,7 +47,11 @@ impl IoCounts {
     }
     /// Adds the time since `started_ms` to a duration counter.
     pub fn add_ms(counter: &Cell<u64>, started_ms: u64) {
-        counter.set(counter.get().saturating_add(now_ms().saturating_sub(started_ms)));
+        counter.set(
+            counter
+                .get()
+                .saturating_add(now_ms().saturating_sub(started_ms)),
+        );
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -91,13 +98,19 @@ pub trait StepExt<T> {
 
 impl<T> StepExt<T> for Result<T, worker::Error> {
     fn step(self, step: impl Into<String>) -> Result<T, IoError> {
-        self.map_err(|e| IoError { step: step.into(), cause: cause_of(&e) })
+        self.map_err(|e| IoError {
+            step: step.into(),
+            cause: cause_of(&e),
+        })
     }
 }
 
 impl<T> StepExt<T> for Result<T, worker::kv::KvError> {
     fn step(self, step: impl Into<String>) -> Result<T, IoError> {
-        self.map_err(|e| IoError { step: step.into(), cause: e.to_string() })
+        self.map_err(|e| IoError {
+            step: step.into(),
+            cause: e.to_string(),
+        })
     }
 }
 
@@ -121,31 +134,50 @@ fn js(p: &Param) -> JsValue {
 impl Db {
     pub fn new(env: &Env, binding: &str, io: Rc<IoCounts>) -> Result<Self, IoError> {
         let db = env.d1(binding).step(format!("binding {binding}"))?;
-        Ok(Self { db: Rc::new(db), io })
+        Ok(Self {
+            db: Rc::new(db),
+            io,
+        })
     }
 
     fn prepare(&self, stmt: &Stmt) -> Result<D1PreparedStatement, IoError> {
         let args: Vec<JsValue> = stmt.params.iter().map(js).collect();
-        self.db.prepare(stmt.sql.as_str()).bind(&args).step("bind statement")
+        self.db
+            .prepare(stmt.sql.as_str())
+            .bind(&args)
+            .step("bind statement")
     }
 
     fn count(&self, statements: usize) {
         bump(&self.io.d1_round_trips, 1);
-        bump(&self.io.d1_statements, u32::try_from(statements).unwrap_or(u32::MAX));
+        bump(
+            &self.io.d1_statements,
+            u32::try_from(statements).unwrap_or(u32::MAX),
+        );
     }
 
     /// All rows of a query.
-    pub async fn all<T: DeserializeOwned>(&self, what: &str, stmt: &Stmt) -> Result<Vec<T>, IoError> {
+    pub async fn all<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        stmt: &Stmt,
+    ) -> Result<Vec<T>, IoError> {
         self.count(1);
         let started = now_ms();
         let result = self.prepare(stmt)?.all().await.step(format!("d1 {what}"));
         IoCounts::add_ms(&self.io.d1_ms, started);
         let result = result?;
-        result.results::<T>().step(format!("d1 {what}: decode rows"))
+        result
+            .results::<T>()
+            .step(format!("d1 {what}: decode rows"))
     }
 
     /// The first row of a query, if any.
-    pub async fn first<T: DeserializeOwned>(&self, what: &str, stmt: &Stmt) -> Result<Option<T>, IoError> {
+    pub async fn first<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        stmt: &Stmt,
+    ) -> Result<Option<T>, IoError> {
         Ok(self.all::<T>(what, stmt).await?.into_iter().next())
     }
 
@@ -161,7 +193,10 @@ impl Db {
     /// Runs statements as one transaction (all or nothing) in one round trip.
     pub async fn batch(&self, what: &str, stmts: &[Stmt]) -> Result<Vec<D1Result>, IoError> {
         self.count(stmts.len());
-        let prepared = stmts.iter().map(|s| self.prepare(s)).collect::<Result<Vec<_>, _>>()?;
+        let prepared = stmts
+            .iter()
+            .map(|s| self.prepare(s))
+            .collect::<Result<Vec<_>, _>>()?;
         let started = now_ms();
         let result = self.db.batch(prepared).await.step(format!("d1 {what}"));
         IoCounts::add_ms(&self.io.d1_ms, started);
@@ -171,7 +206,12 @@ impl Db {
 
 /// `meta.changes` of a write: how many rows it inserted, updated or deleted.
 pub fn changes(result: &D1Result) -> usize {
-    result.meta().ok().flatten().and_then(|m| m.changes).unwrap_or(0)
+    result
+        .meta()
+        .ok()
+        .flatten()
+        .and_then(|m| m.changes)
+        .unwrap_or(0)
 }
 
 /// Rows of a statement inside a batch result.
@@ -189,14 +229,21 @@ pub fn now_ms() -> u64 {
     worker::Date::now().as_millis()
 }
 
-/// One structured log line.
-pub fn log(line: serde_json::Value) {
+/// One structured log line, stamped with the runtime's clock (`at_ms`) so lines from different
+/// workers can be put in order and timed against each other.
+pub fn log(mut line: serde_json::Value) {
+    if let Some(fields) = line.as_object_mut() {
+        fields.insert("at_ms".into(), now_ms().into());
+    }
     worker::console_log!("{}", line);
 }
 
 /// A string variable or secret, if set and not empty.
 pub fn var(env: &Env, name: &str) -> Option<String> {
-    env.var(name).ok().map(|v| v.to_string()).filter(|v| !v.is_empty())
+    env.var(name)
+        .ok()
+        .map(|v| v.to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// A configuration value that is wrong or missing, reported once at startup.
@@ -218,7 +265,10 @@ pub fn required(env: &Env, name: &str) -> Result<String, ConfigError> {
 pub fn number(env: &Env, name: &str, default: i64) -> Result<i64, ConfigError> {
     match var(env, name) {
         None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|_| ConfigError(format!("{name} must be an integer, got {v:?}"))),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError(format!("{name} must be an integer, got {v:?}"))),
     }
 }
 
@@ -237,19 +287,35 @@ pub const STATUS_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// Caches a task's final status in KV. D1 holds the truth and the cache is an optimisation, so a
 /// failure here is logged, never returned: the task has ended either way.
-pub async fn cache_final_status(env: &Env, io: &IoCounts, task: &crate::ids::TaskId, cached: &CachedStatus) {
+pub async fn cache_final_status(
+    env: &Env,
+    io: &IoCounts,
+    task: &crate::ids::TaskId,
+    cached: &CachedStatus,
+) {
     io.kv();
     let value = serde_json::to_string(cached).unwrap_or_default();
     let put = match env.kv("KV").step("binding KV") {
-        Ok(kv) => match kv.put(&crate::keys::task_status_key(task), value).step("kv put status") {
-            Ok(p) => p.expiration_ttl(STATUS_TTL_SECS).execute().await.step("kv put status"),
+        Ok(kv) => match kv
+            .put(&crate::keys::task_status_key(task), value)
+            .step("kv put status")
+        {
+            Ok(p) => p
+                .expiration_ttl(STATUS_TTL_SECS)
+                .execute()
+                .await
+                .step("kv put status"),
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
     };
     match put {
-        Ok(()) => log(serde_json::json!({"event": "task.final_status_cached", "task_id": task.to_string(), "status": cached.status})),
-        Err(e) => log(serde_json::json!({"level": "warn", "event": "status_cache_failed", "task_id": task.to_string(), "cause": e.to_string()})),
+        Ok(()) => log(
+            serde_json::json!({"event": "task.final_status_cached", "task_id": task.to_string(), "status": cached.status}),
+        ),
+        Err(e) => log(
+            serde_json::json!({"level": "warn", "event": "status_cache_failed", "task_id": task.to_string(), "cause": e.to_string()}),
+        ),
     }
 }
 
@@ -258,23 +324,40 @@ const BATCH_MAX_MESSAGES: usize = 100;
 const BATCH_MAX_BYTES: usize = 250 * 1024;
 
 /// Sends JSON bodies (as text, sent as JS objects) in as few batches as the queue's limits allow.
-pub async fn send_json_batch(io: &IoCounts, queue: &Queue, bodies: &[String], delay_seconds: u32) -> Result<(), IoError> {
+pub async fn send_json_batch(
+    io: &IoCounts,
+    queue: &Queue,
+    bodies: &[String],
+    delay_seconds: u32,
+) -> Result<(), IoError> {
     let mut start = 0;
     while start < bodies.len() {
         let mut end = start;
         let mut bytes = 0;
-        while end < bodies.len() && end - start < BATCH_MAX_MESSAGES && (end == start || bytes + bodies[end].len() <= BATCH_MAX_BYTES) {
+        while end < bodies.len()
+            && end - start < BATCH_MAX_MESSAGES
+            && (end == start || bytes + bodies[end].len() <= BATCH_MAX_BYTES)
+        {
             bytes += bodies[end].len();
             end += 1;
         }
         let mut messages = Vec::with_capacity(end - start);
         for text in &bodies[start..end] {
-            let value = worker::js_sys::JSON::parse(text)
-                .map_err(|_| IoError { step: "queue send".into(), cause: "body is not JSON".into() })?;
-            messages.push(RawMessageBuilder::new(value).delay_seconds(delay_seconds).build_with_content_type(QueueContentType::Json));
+            let value = worker::js_sys::JSON::parse(text).map_err(|_| IoError {
+                step: "queue send".into(),
+                cause: "body is not JSON".into(),
+            })?;
+            messages.push(
+                RawMessageBuilder::new(value)
+                    .delay_seconds(delay_seconds)
+                    .build_with_content_type(QueueContentType::Json),
+            );
         }
         bump(&io.queue_sends, 1);
-        queue.send_raw_batch(BatchMessageBuilder::new().messages(messages).build()).await.step("queue send batch")?;
+        queue
+            .send_raw_batch(BatchMessageBuilder::new().messages(messages).build())
+            .await
+            .step("queue send batch")?;
         start = end;
     }
     Ok(())

@@ -5,13 +5,25 @@ use crate::ids::{TaskId, UploadId, UserId};
 use crate::model::Model;
 
 /// Image types we store, with the extension used in keys.
-pub const IMAGE_TYPES: [(&str, &str); 4] =
-    [("image/png", "png"), ("image/jpeg", "jpg"), ("image/webp", "webp"), ("image/gif", "gif")];
+pub const IMAGE_TYPES: [(&str, &str); 4] = [
+    ("image/png", "png"),
+    ("image/jpeg", "jpg"),
+    ("image/webp", "webp"),
+    ("image/gif", "gif"),
+];
 
 /// The extension for an image content type (parameters such as `; charset` ignored).
 pub fn image_extension(content_type: &str) -> Option<&'static str> {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    IMAGE_TYPES.iter().find(|(ct, _)| *ct == essence).map(|(_, ext)| *ext)
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    IMAGE_TYPES
+        .iter()
+        .find(|(ct, _)| *ct == essence)
+        .map(|(_, ext)| *ext)
 }
 
 /// The image type the bytes actually are, from their magic numbers.
@@ -64,9 +76,15 @@ mod tests {
         let u = UserId::parse("11111111-2222-4333-8444-555555555555").unwrap();
         let up = UploadId::parse("66666666-7777-4888-8999-aaaaaaaaaaaa").unwrap();
         let k = upload_key(&u, &up, "jpg");
-        assert_eq!(k, "cache/11111111-2222-4333-8444-555555555555/66666666-7777-4888-8999-aaaaaaaaaaaa.jpg");
+        assert_eq!(
+            k,
+            "cache/11111111-2222-4333-8444-555555555555/66666666-7777-4888-8999-aaaaaaaaaaaa.jpg"
+        );
         assert!(k.starts_with(&format!("cache/{u}/")));
-        assert_eq!(task_status_key(&t), "task-status:0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d");
+        assert_eq!(
+            task_status_key(&t),
+            "task-status:0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+        );
     }
 
     #[test]

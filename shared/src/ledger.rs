@@ -7,7 +7,8 @@
 //! 3. A task ends its hold exactly once with a `release` row of `+cost`, written in the batch
 //!    that moves the task to `completed` or `failed` and only if that move happened. On success the same
 //!    batch adds one `consumption` row of `-cost` and allocates it to grants in
-//!    `credit_consumptions` ([`allocate`]): live grants earliest expiry first (grants without
+//!    `credit_consumptions` ([`allocate`], done in SQL by [`ALLOCATION_SQL`] inside that batch, so
+//!    settling is one round trip and reads grants in the same transaction that draws on them): live grants earliest expiry first (grants without
 //!    expiry last), then, if grants expired while the task ran, the most recently expired ones
 //!    (the hold was good when taken). A unique index on `(entity_type, entity_id, type)` makes a
 //!    second release, consumption or reserve for the same task fail, which aborts the whole batch:
@@ -40,7 +41,11 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
-    pub const GRANTS: [EntryKind; 3] = [EntryKind::Purchase, EntryKind::Gift, EntryKind::Subscription];
+    pub const GRANTS: [EntryKind; 3] = [
+        EntryKind::Purchase,
+        EntryKind::Gift,
+        EntryKind::Subscription,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -102,7 +107,10 @@ pub struct Stmt {
 
 impl Stmt {
     pub fn new(sql: impl Into<String>, params: Vec<Param>) -> Self {
-        Self { sql: sql.into(), params }
+        Self {
+            sql: sql.into(),
+            params,
+        }
     }
 }
 
@@ -140,11 +148,18 @@ pub fn balance(entries: &[Entry], used: impl Fn(&str) -> i64, now: i64) -> Credi
 }
 
 /// [`balance`] where `clawed_back(grant_id)` says whether a refund took the grant back.
-pub fn balance_with_clawbacks(entries: &[Entry], used: impl Fn(&str) -> i64, clawed_back: impl Fn(&str) -> bool, now: i64) -> Credits {
+pub fn balance_with_clawbacks(
+    entries: &[Entry],
+    used: impl Fn(&str) -> i64,
+    clawed_back: impl Fn(&str) -> bool,
+    now: i64,
+) -> Credits {
     let total: i64 = entries.iter().map(|e| e.amount).sum();
     let lapsed: i64 = entries
         .iter()
-        .filter(|e| e.kind.is_grant() && e.amount > 0 && expired(e.expires_at, now) && !clawed_back(&e.id))
+        .filter(|e| {
+            e.kind.is_grant() && e.amount > 0 && expired(e.expires_at, now) && !clawed_back(&e.id)
+        })
         .map(|e| (e.amount - used(&e.id)).max(0))
         .sum();
     Credits(total - lapsed)
@@ -216,21 +231,6 @@ fn grant_sql(g: NewGrant<'_>, insert: &str, tail: &str) -> Stmt {
     )
 }
 
-/// Grants that still have something left, with their remaining amount. `?1` user.
-pub fn grants_query(user: &UserId) -> Stmt {
-    Stmt::new(
-        "SELECT g.id AS id,
-                g.amount - COALESCE((SELECT SUM(c.amount) FROM credit_consumptions c WHERE c.from_record_id = g.id), 0) AS remaining,
-                g.expires_at AS expires_at, g.created_at AS created_at
-         FROM credit_records g
-         WHERE g.user_id = ?1 AND g.amount > 0 AND g.type IN ('purchase','gift','subscription')
-           AND g.amount > COALESCE((SELECT SUM(c.amount) FROM credit_consumptions c WHERE c.from_record_id = g.id), 0)
-           AND NOT EXISTS (SELECT 1 FROM credit_records cb WHERE cb.type = 'clawback'
-                           AND cb.entity_type = g.entity_type AND cb.entity_id = g.entity_id)",
-        vec![user.to_string().into()],
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 // Holds
 // ---------------------------------------------------------------------------------------------
@@ -292,12 +292,21 @@ fn entry_id(kind: &str, task: &TaskId) -> String {
 /// `status`. Settlement and release batches first move the task (a conditional UPDATE), then
 /// write the ledger under this guard: a task that some other path already ended gets no rows.
 fn task_is(status: TaskStatus) -> String {
-    format!("WHERE EXISTS (SELECT 1 FROM ai_tasks WHERE id = ?4 AND status = '{}')", status.as_str())
+    format!(
+        "WHERE EXISTS (SELECT 1 FROM ai_tasks WHERE id = ?4 AND status = '{}')",
+        status.as_str()
+    )
 }
 
 /// Ends a task's hold (`+cost`), guarded by the task having reached `ended_as`. A second
 /// release for the same task fails on the unique index and aborts its batch.
-pub fn release(task: &TaskId, user: &UserId, cost: Credits, ended_as: TaskStatus, now: i64) -> Stmt {
+pub fn release(
+    task: &TaskId,
+    user: &UserId,
+    cost: Credits,
+    ended_as: TaskStatus,
+    now: i64,
+) -> Stmt {
     Stmt::new(
         format!(
             "INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, note, created_at)
@@ -331,9 +340,22 @@ pub struct Allocation {
 /// Spreads `cost` over grants: live ones earliest expiry first (no expiry last, then oldest
 /// first), then expired ones, most recently expired first.
 pub fn allocate(cost: Credits, grants: &[Grant], now: i64) -> Allocation {
-    let mut live: Vec<&Grant> = grants.iter().filter(|g| g.remaining > 0 && !expired(g.expires_at, now)).collect();
-    live.sort_by_key(|g| (g.expires_at.is_none(), g.expires_at, g.created_at, g.id.clone()));
-    let mut lapsed: Vec<&Grant> = grants.iter().filter(|g| g.remaining > 0 && expired(g.expires_at, now)).collect();
+    let mut live: Vec<&Grant> = grants
+        .iter()
+        .filter(|g| g.remaining > 0 && !expired(g.expires_at, now))
+        .collect();
+    live.sort_by_key(|g| {
+        (
+            g.expires_at.is_none(),
+            g.expires_at,
+            g.created_at,
+            g.id.clone(),
+        )
+    });
+    let mut lapsed: Vec<&Grant> = grants
+        .iter()
+        .filter(|g| g.remaining > 0 && expired(g.expires_at, now))
+        .collect();
     lapsed.sort_by_key(|g| (std::cmp::Reverse(g.expires_at), g.created_at, g.id.clone()));
 
     let mut left = cost.get().max(0);
@@ -346,16 +368,42 @@ pub fn allocate(cost: Credits, grants: &[Grant], now: i64) -> Allocation {
         draws.push((g.id.clone(), take));
         left -= take;
     }
-    Allocation { draws, unbacked: left }
+    Allocation {
+        draws,
+        unbacked: left,
+    }
 }
 
-/// The settlement of a successful task: ends the hold, records the consumption and its
-/// allocation, each guarded by the task being `completed`. Put these after the UPDATE that
-/// completes the task, in the same batch. If the task was already settled, the release fails on
-/// the unique index and the whole batch (the UPDATE included) is rolled back.
-pub fn settle(task: &TaskId, user: &UserId, cost: Credits, allocation: &Allocation, now: i64) -> Vec<Stmt> {
+/// [`allocate`] in SQL: draws `?2` credits for task `?4` from user `?1`'s grants at time `?3`,
+/// one `credit_consumptions` row per grant drawn. Grants are ranked as [`allocate`] ranks them
+/// (live before lapsed; live by earliest expiry, no expiry last; lapsed most recently expired
+/// first; then oldest, then id); each draws the smaller of what it has left and what the grants
+/// before it did not cover. Clawed-back grants back nothing. What no grant covers stays unbacked.
+pub const ALLOCATION_SQL: &str = "INSERT INTO credit_consumptions (id, user_id, amount, from_record_id, entity_type, entity_id, reason, created_at)
+ SELECT ?4 || ':' || id, ?1, MIN(remaining, ?2 - drawn_before), id, 'task', ?4, 'generation', ?3
+ FROM (SELECT id, remaining,
+              COALESCE(SUM(remaining) OVER (ORDER BY lapsed, no_expiry, rank_expiry, created_at, id
+                                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS drawn_before
+       FROM (SELECT g.id AS id,
+                    g.amount - COALESCE((SELECT SUM(c.amount) FROM credit_consumptions c WHERE c.from_record_id = g.id), 0) AS remaining,
+                    (g.expires_at IS NOT NULL AND g.expires_at <= ?3) AS lapsed,
+                    CASE WHEN g.expires_at IS NOT NULL AND g.expires_at <= ?3 THEN 0 ELSE g.expires_at IS NULL END AS no_expiry,
+                    CASE WHEN g.expires_at IS NOT NULL AND g.expires_at <= ?3 THEN -g.expires_at ELSE g.expires_at END AS rank_expiry,
+                    g.created_at AS created_at
+             FROM credit_records g
+             WHERE g.user_id = ?1 AND g.amount > 0 AND g.type IN ('purchase','gift','subscription')
+               AND NOT EXISTS (SELECT 1 FROM credit_records cb WHERE cb.type = 'clawback'
+                               AND cb.entity_type = g.entity_type AND cb.entity_id = g.entity_id))
+       WHERE remaining > 0)
+ WHERE drawn_before < ?2";
+
+/// The settlement of a successful task: ends the hold, records the consumption and allocates it
+/// to grants ([`ALLOCATION_SQL`]), each guarded by the task being `completed`. Put these after
+/// the UPDATE that completes the task, in the same batch. If the task was already settled, the
+/// release fails on the unique index and the whole batch (the UPDATE included) is rolled back.
+pub fn settle(task: &TaskId, user: &UserId, cost: Credits, now: i64) -> [Stmt; 3] {
     let guard = task_is(TaskStatus::Completed);
-    let mut stmts = vec![
+    [
         release(task, user, cost, TaskStatus::Completed, now),
         Stmt::new(
             format!(
@@ -370,24 +418,11 @@ pub fn settle(task: &TaskId, user: &UserId, cost: Credits, allocation: &Allocati
                 now.into(),
             ],
         ),
-    ];
-    for (grant_id, amount) in &allocation.draws {
-        stmts.push(Stmt::new(
-            format!(
-                "INSERT INTO credit_consumptions (id, user_id, amount, from_record_id, entity_type, entity_id, reason, created_at)
-                 SELECT ?1, ?2, ?3, ?6, 'task', ?4, 'generation', ?5 {guard}"
-            ),
-            vec![
-                format!("{task}:{grant_id}").into(),
-                user.to_string().into(),
-                (*amount).into(),
-                task.to_string().into(),
-                now.into(),
-                grant_id.clone().into(),
-            ],
-        ));
-    }
-    stmts
+        Stmt::new(
+            format!("{ALLOCATION_SQL} AND EXISTS (SELECT 1 FROM ai_tasks WHERE id = ?4 AND status = '{}')", TaskStatus::Completed.as_str()),
+            vec![user.to_string().into(), cost.get().into(), now.into(), task.to_string().into()],
+        ),
+    ]
 }
 
 /// The failure of a task: move it to `failed` (only from a live state) with its reason, and
@@ -432,11 +467,22 @@ mod tests {
     use super::*;
 
     fn g(id: &str, remaining: i64, expires_at: Option<i64>, created_at: i64) -> Grant {
-        Grant { id: id.into(), remaining, expires_at, created_at }
+        Grant {
+            id: id.into(),
+            remaining,
+            expires_at,
+            created_at,
+        }
     }
 
     fn e(id: &str, kind: EntryKind, amount: i64, expires_at: Option<i64>) -> Entry {
-        Entry { id: id.into(), kind, amount, expires_at, created_at: 0 }
+        Entry {
+            id: id.into(),
+            kind,
+            amount,
+            expires_at,
+            created_at: 0,
+        }
     }
 
     #[test]
@@ -462,9 +508,16 @@ mod tests {
 
     #[test]
     fn allocation_falls_back_to_recently_expired_grants_then_reports_shortfall() {
-        let grants = [g("old", 5, Some(10), 1), g("recent", 1, Some(50), 2), g("live", 1, None, 3)];
+        let grants = [
+            g("old", 5, Some(10), 1),
+            g("recent", 1, Some(50), 2),
+            g("live", 1, None, 3),
+        ];
         let a = allocate(Credits(9), &grants, 100);
-        assert_eq!(a.draws, vec![("live".into(), 1), ("recent".into(), 1), ("old".into(), 5)]);
+        assert_eq!(
+            a.draws,
+            vec![("live".into(), 1), ("recent".into(), 1), ("old".into(), 5)]
+        );
         assert_eq!(a.unbacked, 2);
     }
 
@@ -479,7 +532,10 @@ mod tests {
         // the promo lapses: its 5 unspent credits go
         assert_eq!(balance(&entries, |_| 0, 60), Credits(8));
         // ...but what was already drawn from it stays spent, not refunded
-        assert_eq!(balance(&entries, |id| if id == "promo" { 2 } else { 0 }, 60), Credits(10));
+        assert_eq!(
+            balance(&entries, |id| if id == "promo" { 2 } else { 0 }, 60),
+            Credits(10)
+        );
     }
 
     #[test]
@@ -491,16 +547,33 @@ mod tests {
         ];
         let used = |id: &str| if id == "purchase:o1" { 30 } else { 0 };
         let clawed = |id: &str| id == "purchase:o1";
-        assert_eq!(balance_with_clawbacks(&entries, used, clawed, 10), Credits(-30));
+        assert_eq!(
+            balance_with_clawbacks(&entries, used, clawed, 10),
+            Credits(-30)
+        );
         // once the clawed-back grant expires it does not lapse a second time
-        assert_eq!(balance_with_clawbacks(&entries, used, clawed, 600), Credits(-30));
-        let topped_up = [&entries[..], &[e("purchase:o2", EntryKind::Purchase, 50, None)]].concat();
-        assert_eq!(balance_with_clawbacks(&topped_up, used, clawed, 10), Credits(20), "a new purchase restores service");
+        assert_eq!(
+            balance_with_clawbacks(&entries, used, clawed, 600),
+            Credits(-30)
+        );
+        let topped_up = [
+            &entries[..],
+            &[e("purchase:o2", EntryKind::Purchase, 50, None)],
+        ]
+        .concat();
+        assert_eq!(
+            balance_with_clawbacks(&topped_up, used, clawed, 10),
+            Credits(20),
+            "a new purchase restores service"
+        );
     }
 
     #[test]
     fn hold_then_release_or_settle_moves_the_balance_once() {
-        let mut entries = vec![e("gift", EntryKind::Gift, 5, None), e("reserve:t", EntryKind::Reserve, -2, None)];
+        let mut entries = vec![
+            e("gift", EntryKind::Gift, 5, None),
+            e("reserve:t", EntryKind::Reserve, -2, None),
+        ];
         assert_eq!(balance(&entries, |_| 0, 0), Credits(3));
         // failure: the release gives it back
         let mut failed = entries.clone();
@@ -509,7 +582,10 @@ mod tests {
         // success: release + consumption spends exactly the cost
         entries.push(e("release:t", EntryKind::Release, 2, None));
         entries.push(e("consumption:t", EntryKind::Consumption, -2, None));
-        assert_eq!(balance(&entries, |id| if id == "gift" { 2 } else { 0 }, 0), Credits(3));
+        assert_eq!(
+            balance(&entries, |id| if id == "gift" { 2 } else { 0 }, 0),
+            Credits(3)
+        );
     }
 
     #[test]
@@ -525,24 +601,47 @@ mod tests {
     fn settlement_statements_start_with_the_release_guard_and_use_stable_ids() {
         let task = TaskId::new();
         let user = UserId::new();
-        let alloc = Allocation { draws: vec![("g1".into(), 2)], unbacked: 0 };
-        let stmts = settle(&task, &user, Credits(2), &alloc, 7);
+        let stmts = settle(&task, &user, Credits(2), 7);
         assert!(stmts[0].sql.contains("'release'"));
         assert_eq!(stmts[0].params[0], Param::Text(format!("release:{task}")));
         assert!(stmts[1].sql.contains("'consumption'"));
-        assert_eq!(stmts[2].params[0], Param::Text(format!("{task}:g1")));
-        assert!(stmts.iter().all(|s| s.sql.contains("status = 'completed'")), "every row is guarded");
+        assert!(
+            stmts[2].sql.starts_with("INSERT INTO credit_consumptions")
+                && stmts[2].sql.contains("?4 || ':' || id"),
+            "allocation ids are task:grant"
+        );
+        assert_eq!(stmts[2].params[3], Param::Text(task.to_string()));
+        assert!(
+            stmts.iter().all(|s| s.sql.contains("status = 'completed'")),
+            "every row is guarded"
+        );
         let rel = release(&task, &user, Credits(2), TaskStatus::Failed, 7);
         assert!(rel.sql.contains("status = 'failed'"));
-        assert_eq!(stmts.len(), 3);
-        assert_eq!(settle(&task, &user, Credits(2), &alloc, 99), settle(&task, &user, Credits(2), &alloc, 99));
+        assert_eq!(
+            settle(&task, &user, Credits(2), 99),
+            settle(&task, &user, Credits(2), 99)
+        );
+        // the guard is appended to the allocation's outer WHERE
+        assert!(stmts[2].sql.contains("WHERE drawn_before < ?2 AND EXISTS"));
     }
 
     #[test]
     fn failing_a_task_moves_it_and_releases_under_guard() {
-        let [update, rel] = fail_task(&TaskId::new(), &UserId::new(), Credits(3), &"x".repeat(600), 9);
-        assert!(update.sql.contains("status IN ('pending','submitted','processing')"));
-        assert_eq!(update.params[1], Param::Text("x".repeat(500)), "reason capped");
+        let [update, rel] = fail_task(
+            &TaskId::new(),
+            &UserId::new(),
+            Credits(3),
+            &"x".repeat(600),
+            9,
+        );
+        assert!(update
+            .sql
+            .contains("status IN ('pending','submitted','processing')"));
+        assert_eq!(
+            update.params[1],
+            Param::Text("x".repeat(500)),
+            "reason capped"
+        );
         assert!(rel.sql.contains("status = 'failed'") && rel.sql.contains("'release'"));
     }
 
@@ -552,7 +651,10 @@ mod tests {
             classify_conflict("D1_ERROR: UNIQUE constraint failed: credit_records.entity_type, credit_records.entity_id, credit_records.type: SQLITE_CONSTRAINT"),
             Some(SettleConflict::AlreadyResolved)
         );
-        assert_eq!(classify_conflict("D1_ERROR: grant_overdrawn: SQLITE_CONSTRAINT"), Some(SettleConflict::GrantRaced));
+        assert_eq!(
+            classify_conflict("D1_ERROR: grant_overdrawn: SQLITE_CONSTRAINT"),
+            Some(SettleConflict::GrantRaced)
+        );
         assert_eq!(classify_conflict("D1_ERROR: no such table: x"), None);
     }
 }

@@ -16,7 +16,11 @@ pub const VERSION: u32 = 1;
 pub enum TaskMessage {
     /// Submit a pending task to its provider.
     #[serde(rename = "task.submit")]
-    Submit { v: u32, task_id: TaskId, attempt: u32 },
+    Submit {
+        v: u32,
+        task_id: TaskId,
+        attempt: u32,
+    },
     /// Ask the provider how the task is doing. Carries what the poll needs so that a poll where
     /// nothing changed reads and writes nothing in D1.
     #[serde(rename = "task.poll")]
@@ -66,12 +70,20 @@ fn yes() -> bool {
 pub enum EventMessage {
     /// `event_row` is the id of the stored event in `webhook_events`.
     #[serde(rename = "webhook.apply")]
-    Apply { v: u32, event_row: String, attempt: u32 },
+    Apply {
+        v: u32,
+        event_row: String,
+        attempt: u32,
+    },
 }
 
 impl EventMessage {
     pub fn apply(event_row: &str) -> Self {
-        EventMessage::Apply { v: VERSION, event_row: event_row.to_owned(), attempt: 0 }
+        EventMessage::Apply {
+            v: VERSION,
+            event_row: event_row.to_owned(),
+            attempt: 0,
+        }
     }
 }
 
@@ -109,7 +121,10 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &serde_json::Value) -> Result<T
 pub fn fresh_for_replay(body: &mut serde_json::Value) {
     if let Some(obj) = body.as_object_mut() {
         for counter in ["attempt", "failures"] {
-            if obj.get(counter).is_some_and(serde_json::Value::is_u64) && !(counter == "attempt" && obj.get("type").and_then(|t| t.as_str()) == Some("task.poll")) {
+            if obj.get(counter).is_some_and(serde_json::Value::is_u64)
+                && !(counter == "attempt"
+                    && obj.get("type").and_then(|t| t.as_str()) == Some("task.poll"))
+            {
                 obj.insert(counter.into(), 0.into());
             }
         }
@@ -123,18 +138,26 @@ pub fn type_of(body: &serde_json::Value) -> Option<&str> {
 
 impl TaskMessage {
     pub fn submit(task_id: TaskId) -> Self {
-        TaskMessage::Submit { v: VERSION, task_id, attempt: 0 }
+        TaskMessage::Submit {
+            v: VERSION,
+            task_id,
+            attempt: 0,
+        }
     }
 
     pub fn task_id(&self) -> TaskId {
         match self {
-            TaskMessage::Submit { task_id, .. } | TaskMessage::Poll { task_id, .. } | TaskMessage::Store { task_id, .. } => *task_id,
+            TaskMessage::Submit { task_id, .. }
+            | TaskMessage::Poll { task_id, .. }
+            | TaskMessage::Store { task_id, .. } => *task_id,
         }
     }
 
     pub fn attempt(&self) -> u32 {
         match self {
-            TaskMessage::Submit { attempt, .. } | TaskMessage::Poll { attempt, .. } | TaskMessage::Store { attempt, .. } => *attempt,
+            TaskMessage::Submit { attempt, .. }
+            | TaskMessage::Poll { attempt, .. }
+            | TaskMessage::Store { attempt, .. } => *attempt,
         }
     }
 
@@ -149,7 +172,15 @@ impl TaskMessage {
     /// The store step for a poll that found the results ready.
     pub fn store(&self, urls: Vec<String>) -> Option<Self> {
         match self {
-            TaskMessage::Poll { task_id, user_id, model, external_id, cost, deadline_at, .. } => Some(TaskMessage::Store {
+            TaskMessage::Poll {
+                task_id,
+                user_id,
+                model,
+                external_id,
+                cost,
+                deadline_at,
+                ..
+            } => Some(TaskMessage::Store {
                 v: VERSION,
                 task_id: *task_id,
                 user_id: *user_id,
@@ -176,7 +207,9 @@ impl TaskMessage {
     pub fn after_failure(&self) -> Self {
         let mut next = self.clone();
         match &mut next {
-            TaskMessage::Submit { attempt, .. } | TaskMessage::Store { attempt, .. } => *attempt += 1,
+            TaskMessage::Submit { attempt, .. } | TaskMessage::Store { attempt, .. } => {
+                *attempt += 1
+            }
             TaskMessage::Poll { failures, .. } => *failures += 1,
         }
         next
@@ -185,7 +218,10 @@ impl TaskMessage {
     /// The next poll after an answer that says "still generating".
     pub fn next_poll(&self) -> Self {
         let mut next = self.clone();
-        if let TaskMessage::Poll { attempt, failures, .. } = &mut next {
+        if let TaskMessage::Poll {
+            attempt, failures, ..
+        } = &mut next
+        {
             *attempt += 1;
             *failures = 0;
         }
@@ -245,7 +281,10 @@ mod tests {
         let store = failed.store(vec!["u".into()]).unwrap();
         assert_eq!((store.kind(), store.failures()), ("task.store", 0));
         assert_eq!(store.after_failure().failures(), 1);
-        assert_eq!(parse::<TaskMessage>(&serde_json::to_value(&store).unwrap()).unwrap(), store);
+        assert_eq!(
+            parse::<TaskMessage>(&serde_json::to_value(&store).unwrap()).unwrap(),
+            store
+        );
         // a poll written before `failures` existed still parses
         let mut body = serde_json::to_value(&poll).unwrap();
         body.as_object_mut().unwrap().remove("failures");
@@ -258,9 +297,17 @@ mod tests {
         let mut submit = json!({"v": 1, "type": "task.submit", "task_id": "x", "attempt": 7});
         fresh_for_replay(&mut submit);
         assert_eq!(submit["attempt"], 0);
-        let mut poll = json!({"v": 1, "type": "task.poll", "attempt": 12, "failures": 5, "external_id": "e"});
+        let mut poll =
+            json!({"v": 1, "type": "task.poll", "attempt": 12, "failures": 5, "external_id": "e"});
         fresh_for_replay(&mut poll);
-        assert_eq!((poll["attempt"].clone(), poll["failures"].clone(), poll["external_id"].clone()), (json!(12), json!(0), json!("e")));
+        assert_eq!(
+            (
+                poll["attempt"].clone(),
+                poll["failures"].clone(),
+                poll["external_id"].clone()
+            ),
+            (json!(12), json!(0), json!("e"))
+        );
         let mut garbage = json!("not an object");
         fresh_for_replay(&mut garbage);
         assert_eq!(garbage, json!("not an object"));
@@ -268,15 +315,26 @@ mod tests {
 
     #[test]
     fn garbage_and_unknown_versions_are_rejected_with_a_class() {
-        assert_eq!(parse::<TaskMessage>(&json!("hello")).unwrap_err().class(), "parse_error");
+        assert_eq!(
+            parse::<TaskMessage>(&json!("hello")).unwrap_err().class(),
+            "parse_error"
+        );
         assert_eq!(
             parse::<TaskMessage>(&json!({"v": 2, "type": "task.submit"})).unwrap_err(),
             MessageError::UnknownVersion(Some(2))
         );
-        assert_eq!(parse::<TaskMessage>(&json!({"type": "task.submit"})).unwrap_err().class(), "unknown_version");
-        let bad = parse::<TaskMessage>(&json!({"v": 1, "type": "task.submit", "task_id": "nope", "attempt": 0}));
+        assert_eq!(
+            parse::<TaskMessage>(&json!({"type": "task.submit"}))
+                .unwrap_err()
+                .class(),
+            "unknown_version"
+        );
+        let bad = parse::<TaskMessage>(
+            &json!({"v": 1, "type": "task.submit", "task_id": "nope", "attempt": 0}),
+        );
         assert_eq!(bad.unwrap_err().class(), "parse_error");
-        let unknown_field = json!({"v": 1, "type": "task.submit", "task_id": TaskId::new(), "attempt": 0, "x": 1});
+        let unknown_field =
+            json!({"v": 1, "type": "task.submit", "task_id": TaskId::new(), "attempt": 0, "x": 1});
         assert!(parse::<TaskMessage>(&unknown_field).is_err());
     }
 }

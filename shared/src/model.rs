@@ -62,7 +62,10 @@ mod tests {
         for m in Model::ALL {
             assert!(m.cost().get() > 0, "{m} must cost something");
             assert_eq!(Model::parse(m.as_str()), Some(m));
-            assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{}\"", m.as_str()));
+            assert_eq!(
+                serde_json::to_string(&m).unwrap(),
+                format!("\"{}\"", m.as_str())
+            );
         }
         assert_eq!(Model::Kie4o.cost(), Credits(2));
         assert_eq!(Model::KieKontext.cost(), Credits(3));

@@ -34,19 +34,44 @@ pub struct Event {
 }
 
 pub fn parse_event(body: &[u8]) -> Result<Event, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
-    let id = v.get("id").and_then(Value::as_str).filter(|s| !s.is_empty() && s.len() <= 256).ok_or("id is missing")?;
-    let event_type = v.get("eventType").and_then(Value::as_str).filter(|s| !s.is_empty() && s.len() <= 128).ok_or("eventType is missing")?;
-    let created_ms = v.get("created_at").and_then(Value::as_i64).ok_or("created_at is missing")?;
-    let object = v.get("object").cloned().filter(Value::is_object).ok_or("object is missing")?;
-    Ok(Event { id: id.to_owned(), event_type: event_type.to_owned(), created_at: created_ms.div_euclid(1000), object })
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
+    let id = v
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 256)
+        .ok_or("id is missing")?;
+    let event_type = v
+        .get("eventType")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 128)
+        .ok_or("eventType is missing")?;
+    let created_ms = v
+        .get("created_at")
+        .and_then(Value::as_i64)
+        .ok_or("created_at is missing")?;
+    let object = v
+        .get("object")
+        .cloned()
+        .filter(Value::is_object)
+        .ok_or("object is missing")?;
+    Ok(Event {
+        id: id.to_owned(),
+        event_type: event_type.to_owned(),
+        created_at: created_ms.div_euclid(1000),
+        object,
+    })
 }
 
 /// Unix seconds from an ISO 8601 timestamp or a number (seconds, or milliseconds if huge).
 fn time(v: Option<&Value>) -> Option<i64> {
     match v? {
-        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s).ok().map(|d| d.timestamp()),
-        Value::Number(n) => n.as_i64().map(|t| if t > 100_000_000_000 { t / 1000 } else { t }),
+        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|d| d.timestamp()),
+        Value::Number(n) => n
+            .as_i64()
+            .map(|t| if t > 100_000_000_000 { t / 1000 } else { t }),
         _ => None,
     }
 }
@@ -75,15 +100,26 @@ pub struct Refs {
 
 pub fn refs(e: &Event) -> Refs {
     let o = &e.object;
-    let meta = |k: &str| o.pointer(&format!("/metadata/{k}")).and_then(Value::as_str).map(str::to_owned);
+    let meta = |k: &str| {
+        o.pointer(&format!("/metadata/{k}"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
     let kind = o.get("object").and_then(Value::as_str).unwrap_or("");
     let (checkout_id, subscription_id) = match kind {
-        "checkout" => (o.get("id").and_then(Value::as_str).map(str::to_owned), id_of(o.get("subscription"))),
+        "checkout" => (
+            o.get("id").and_then(Value::as_str).map(str::to_owned),
+            id_of(o.get("subscription")),
+        ),
         "subscription" => (None, o.get("id").and_then(Value::as_str).map(str::to_owned)),
         _ => (id_of(o.get("checkout")), id_of(o.get("subscription"))),
     };
     Refs {
-        order_id: o.get("request_id").and_then(Value::as_str).map(str::to_owned).or_else(|| meta("order_id")),
+        order_id: o
+            .get("request_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| meta("order_id")),
         checkout_id,
         provider_order_id: id_of(o.get("order")),
         subscription_id,
@@ -111,7 +147,10 @@ pub struct SubscriptionRow {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
     /// Run these statements in one batch (the consumer adds the event's own status update).
-    Apply { stmts: Vec<Stmt>, note: Option<String> },
+    Apply {
+        stmts: Vec<Stmt>,
+        note: Option<String>,
+    },
     /// Nothing to do for this event type or subject.
     Ignore(String),
     /// A thing it refers to is not known yet: retry later.
@@ -197,7 +236,10 @@ fn subscription_effects(
     grants_period: bool,
     now: i64,
 ) -> Result<Vec<Stmt>, String> {
-    let provider_sub = sub_obj.get("id").and_then(Value::as_str).ok_or("subscription id is missing")?;
+    let provider_sub = sub_obj
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or("subscription id is missing")?;
     let product = id_of(sub_obj.get("product")).or_else(|| id_of(e.object.get("product")));
     let plan = match product.as_deref().and_then(|p| catalog.by_creem_id(p)) {
         Some(Product::Plan(p)) => Some(p),
@@ -205,12 +247,41 @@ fn subscription_effects(
     };
     let start = time(sub_obj.get("current_period_start_date"));
     let end = time(sub_obj.get("current_period_end_date"));
-    let status = subscription_status(&e.event_type, sub_obj.get("status").and_then(Value::as_str)).ok_or("not a subscription event")?;
-    let cancelled_at = (status == "cancelled").then(|| time(sub_obj.get("canceled_at")).unwrap_or(e.created_at));
-    let new_id = existing.map_or_else(|| format!("sub_{}", crate::signing::token_digest(provider_sub).get(..24).unwrap_or("x").to_owned()), |s| s.id.clone());
-    let mut stmts = vec![upsert_subscription(&new_id, user, plan, &status, provider_sub, product.as_deref(), (start, end), cancelled_at, e.created_at, now)];
+    let status = subscription_status(&e.event_type, sub_obj.get("status").and_then(Value::as_str))
+        .ok_or("not a subscription event")?;
+    let cancelled_at =
+        (status == "cancelled").then(|| time(sub_obj.get("canceled_at")).unwrap_or(e.created_at));
+    let new_id = existing.map_or_else(
+        || {
+            format!(
+                "sub_{}",
+                crate::signing::token_digest(provider_sub)
+                    .get(..24)
+                    .unwrap_or("x")
+                    .to_owned()
+            )
+        },
+        |s| s.id.clone(),
+    );
+    let mut stmts = vec![upsert_subscription(
+        &new_id,
+        user,
+        plan,
+        &status,
+        provider_sub,
+        product.as_deref(),
+        (start, end),
+        cancelled_at,
+        e.created_at,
+        now,
+    )];
     if grants_period {
-        let plan = plan.ok_or_else(|| format!("product {} is not a plan in the catalogue", product.unwrap_or_default()))?;
+        let plan = plan.ok_or_else(|| {
+            format!(
+                "product {} is not a plan in the catalogue",
+                product.unwrap_or_default()
+            )
+        })?;
         let start = start.ok_or("current_period_start_date is missing")?;
         let key = period_key(provider_sub, start);
         stmts.push(ledger::grant_once(
@@ -230,7 +301,12 @@ fn subscription_effects(
     Ok(stmts)
 }
 
-fn order_completion(order: &OrderRow, provider_order_id: Option<&str>, catalog: &Catalog, now: i64) -> Vec<Stmt> {
+fn order_completion(
+    order: &OrderRow,
+    provider_order_id: Option<&str>,
+    catalog: &Catalog,
+    now: i64,
+) -> Vec<Stmt> {
     let mut stmts = vec![
         Stmt::new(
             "UPDATE orders SET status = 'paid', provider_order_id = COALESCE(provider_order_id, ?2), updated_at = ?3
@@ -242,8 +318,12 @@ fn order_completion(order: &OrderRow, provider_order_id: Option<&str>, catalog: 
             vec![order.id.clone().into(), now.into()],
         ),
     ];
-    if let Some(Product::Pack(pack)) = order.product_id.as_deref().and_then(|p| catalog.product(p)) {
-        let guard = format!("AND EXISTS (SELECT 1 FROM orders WHERE id = '{}' AND status = 'completed')", order.id.replace('\'', ""));
+    if let Some(Product::Pack(pack)) = order.product_id.as_deref().and_then(|p| catalog.product(p))
+    {
+        let guard = format!(
+            "AND EXISTS (SELECT 1 FROM orders WHERE id = '{}' AND status = 'completed')",
+            order.id.replace('\'', "")
+        );
         stmts.push(ledger::grant_once(
             NewGrant {
                 id: format!("purchase:{}", order.id),
@@ -262,11 +342,23 @@ fn order_completion(order: &OrderRow, provider_order_id: Option<&str>, catalog: 
 }
 
 /// What to write for an event, given what it refers to.
-pub fn plan(e: &Event, catalog: &Catalog, order: Option<&OrderRow>, sub: Option<&SubscriptionRow>, now: i64) -> Plan {
-    let meta_user = e.object.pointer("/metadata/user_id").and_then(Value::as_str).map(str::to_owned);
+pub fn plan(
+    e: &Event,
+    catalog: &Catalog,
+    order: Option<&OrderRow>,
+    sub: Option<&SubscriptionRow>,
+    now: i64,
+) -> Plan {
+    let meta_user = e
+        .object
+        .pointer("/metadata/user_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     match e.event_type.as_str() {
         "checkout.completed" => {
-            let Some(order) = order else { return Plan::Wait("the order this checkout is for is not known".into()) };
+            let Some(order) = order else {
+                return Plan::Wait("the order this checkout is for is not known".into());
+            };
             let provider_order = id_of(e.object.get("order"));
             let mut stmts = order_completion(order, provider_order.as_deref(), catalog, now);
             if let Some(sub_obj) = e.object.get("subscription").filter(|s| s.is_object()) {
@@ -278,7 +370,11 @@ pub fn plan(e: &Event, catalog: &Catalog, order: Option<&OrderRow>, sub: Option<
             Plan::Apply { stmts, note: None }
         }
         t if t.starts_with("subscription.") => {
-            let Some(user) = sub.map(|s| s.user_id.clone()).or_else(|| order.map(|o| o.user_id.clone())).or(meta_user) else {
+            let Some(user) = sub
+                .map(|s| s.user_id.clone())
+                .or_else(|| order.map(|o| o.user_id.clone()))
+                .or(meta_user)
+            else {
                 return Plan::Wait("the subscription's user is not known yet".into());
             };
             if subscription_status(t, None).is_none() {
@@ -291,7 +387,9 @@ pub fn plan(e: &Event, catalog: &Catalog, order: Option<&OrderRow>, sub: Option<
             }
         }
         "refund.created" => {
-            let Some(order) = order else { return Plan::Wait("the refunded order is not known".into()) };
+            let Some(order) = order else {
+                return Plan::Wait("the refunded order is not known".into());
+            };
             Plan::Apply {
                 stmts: vec![
                     Stmt::new(
@@ -311,7 +409,10 @@ pub fn plan(e: &Event, catalog: &Catalog, order: Option<&OrderRow>, sub: Option<
         }
         "dispute.created" => Plan::Apply {
             stmts: vec![],
-            note: Some(format!("dispute on order {}", order.map_or("(unknown)", |o| o.id.as_str()))),
+            note: Some(format!(
+                "dispute on order {}",
+                order.map_or("(unknown)", |o| o.id.as_str())
+            )),
         },
         other => Plan::Ignore(format!("event type {other} is not handled")),
     }
@@ -321,7 +422,12 @@ pub fn plan(e: &Event, catalog: &Catalog, order: Option<&OrderRow>, sub: Option<
 pub fn mark_event(row_id: &str, status: &str, error: Option<&str>, now: i64) -> Stmt {
     Stmt::new(
         "UPDATE webhook_events SET status = ?2, error = ?3, processed_at = ?4 WHERE id = ?1",
-        vec![row_id.into(), status.into(), error.map(str::to_owned).into(), now.into()],
+        vec![
+            row_id.into(),
+            status.into(),
+            error.map(str::to_owned).into(),
+            now.into(),
+        ],
     )
 }
 
@@ -339,11 +445,22 @@ mod tests {
     }
 
     fn event(t: &str, object: Value) -> Event {
-        Event { id: "evt_1".into(), event_type: t.into(), created_at: 1_000, object }
+        Event {
+            id: "evt_1".into(),
+            event_type: t.into(),
+            created_at: 1_000,
+            object,
+        }
     }
 
     fn order(product: &str) -> OrderRow {
-        OrderRow { id: "ord_1".into(), user_id: "u1".into(), status: "pending".into(), product_id: Some(product.into()), credits: 50 }
+        OrderRow {
+            id: "ord_1".into(),
+            user_id: "u1".into(),
+            status: "pending".into(),
+            product_id: Some(product.into()),
+            credits: 50,
+        }
     }
 
     #[test]
@@ -351,27 +468,60 @@ mod tests {
         let body = json!({"id": "evt_9", "eventType": "checkout.completed", "created_at": 1_700_000_000_123i64,
             "object": {"object": "checkout", "id": "ch_1", "request_id": "ord_1", "order": {"id": "or_1"}, "subscription": "sub_1"}});
         let e = parse_event(body.to_string().as_bytes()).unwrap();
-        assert_eq!((e.created_at, e.event_type.as_str()), (1_700_000_000, "checkout.completed"));
+        assert_eq!(
+            (e.created_at, e.event_type.as_str()),
+            (1_700_000_000, "checkout.completed")
+        );
         assert_eq!(
             refs(&e),
-            Refs { order_id: Some("ord_1".into()), checkout_id: Some("ch_1".into()), provider_order_id: Some("or_1".into()), subscription_id: Some("sub_1".into()) }
+            Refs {
+                order_id: Some("ord_1".into()),
+                checkout_id: Some("ch_1".into()),
+                provider_order_id: Some("or_1".into()),
+                subscription_id: Some("sub_1".into())
+            }
         );
         assert!(parse_event(b"{").is_err());
-        assert!(parse_event(br#"{"id":"e","eventType":"x","created_at":1}"#).unwrap_err().contains("object"));
-        let refund = event("refund.created", json!({"object": "refund", "id": "re_1", "order": {"id": "or_1"}, "checkout": {"id": "ch_1"}}));
+        assert!(parse_event(br#"{"id":"e","eventType":"x","created_at":1}"#)
+            .unwrap_err()
+            .contains("object"));
+        let refund = event(
+            "refund.created",
+            json!({"object": "refund", "id": "re_1", "order": {"id": "or_1"}, "checkout": {"id": "ch_1"}}),
+        );
         assert_eq!(refs(&refund).checkout_id.as_deref(), Some("ch_1"));
     }
 
     #[test]
     fn a_pack_checkout_completes_the_order_and_grants_once_per_order() {
-        let e = event("checkout.completed", json!({"object": "checkout", "id": "ch_1", "request_id": "ord_1", "order": {"id": "or_1"}}));
-        let Plan::Apply { stmts, .. } = plan(&e, &catalog(), Some(&order("pack_small")), None, 5_000) else { panic!() };
+        let e = event(
+            "checkout.completed",
+            json!({"object": "checkout", "id": "ch_1", "request_id": "ord_1", "order": {"id": "or_1"}}),
+        );
+        let Plan::Apply { stmts, .. } =
+            plan(&e, &catalog(), Some(&order("pack_small")), None, 5_000)
+        else {
+            panic!()
+        };
         assert_eq!(stmts.len(), 3);
-        assert!(stmts[0].sql.contains("'expired'"), "an expired order still completes");
-        assert!(stmts[2].sql.contains("ON CONFLICT DO NOTHING") && stmts[2].sql.contains("status = 'completed'"));
+        assert!(
+            stmts[0].sql.contains("'expired'"),
+            "an expired order still completes"
+        );
+        assert!(
+            stmts[2].sql.contains("ON CONFLICT DO NOTHING")
+                && stmts[2].sql.contains("status = 'completed'")
+        );
         assert_eq!(stmts[2].params[0], Param::Text("purchase:ord_1".into()));
-        assert_eq!(stmts[2].params[6], Param::Int(5_000 + 30 * 86_400), "pack credits expire as configured");
-        assert_eq!(plan(&e, &catalog(), None, None, 0), Plan::Wait("the order this checkout is for is not known".into()));
+        assert_eq!(
+            stmts[2].params[6],
+            Param::Int(5_000 + 30 * 86_400),
+            "pack credits expire as configured"
+        );
+        assert_eq!(
+            plan(&e, &catalog(), None, None, 0),
+            Plan::Wait("the order this checkout is for is not known".into())
+        );
     }
 
     #[test]
@@ -379,27 +529,81 @@ mod tests {
         let sub = json!({"object": "subscription", "id": "sub_1", "product": {"id": "prod_pro"}, "status": "active",
             "current_period_start_date": "2026-11-01T00:00:00Z", "current_period_end_date": "2026-12-01T00:00:00Z",
             "metadata": {"user_id": "u1"}});
-        let Plan::Apply { stmts, .. } = plan(&event("subscription.paid", sub.clone()), &catalog(), None, None, 9) else { panic!() };
+        let Plan::Apply { stmts, .. } = plan(
+            &event("subscription.paid", sub.clone()),
+            &catalog(),
+            None,
+            None,
+            9,
+        ) else {
+            panic!()
+        };
         assert_eq!(stmts.len(), 2);
-        assert!(stmts[0].sql.contains("excluded.last_event_at >= COALESCE(subscriptions.last_event_at, 0)"));
-        assert_eq!(stmts[1].params[0], Param::Text("subscription:sub_1:1793491200".into()));
+        assert!(stmts[0]
+            .sql
+            .contains("excluded.last_event_at >= COALESCE(subscriptions.last_event_at, 0)"));
+        assert_eq!(
+            stmts[1].params[0],
+            Param::Text("subscription:sub_1:1793491200".into())
+        );
         assert_eq!(stmts[1].params[2], Param::Int(300));
-        assert_eq!(stmts[1].params[6], Param::Int(1_796_083_200), "period credits expire at the period end");
-        let Plan::Apply { stmts, .. } = plan(&event("subscription.canceled", sub.clone()), &catalog(), None, None, 9) else { panic!() };
+        assert_eq!(
+            stmts[1].params[6],
+            Param::Int(1_796_083_200),
+            "period credits expire at the period end"
+        );
+        let Plan::Apply { stmts, .. } = plan(
+            &event("subscription.canceled", sub.clone()),
+            &catalog(),
+            None,
+            None,
+            9,
+        ) else {
+            panic!()
+        };
         assert_eq!(stmts.len(), 1, "cancelling grants nothing");
         assert_eq!(stmts[0].params[3], Param::Text("cancelled".into()));
         let mut anonymous = sub;
         anonymous.as_object_mut().unwrap().remove("metadata");
-        assert!(matches!(plan(&event("subscription.paid", anonymous), &catalog(), None, None, 9), Plan::Wait(_)), "waits for its user");
+        assert!(
+            matches!(
+                plan(
+                    &event("subscription.paid", anonymous),
+                    &catalog(),
+                    None,
+                    None,
+                    9
+                ),
+                Plan::Wait(_)
+            ),
+            "waits for its user"
+        );
     }
 
     #[test]
     fn refunds_claw_back_and_others_are_recorded_or_ignored() {
-        let e = event("refund.created", json!({"object": "refund", "id": "re_1", "order": {"id": "or_1"}}));
-        let Plan::Apply { stmts, .. } = plan(&e, &catalog(), Some(&order("pack_small")), None, 1) else { panic!() };
+        let e = event(
+            "refund.created",
+            json!({"object": "refund", "id": "re_1", "order": {"id": "or_1"}}),
+        );
+        let Plan::Apply { stmts, .. } = plan(&e, &catalog(), Some(&order("pack_small")), None, 1)
+        else {
+            panic!()
+        };
         assert!(stmts[1].sql.contains("-g.amount, 'clawback'"));
         assert!(matches!(plan(&e, &catalog(), None, None, 1), Plan::Wait(_)));
-        assert!(matches!(plan(&event("dispute.created", json!({})), &catalog(), None, None, 1), Plan::Apply { ref stmts, .. } if stmts.is_empty()));
-        assert!(matches!(plan(&event("payment.mystery", json!({})), &catalog(), None, None, 1), Plan::Ignore(_)));
+        assert!(
+            matches!(plan(&event("dispute.created", json!({})), &catalog(), None, None, 1), Plan::Apply { ref stmts, .. } if stmts.is_empty())
+        );
+        assert!(matches!(
+            plan(
+                &event("payment.mystery", json!({})),
+                &catalog(),
+                None,
+                None,
+                1
+            ),
+            Plan::Ignore(_)
+        ));
     }
 }

@@ -11,17 +11,28 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// Worth trying again: network errors, timeouts, 5xx, 429, unreadable responses.
-    Transient { class: &'static str, detail: String, retry_after: Option<u32> },
+    Transient {
+        class: &'static str,
+        detail: String,
+        retry_after: Option<u32>,
+    },
     /// Trying again cannot help: the provider refused the task or failed it.
     Permanent { class: &'static str, detail: String },
 }
 
 impl Failure {
     pub fn transient(class: &'static str, detail: impl Into<String>) -> Self {
-        Failure::Transient { class, detail: detail.into(), retry_after: None }
+        Failure::Transient {
+            class,
+            detail: detail.into(),
+            retry_after: None,
+        }
     }
     pub fn permanent(class: &'static str, detail: impl Into<String>) -> Self {
-        Failure::Permanent { class, detail: detail.into() }
+        Failure::Permanent {
+            class,
+            detail: detail.into(),
+        }
     }
     pub fn class(&self) -> &'static str {
         match self {
@@ -103,16 +114,21 @@ impl Policy {
 /// The decision for a failed step at `attempt` (0 for the first try).
 pub fn decide(failure: &Failure, attempt: u32, policy: &Policy) -> Decision {
     match failure {
-        Failure::Permanent { class, detail } => {
-            Decision::DeadLetter { class: (*class).to_owned(), reason: detail.clone() }
-        }
-        Failure::Transient { class, detail, .. } if attempt + 1 >= policy.max_attempts => Decision::DeadLetter {
+        Failure::Permanent { class, detail } => Decision::DeadLetter {
             class: (*class).to_owned(),
-            reason: format!("gave up after {} attempts: {detail}", attempt + 1),
+            reason: detail.clone(),
         },
+        Failure::Transient { class, detail, .. } if attempt + 1 >= policy.max_attempts => {
+            Decision::DeadLetter {
+                class: (*class).to_owned(),
+                reason: format!("gave up after {} attempts: {detail}", attempt + 1),
+            }
+        }
         Failure::Transient { retry_after, .. } => {
             let backoff = policy.delay_secs(attempt);
-            Decision::RetryAfter { seconds: retry_after.map_or(backoff, |r| r.max(backoff)) }
+            Decision::RetryAfter {
+                seconds: retry_after.map_or(backoff, |r| r.max(backoff)),
+            }
         }
     }
 }
@@ -127,23 +143,40 @@ pub fn classify_status(status: u16, retry_after: Option<&str>) -> Option<Failure
             detail: "429 from provider".into(),
             retry_after: retry_after.and_then(|v| v.trim().parse::<u32>().ok()),
         }),
-        500..=599 => Some(Failure::transient("server_error", format!("{status} from provider"))),
-        _ => Some(Failure::permanent("client_error", format!("{status} from provider"))),
+        500..=599 => Some(Failure::transient(
+            "server_error",
+            format!("{status} from provider"),
+        )),
+        _ => Some(Failure::permanent(
+            "client_error",
+            format!("{status} from provider"),
+        )),
     }
 }
 
 /// Checks a result download's status and headers before reading its body. A failed or
 /// non-image response is transient (result URLs are flaky and may come back); one declared
 /// larger than the cap is permanent.
-pub fn check_result_headers(status: u16, content_length: Option<u64>, content_type: &str, max_bytes: u64) -> Result<(), Failure> {
+pub fn check_result_headers(
+    status: u16,
+    content_length: Option<u64>,
+    content_type: &str,
+    max_bytes: u64,
+) -> Result<(), Failure> {
     if let Some(f) = classify_status(status, None) {
         return Err(Failure::transient("download_failed", f.detail().to_owned()));
     }
     if content_length.is_some_and(|n| n > max_bytes) {
-        return Err(Failure::permanent("result_too_large", format!("result is larger than {max_bytes} bytes")));
+        return Err(Failure::permanent(
+            "result_too_large",
+            format!("result is larger than {max_bytes} bytes"),
+        ));
     }
     if crate::keys::image_extension(content_type).is_none() {
-        return Err(Failure::transient("not_image", format!("result content type is {content_type:?}")));
+        return Err(Failure::transient(
+            "not_image",
+            format!("result content type is {content_type:?}"),
+        ));
     }
     Ok(())
 }
@@ -155,9 +188,13 @@ pub fn check_result_body(bytes: &[u8], max_bytes: u64) -> Result<&'static str, F
         return Err(Failure::transient("empty_result", "result body is empty"));
     }
     if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > max_bytes {
-        return Err(Failure::permanent("result_too_large", format!("result is larger than {max_bytes} bytes")));
+        return Err(Failure::permanent(
+            "result_too_large",
+            format!("result is larger than {max_bytes} bytes"),
+        ));
     }
-    crate::keys::sniff_image(bytes).ok_or_else(|| Failure::transient("not_image", "result bytes are not an image"))
+    crate::keys::sniff_image(bytes)
+        .ok_or_else(|| Failure::transient("not_image", "result bytes are not an image"))
 }
 
 #[cfg(test)]
@@ -166,7 +203,10 @@ mod tests {
 
     #[test]
     fn delays_grow_and_stay_capped() {
-        let p = Policy { jitter: 0.0, ..Policy::TRANSIENT };
+        let p = Policy {
+            jitter: 0.0,
+            ..Policy::TRANSIENT
+        };
         let d: Vec<u32> = (0..12).map(|a| p.delay_secs(a)).collect();
         assert_eq!(&d[..5], &[2, 4, 8, 16, 32]);
         assert!(d.iter().all(|&s| s <= 300));
@@ -181,7 +221,10 @@ mod tests {
             let nominal = (2.0 * 1.5f64.powi(attempt as i32)).min(30.0);
             for _ in 0..50 {
                 let s = f64::from(p.delay_secs(attempt));
-                assert!(s >= (nominal * 0.7).floor().max(1.0) && s <= (nominal * 1.3).ceil(), "{attempt}: {s}");
+                assert!(
+                    s >= (nominal * 0.7).floor().max(1.0) && s <= (nominal * 1.3).ceil(),
+                    "{attempt}: {s}"
+                );
             }
         }
     }
@@ -189,33 +232,76 @@ mod tests {
     #[test]
     fn permanent_failures_give_up_at_once() {
         let f = Failure::permanent("client_error", "400");
-        assert!(matches!(decide(&f, 0, &Policy::TRANSIENT), Decision::DeadLetter { .. }));
+        assert!(matches!(
+            decide(&f, 0, &Policy::TRANSIENT),
+            Decision::DeadLetter { .. }
+        ));
     }
 
     #[test]
     fn transient_failures_retry_then_give_up() {
         let f = Failure::transient("server_error", "503");
-        assert!(matches!(decide(&f, 0, &Policy::TRANSIENT), Decision::RetryAfter { .. }));
-        assert!(matches!(decide(&f, 7, &Policy::TRANSIENT), Decision::DeadLetter { .. }));
+        assert!(matches!(
+            decide(&f, 0, &Policy::TRANSIENT),
+            Decision::RetryAfter { .. }
+        ));
+        assert!(matches!(
+            decide(&f, 7, &Policy::TRANSIENT),
+            Decision::DeadLetter { .. }
+        ));
     }
 
     #[test]
     fn retry_after_is_honoured_when_longer_than_backoff() {
         let f = classify_status(429, Some("120")).unwrap();
-        assert_eq!(decide(&f, 0, &Policy::TRANSIENT), Decision::RetryAfter { seconds: 120 });
+        assert_eq!(
+            decide(&f, 0, &Policy::TRANSIENT),
+            Decision::RetryAfter { seconds: 120 }
+        );
     }
 
     #[test]
     fn result_downloads_are_classified() {
-        assert_eq!(check_result_headers(200, Some(10), "image/png", 100), Ok(()));
-        assert_eq!(check_result_headers(503, None, "image/png", 100).unwrap_err().class(), "download_failed");
-        assert!(matches!(check_result_headers(404, None, "image/png", 100), Err(Failure::Transient { .. })));
-        assert!(matches!(check_result_headers(200, Some(101), "image/png", 100), Err(Failure::Permanent { .. })));
-        assert_eq!(check_result_headers(200, None, "text/html", 100).unwrap_err().class(), "not_image");
-        assert_eq!(check_result_body(b"", 100).unwrap_err().class(), "empty_result");
-        assert_eq!(check_result_body(b"<html>", 100).unwrap_err().class(), "not_image");
-        assert!(matches!(check_result_body(&[0u8; 101], 100), Err(Failure::Permanent { .. })));
-        assert_eq!(check_result_body(b"\x89PNG\r\n\x1a\n....", 100), Ok("image/png"));
+        assert_eq!(
+            check_result_headers(200, Some(10), "image/png", 100),
+            Ok(())
+        );
+        assert_eq!(
+            check_result_headers(503, None, "image/png", 100)
+                .unwrap_err()
+                .class(),
+            "download_failed"
+        );
+        assert!(matches!(
+            check_result_headers(404, None, "image/png", 100),
+            Err(Failure::Transient { .. })
+        ));
+        assert!(matches!(
+            check_result_headers(200, Some(101), "image/png", 100),
+            Err(Failure::Permanent { .. })
+        ));
+        assert_eq!(
+            check_result_headers(200, None, "text/html", 100)
+                .unwrap_err()
+                .class(),
+            "not_image"
+        );
+        assert_eq!(
+            check_result_body(b"", 100).unwrap_err().class(),
+            "empty_result"
+        );
+        assert_eq!(
+            check_result_body(b"<html>", 100).unwrap_err().class(),
+            "not_image"
+        );
+        assert!(matches!(
+            check_result_body(&[0u8; 101], 100),
+            Err(Failure::Permanent { .. })
+        ));
+        assert_eq!(
+            check_result_body(b"\x89PNG\r\n\x1a\n....", 100),
+            Ok("image/png")
+        );
     }
 
     #[test]
@@ -223,7 +309,13 @@ mod tests {
         assert_eq!(classify_status(200, None), None);
         assert_eq!(classify_status(503, None).unwrap().class(), "server_error");
         assert_eq!(classify_status(408, None).unwrap().class(), "timeout");
-        assert!(matches!(classify_status(401, None), Some(Failure::Permanent { .. })));
-        assert!(matches!(classify_status(422, None), Some(Failure::Permanent { .. })));
+        assert!(matches!(
+            classify_status(401, None),
+            Some(Failure::Permanent { .. })
+        ));
+        assert!(matches!(
+            classify_status(422, None),
+            Some(Failure::Permanent { .. })
+        ));
     }
 }

@@ -10,20 +10,40 @@ pub enum Cadence {
     Daily,
 }
 
-pub const JOBS: [&str; 5] = ["expire_orders", "expire_subscriptions", "reconcile_tasks", "clean_r2_cache", "retention"];
+pub const JOBS: [&str; 5] = [
+    "expire_orders",
+    "expire_subscriptions",
+    "reconcile_tasks",
+    "clean_r2_cache",
+    "retention",
+];
 
 pub const SCHEDULES: [(&str, Cadence, &[&str]); 2] = [
-    ("*/5 * * * *", Cadence::Frequent, &["expire_orders", "expire_subscriptions", "reconcile_tasks"]),
-    ("17 3 * * *", Cadence::Daily, &["clean_r2_cache", "retention"]),
+    (
+        "*/5 * * * *",
+        Cadence::Frequent,
+        &["expire_orders", "expire_subscriptions", "reconcile_tasks"],
+    ),
+    (
+        "17 3 * * *",
+        Cadence::Daily,
+        &["clean_r2_cache", "retention"],
+    ),
 ];
 
 pub fn for_schedule(cron: &str) -> Option<(Cadence, &'static [&'static str])> {
-    SCHEDULES.iter().find(|(c, _, _)| *c == cron).map(|(_, cadence, jobs)| (*cadence, *jobs))
+    SCHEDULES
+        .iter()
+        .find(|(c, _, _)| *c == cron)
+        .map(|(_, cadence, jobs)| (*cadence, *jobs))
 }
 
 /// The cadence a job runs at (its manual runs get the same budget).
 pub fn cadence_of(job: &str) -> Option<Cadence> {
-    SCHEDULES.iter().find(|(_, _, jobs)| jobs.contains(&job)).map(|(_, cadence, _)| *cadence)
+    SCHEDULES
+        .iter()
+        .find(|(_, _, jobs)| jobs.contains(&job))
+        .map(|(_, cadence, _)| *cadence)
 }
 
 #[cfg(test)]
@@ -33,7 +53,10 @@ mod tests {
     #[test]
     fn every_job_has_exactly_one_schedule() {
         for job in JOBS {
-            let n = SCHEDULES.iter().filter(|(_, _, jobs)| jobs.contains(&job)).count();
+            let n = SCHEDULES
+                .iter()
+                .filter(|(_, _, jobs)| jobs.contains(&job))
+                .count();
             assert_eq!(n, 1, "{job}");
         }
         assert_eq!(for_schedule("*/5 * * * *").map(|s| s.1.len()), Some(3));

@@ -37,22 +37,45 @@ fn at(unix: i64) -> DateTime<Utc> {
 }
 
 /// A signed token for `user`'s session `sid`, valid until `expires_at`.
-pub fn mint(secret: &[u8], issuer: &str, user: &UserId, sid: &str, now: i64, expires_at: i64) -> Result<String, TokenError> {
+pub fn mint(
+    secret: &[u8],
+    issuer: &str,
+    user: &UserId,
+    sid: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<String, TokenError> {
     let key = Hs256Key::new(secret);
-    let mut claims = Claims::new(SessionClaims { sub: user.to_string(), sid: sid.to_owned(), iss: issuer.to_owned() });
+    let mut claims = Claims::new(SessionClaims {
+        sub: user.to_string(),
+        sid: sid.to_owned(),
+        iss: issuer.to_owned(),
+    });
     claims.issued_at = Some(at(now));
     claims.expiration = Some(at(expires_at));
-    Hs256.token(&Header::empty().with_token_type("JWT"), &claims, &key).map_err(|_| TokenError::Malformed)
+    Hs256
+        .token(&Header::empty().with_token_type("JWT"), &claims, &key)
+        .map_err(|_| TokenError::Malformed)
 }
 
 /// The user and session a token names, if it is ours, intact and not expired.
-pub fn verify(secret: &[u8], issuer: &str, token: &str, now: i64) -> Result<(UserId, String), TokenError> {
+pub fn verify(
+    secret: &[u8],
+    issuer: &str,
+    token: &str,
+    now: i64,
+) -> Result<(UserId, String), TokenError> {
     let untrusted = UntrustedToken::new(token).map_err(|_| TokenError::Malformed)?;
     let key = Hs256Key::new(secret);
-    let token = Hs256.validator::<SessionClaims>(&key).validate(&untrusted).map_err(|_| TokenError::BadSignature)?;
+    let token = Hs256
+        .validator::<SessionClaims>(&key)
+        .validate(&untrusted)
+        .map_err(|_| TokenError::BadSignature)?;
     let claims = token.claims();
     let clock = TimeOptions::new(chrono::Duration::seconds(0), move || at(now));
-    claims.validate_expiration(&clock).map_err(|_| TokenError::Expired)?;
+    claims
+        .validate_expiration(&clock)
+        .map_err(|_| TokenError::Expired)?;
     if claims.custom.iss != issuer {
         return Err(TokenError::WrongIssuer);
     }
@@ -84,7 +107,10 @@ impl SessionList {
     /// Adds a session, dropping expired ones and the oldest beyond [`MAX_SESSIONS`].
     pub fn add(&mut self, sid: &str, expires_at: i64, now: i64) {
         self.sessions.retain(|s| s.expires_at > now && s.sid != sid);
-        self.sessions.push(SessionEntry { sid: sid.to_owned(), expires_at });
+        self.sessions.push(SessionEntry {
+            sid: sid.to_owned(),
+            expires_at,
+        });
         let excess = self.sessions.len().saturating_sub(MAX_SESSIONS);
         self.sessions.drain(..excess);
     }
@@ -94,7 +120,9 @@ impl SessionList {
     }
 
     pub fn is_live(&self, sid: &str, now: i64) -> bool {
-        self.sessions.iter().any(|s| s.sid == sid && s.expires_at > now)
+        self.sessions
+            .iter()
+            .any(|s| s.sid == sid && s.expires_at > now)
     }
 
     /// When the KV entry may expire: with its last session.
@@ -115,10 +143,22 @@ mod tests {
     fn a_minted_token_verifies_until_it_expires() {
         let user = UserId::new();
         let t = mint(SECRET, "edgeline", &user, "s1", 1_000, 2_000).unwrap();
-        assert_eq!(verify(SECRET, "edgeline", &t, 1_500), Ok((user, "s1".to_owned())));
-        assert_eq!(verify(SECRET, "edgeline", &t, 2_001), Err(TokenError::Expired));
-        assert_eq!(verify(SECRET, "other", &t, 1_500), Err(TokenError::WrongIssuer));
-        assert_eq!(verify(b"another-secret-another-secret-xx", "edgeline", &t, 1_500), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(SECRET, "edgeline", &t, 1_500),
+            Ok((user, "s1".to_owned()))
+        );
+        assert_eq!(
+            verify(SECRET, "edgeline", &t, 2_001),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verify(SECRET, "other", &t, 1_500),
+            Err(TokenError::WrongIssuer)
+        );
+        assert_eq!(
+            verify(b"another-secret-another-secret-xx", "edgeline", &t, 1_500),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
@@ -127,13 +167,34 @@ mod tests {
         let t = mint(SECRET, "edgeline", &user, "s1", 1_000, 2_000).unwrap();
         let parts: Vec<&str> = t.split('.').collect();
         // alg: none with the same claims and no signature
-        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+        let none = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            parts[1]
+        );
         assert!(verify(SECRET, "edgeline", &none, 1_500).is_err());
         // claims changed after signing
-        let evil = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"{}","sid":"s1","iss":"edgeline","exp":9999999999}}"#, UserId::new()));
-        assert_eq!(verify(SECRET, "edgeline", &format!("{}.{evil}.{}", parts[0], parts[2]), 1_500), Err(TokenError::BadSignature));
-        assert_eq!(verify(SECRET, "edgeline", "not a jwt", 0), Err(TokenError::Malformed));
-        assert_eq!(verify(SECRET, "edgeline", "", 0), Err(TokenError::Malformed));
+        let evil = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"sub":"{}","sid":"s1","iss":"edgeline","exp":9999999999}}"#,
+            UserId::new()
+        ));
+        assert_eq!(
+            verify(
+                SECRET,
+                "edgeline",
+                &format!("{}.{evil}.{}", parts[0], parts[2]),
+                1_500
+            ),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            verify(SECRET, "edgeline", "not a jwt", 0),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            verify(SECRET, "edgeline", "", 0),
+            Err(TokenError::Malformed)
+        );
     }
 
     #[test]
@@ -146,7 +207,13 @@ mod tests {
         l.remove("a");
         assert!(!l.is_live("a", 10));
         l.add("c", 200, 60); // drops the expired b
-        assert_eq!(l.sessions.iter().map(|s| s.sid.as_str()).collect::<Vec<_>>(), vec!["c"]);
+        assert_eq!(
+            l.sessions
+                .iter()
+                .map(|s| s.sid.as_str())
+                .collect::<Vec<_>>(),
+            vec!["c"]
+        );
         for i in 0..30 {
             l.add(&format!("s{i}"), 1_000, 60);
         }

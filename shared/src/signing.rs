@@ -25,7 +25,9 @@ pub fn hmac_hex(secret: &[u8], message: &[u8]) -> String {
 
 /// Checks a hex HMAC in constant time.
 pub fn verify_hmac_hex(secret: &[u8], message: &[u8], signature_hex: &str) -> bool {
-    let Ok(sig) = hex::decode(signature_hex.trim()) else { return false };
+    let Ok(sig) = hex::decode(signature_hex.trim()) else {
+        return false;
+    };
     let mut m = mac(secret);
     m.update(message);
     m.verify_slice(&sig).is_ok()
@@ -50,13 +52,23 @@ pub fn file_signature(secret: &[u8], key: &str, expires_at: i64) -> String {
 }
 
 /// Checks a file URL: signature over exactly this key and expiry, and not expired.
-pub fn verify_file_signature(secret: &[u8], key: &str, expires_at: i64, signature: &str, now: i64) -> bool {
-    expires_at > now && verify_hmac_hex(secret, format!("{key}\n{expires_at}").as_bytes(), signature)
+pub fn verify_file_signature(
+    secret: &[u8],
+    key: &str,
+    expires_at: i64,
+    signature: &str,
+    now: i64,
+) -> bool {
+    expires_at > now
+        && verify_hmac_hex(secret, format!("{key}\n{expires_at}").as_bytes(), signature)
 }
 
 /// A time-limited URL for an R2 object served by the api worker's `/files/` route.
 pub fn signed_file_url(base: &str, secret: &[u8], key: &str, expires_at: i64) -> String {
-    format!("{base}/files/{key}?exp={expires_at}&sig={}", file_signature(secret, key, expires_at))
+    format!(
+        "{base}/files/{key}?exp={expires_at}&sig={}",
+        file_signature(secret, key, expires_at)
+    )
 }
 
 /// The per-task token in a provider callback URL: only we can make it, and it names one task.
@@ -77,9 +89,16 @@ pub fn kie_callback_signature(secret: &[u8], provider_task_id: &str, timestamp: 
 }
 
 /// Checks kie.ai's callback signature in constant time.
-pub fn verify_kie_callback(secret: &[u8], provider_task_id: &str, timestamp: &str, signature: &str) -> bool {
+pub fn verify_kie_callback(
+    secret: &[u8],
+    provider_task_id: &str,
+    timestamp: &str,
+    signature: &str,
+) -> bool {
     use base64::engine::general_purpose::STANDARD;
-    let Ok(sig) = STANDARD.decode(signature.trim()) else { return false };
+    let Ok(sig) = STANDARD.decode(signature.trim()) else {
+        return false;
+    };
     let mut m = mac(secret);
     m.update(format!("{provider_task_id}.{timestamp}").as_bytes());
     m.verify_slice(&sig).is_ok()
@@ -88,7 +107,9 @@ pub fn verify_kie_callback(secret: &[u8], provider_task_id: &str, timestamp: &st
 /// Creem's `creem-signature`: hex HMAC-SHA256 of the raw body. Any of `secrets` may have signed
 /// it (rotation); each check is constant-time.
 pub fn verify_creem(body: &[u8], signature_hex: &str, secrets: &[String]) -> bool {
-    secrets.iter().any(|s| verify_hmac_hex(s.as_bytes(), body, signature_hex))
+    secrets
+        .iter()
+        .any(|s| verify_hmac_hex(s.as_bytes(), body, signature_hex))
 }
 
 /// Why a Standard Webhooks signature was refused.
@@ -112,7 +133,10 @@ pub fn verify_standard_webhook(
     tolerance_secs: i64,
 ) -> Result<(), StandardWebhookError> {
     use base64::engine::general_purpose::STANDARD;
-    let ts: i64 = timestamp.trim().parse().map_err(|_| StandardWebhookError::Malformed)?;
+    let ts: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| StandardWebhookError::Malformed)?;
     if id.is_empty() || id.len() > 256 {
         return Err(StandardWebhookError::Malformed);
     }
@@ -130,7 +154,9 @@ pub fn verify_standard_webhook(
         return Err(StandardWebhookError::Malformed);
     }
     for secret in secrets {
-        let Ok(key) = STANDARD.decode(secret.strip_prefix("whsec_").unwrap_or(secret)) else { continue };
+        let Ok(key) = STANDARD.decode(secret.strip_prefix("whsec_").unwrap_or(secret)) else {
+            continue;
+        };
         for sig in &candidates {
             let mut m = mac(&key);
             m.update(&signed);
@@ -152,8 +178,16 @@ mod tests {
             hmac_hex(b"Jefe", b"what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
-        assert!(verify_hmac_hex(b"Jefe", b"what do ya want for nothing?", "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"));
-        assert!(!verify_hmac_hex(b"Jefe", b"what do ya want for nothing!", "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"));
+        assert!(verify_hmac_hex(
+            b"Jefe",
+            b"what do ya want for nothing?",
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        ));
+        assert!(!verify_hmac_hex(
+            b"Jefe",
+            b"what do ya want for nothing!",
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        ));
         assert!(!verify_hmac_hex(b"Jefe", b"x", "not hex"));
     }
 
@@ -161,10 +195,22 @@ mod tests {
     fn file_urls_bind_key_and_expiry() {
         let sig = file_signature(b"s", "result/a.png", 100);
         assert!(verify_file_signature(b"s", "result/a.png", 100, &sig, 99));
-        assert!(!verify_file_signature(b"s", "result/a.png", 100, &sig, 100), "expired");
-        assert!(!verify_file_signature(b"s", "result/b.png", 100, &sig, 0), "other key");
-        assert!(!verify_file_signature(b"s", "result/a.png", 101, &sig, 0), "other expiry");
-        assert!(!verify_file_signature(b"t", "result/a.png", 100, &sig, 0), "other secret");
+        assert!(
+            !verify_file_signature(b"s", "result/a.png", 100, &sig, 100),
+            "expired"
+        );
+        assert!(
+            !verify_file_signature(b"s", "result/b.png", 100, &sig, 0),
+            "other key"
+        );
+        assert!(
+            !verify_file_signature(b"s", "result/a.png", 101, &sig, 0),
+            "other expiry"
+        );
+        assert!(
+            !verify_file_signature(b"t", "result/a.png", 100, &sig, 0),
+            "other secret"
+        );
     }
 
     #[test]
@@ -186,8 +232,14 @@ mod tests {
         let sig = hmac_hex(b"new", body);
         let secrets = vec!["old".to_owned(), "new".to_owned()];
         assert!(verify_creem(body, &sig, &secrets));
-        assert!(!verify_creem(br#"{"id":"evt_2"}"#, &sig, &secrets), "body changed after signing");
-        assert!(!verify_creem(body, &sig, &["other".to_owned()]), "another secret");
+        assert!(
+            !verify_creem(br#"{"id":"evt_2"}"#, &sig, &secrets),
+            "body changed after signing"
+        );
+        assert!(
+            !verify_creem(body, &sig, &["other".to_owned()]),
+            "another secret"
+        );
         assert!(!verify_creem(body, "", &secrets));
     }
 
@@ -198,12 +250,47 @@ mod tests {
         let body = br#"{"test": 2432232314}"#;
         let sig = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
         let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
-        assert_eq!(verify_standard_webhook(id, "1614265330", sig, body, &secret, 1_614_265_330, 300), Ok(()));
-        assert_eq!(verify_standard_webhook(id, "1614265330", &format!("v1,bm9wZQ== {sig}"), body, &secret, 1_614_265_400, 300), Ok(()), "one of several");
-        assert_eq!(verify_standard_webhook(id, "1614265330", sig, body, &secret, 1_614_266_000, 300), Err(StandardWebhookError::Stale));
-        assert_eq!(verify_standard_webhook(id, "1614265330", sig, b"{}", &secret, 1_614_265_330, 300), Err(StandardWebhookError::NoMatch));
-        assert_eq!(verify_standard_webhook(id, "soon", sig, body, &secret, 0, 300), Err(StandardWebhookError::Malformed));
-        assert_eq!(verify_standard_webhook(id, "1614265330", "v2,abc", body, &secret, 1_614_265_330, 300), Err(StandardWebhookError::Malformed));
+        assert_eq!(
+            verify_standard_webhook(id, "1614265330", sig, body, &secret, 1_614_265_330, 300),
+            Ok(())
+        );
+        assert_eq!(
+            verify_standard_webhook(
+                id,
+                "1614265330",
+                &format!("v1,bm9wZQ== {sig}"),
+                body,
+                &secret,
+                1_614_265_400,
+                300
+            ),
+            Ok(()),
+            "one of several"
+        );
+        assert_eq!(
+            verify_standard_webhook(id, "1614265330", sig, body, &secret, 1_614_266_000, 300),
+            Err(StandardWebhookError::Stale)
+        );
+        assert_eq!(
+            verify_standard_webhook(id, "1614265330", sig, b"{}", &secret, 1_614_265_330, 300),
+            Err(StandardWebhookError::NoMatch)
+        );
+        assert_eq!(
+            verify_standard_webhook(id, "soon", sig, body, &secret, 0, 300),
+            Err(StandardWebhookError::Malformed)
+        );
+        assert_eq!(
+            verify_standard_webhook(
+                id,
+                "1614265330",
+                "v2,abc",
+                body,
+                &secret,
+                1_614_265_330,
+                300
+            ),
+            Err(StandardWebhookError::Malformed)
+        );
     }
 
     #[test]

@@ -26,7 +26,11 @@ impl fmt::Display for FieldError {
 }
 
 fn err(field: &str, code: &'static str, message: impl Into<String>) -> FieldError {
-    FieldError { field: field.to_owned(), code, message: message.into() }
+    FieldError {
+        field: field.to_owned(),
+        code,
+        message: message.into(),
+    }
 }
 
 /// An input image: a URL the provider can fetch, or an upload we stored in R2.
@@ -56,9 +60,15 @@ impl TaskInput {
 /// Parses the JSON fields of a submission; `uploads` are R2 keys of images that came in the same
 /// multipart request.
 pub fn parse(body: &Value, uploads: Vec<String>) -> Result<TaskInput, FieldError> {
-    let obj = body.as_object().ok_or_else(|| err("body", "invalid_body", "expected a JSON object"))?;
+    let obj = body
+        .as_object()
+        .ok_or_else(|| err("body", "invalid_body", "expected a JSON object"))?;
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(err(unknown, "unknown_field", format!("unknown field; expected one of {}", FIELDS.join(", "))));
+        return Err(err(
+            unknown,
+            "unknown_field",
+            format!("unknown field; expected one of {}", FIELDS.join(", ")),
+        ));
     }
 
     let prompt = match obj.get("prompt") {
@@ -70,17 +80,32 @@ pub fn parse(body: &Value, uploads: Vec<String>) -> Result<TaskInput, FieldError
         return Err(err("prompt", "empty", "must not be empty"));
     }
     if prompt.chars().count() > MAX_PROMPT_CHARS {
-        return Err(err("prompt", "too_long", format!("must be at most {MAX_PROMPT_CHARS} characters")));
+        return Err(err(
+            "prompt",
+            "too_long",
+            format!("must be at most {MAX_PROMPT_CHARS} characters"),
+        ));
     }
-    if prompt.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(err("prompt", "invalid_characters", "must not contain control characters"));
+    if prompt
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(err(
+            "prompt",
+            "invalid_characters",
+            "must not contain control characters",
+        ));
     }
 
     let model = match obj.get("model") {
         None | Some(Value::Null) => return Err(err("model", "required", "is required")),
         Some(Value::String(s)) => Model::parse(s).ok_or_else(|| {
             let known: Vec<&str> = Model::ALL.iter().map(|m| m.as_str()).collect();
-            err("model", "unknown_model", format!("unknown model; expected one of {}", known.join(", ")))
+            err(
+                "model",
+                "unknown_model",
+                format!("unknown model; expected one of {}", known.join(", ")),
+            )
         })?,
         Some(_) => return Err(err("model", "invalid_type", "must be a string")),
     };
@@ -88,7 +113,13 @@ pub fn parse(body: &Value, uploads: Vec<String>) -> Result<TaskInput, FieldError
     let size = match obj.get("size") {
         None | Some(Value::Null) => "1:1".to_owned(),
         Some(Value::String(s)) if SIZES.contains(&s.as_str()) => s.clone(),
-        Some(_) => return Err(err("size", "invalid_value", format!("must be one of {}", SIZES.join(", ")))),
+        Some(_) => {
+            return Err(err(
+                "size",
+                "invalid_value",
+                format!("must be one of {}", SIZES.join(", ")),
+            ))
+        }
     };
 
     let mut images = Vec::new();
@@ -97,12 +128,22 @@ pub fn parse(body: &Value, uploads: Vec<String>) -> Result<TaskInput, FieldError
         Some(Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
                 let field = format!("images[{i}]");
-                let url = item.as_str().ok_or_else(|| err(&field, "invalid_type", "must be a URL string"))?;
+                let url = item
+                    .as_str()
+                    .ok_or_else(|| err(&field, "invalid_type", "must be a URL string"))?;
                 if url.len() > MAX_URL_LEN {
-                    return Err(err(&field, "too_long", format!("must be at most {MAX_URL_LEN} bytes")));
+                    return Err(err(
+                        &field,
+                        "too_long",
+                        format!("must be at most {MAX_URL_LEN} bytes"),
+                    ));
                 }
                 if !is_http_url(url) {
-                    return Err(err(&field, "invalid_url", "must be an absolute http(s) URL"));
+                    return Err(err(
+                        &field,
+                        "invalid_url",
+                        "must be an absolute http(s) URL",
+                    ));
                 }
                 images.push(ImageRef::Url(url.to_owned()));
             }
@@ -114,15 +155,26 @@ pub fn parse(body: &Value, uploads: Vec<String>) -> Result<TaskInput, FieldError
         return Err(err(
             "images",
             "too_many",
-            format!("{} accepts at most {} input images", model, model.max_input_images()),
+            format!(
+                "{} accepts at most {} input images",
+                model,
+                model.max_input_images()
+            ),
         ));
     }
 
-    Ok(TaskInput { prompt, model, size, images })
+    Ok(TaskInput {
+        prompt,
+        model,
+        size,
+        images,
+    })
 }
 
 fn is_http_url(s: &str) -> bool {
-    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
     match rest {
         Some(r) => {
             let host = r.split(['/', '?', '#']).next().unwrap_or("");
@@ -147,8 +199,18 @@ mod tests {
         assert_eq!(t.prompt, "a cat");
         assert_eq!(t.size, "1:1");
         assert!(t.images.is_empty());
-        let with = parse(&json!({"prompt": "x", "model": "kie_4o", "images": ["https://a/b.png"]}), vec!["cache/u/1.png".into()]).unwrap();
-        assert_eq!(with.images, vec![ImageRef::Url("https://a/b.png".into()), ImageRef::Upload("cache/u/1.png".into())]);
+        let with = parse(
+            &json!({"prompt": "x", "model": "kie_4o", "images": ["https://a/b.png"]}),
+            vec!["cache/u/1.png".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            with.images,
+            vec![
+                ImageRef::Url("https://a/b.png".into()),
+                ImageRef::Upload("cache/u/1.png".into())
+            ]
+        );
     }
 
     #[test]
@@ -157,21 +219,53 @@ mod tests {
         assert_eq!(field(json!({"model": "kie_4o"})), "prompt");
         assert_eq!(field(json!({"prompt": "   ", "model": "kie_4o"})), "prompt");
         assert_eq!(field(json!({"prompt": 5, "model": "kie_4o"})), "prompt");
-        assert_eq!(field(json!({"prompt": "x".repeat(4001), "model": "kie_4o"})), "prompt");
+        assert_eq!(
+            field(json!({"prompt": "x".repeat(4001), "model": "kie_4o"})),
+            "prompt"
+        );
         assert_eq!(field(json!({"prompt": "x"})), "model");
-        assert_eq!(field(json!({"prompt": "x", "model": "midjourney"})), "model");
-        assert_eq!(field(json!({"prompt": "x", "model": "kie_4o", "size": "9:9"})), "size");
-        assert_eq!(field(json!({"prompt": "x", "model": "kie_4o", "images": ["ftp://a"]})), "images[0]");
-        assert_eq!(field(json!({"prompt": "x", "model": "kie_4o", "images": "https://a"})), "images");
-        assert_eq!(field(json!({"prompt": "x", "model": "kie_4o", "extra": 1})), "extra");
-        assert_eq!(field(json!({"prompt": "x", "model": "kie_kontext", "images": ["https://a/1", "https://a/2"]})), "images");
-        assert_eq!(parse(&json!({"prompt": "x", "model": "nope"}), vec![]).unwrap_err().code, "unknown_model");
+        assert_eq!(
+            field(json!({"prompt": "x", "model": "midjourney"})),
+            "model"
+        );
+        assert_eq!(
+            field(json!({"prompt": "x", "model": "kie_4o", "size": "9:9"})),
+            "size"
+        );
+        assert_eq!(
+            field(json!({"prompt": "x", "model": "kie_4o", "images": ["ftp://a"]})),
+            "images[0]"
+        );
+        assert_eq!(
+            field(json!({"prompt": "x", "model": "kie_4o", "images": "https://a"})),
+            "images"
+        );
+        assert_eq!(
+            field(json!({"prompt": "x", "model": "kie_4o", "extra": 1})),
+            "extra"
+        );
+        assert_eq!(
+            field(
+                json!({"prompt": "x", "model": "kie_kontext", "images": ["https://a/1", "https://a/2"]})
+            ),
+            "images"
+        );
+        assert_eq!(
+            parse(&json!({"prompt": "x", "model": "nope"}), vec![])
+                .unwrap_err()
+                .code,
+            "unknown_model"
+        );
     }
 
     #[test]
     fn params_are_canonical() {
         let a = parse(&json!({"model": "kie_4o", "prompt": "x"}), vec![]).unwrap();
-        let b = parse(&json!({"prompt": "x ", "model": "kie_4o", "size": "1:1"}), vec![]).unwrap();
+        let b = parse(
+            &json!({"prompt": "x ", "model": "kie_4o", "size": "1:1"}),
+            vec![],
+        )
+        .unwrap();
         assert_eq!(a.to_params(), b.to_params());
         let back: TaskInput = serde_json::from_str(&a.to_params()).unwrap();
         assert_eq!(back, a);

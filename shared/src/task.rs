@@ -2,15 +2,18 @@
 //!
 //! ```text
 //! pending ──claim──▶ submitted ──accepted──▶ processing ──succeeded──▶ completed
-//!    │                  │  ▲                    │
+//!    │                  │  ▲  │                 │                      ▲
+//!    │                  │  │  └──────────────succeeded (done by the first poll)
 //!    │                  │  └──unclaim (transient failure before the provider accepted)
 //!    └──────────────────┴──────────fail─────────┴───────────────────▶ failed
 //! ```
 //!
 //! `pending`: credits held, waiting for the consumer. `submitted`: one consumer has claimed the
-//! task and is calling the provider (the claim is what stops a duplicate message from submitting
-//! twice). `processing`: the provider accepted it and we know its external id. `completed` and
-//! `failed` are terminal: the hold has been settled or released exactly once.
+//! task and called the provider (the claim is what stops a duplicate message from submitting
+//! twice); the provider's id travels in the poll messages. `processing`: the first poll found the
+//! provider generating, and D1 records the external id. A task already done at its first poll
+//! goes straight to `completed`, which records the id then: one D1 write fewer on the fast path.
+//! `completed` and `failed` are terminal: the hold has been settled or released exactly once.
 //!
 //! Every transition is a row of [`TRANSITIONS`]; the workers apply one with a conditional UPDATE
 //! whose `WHERE status IN (...)` is [`Transition::from_sql`], so a transition that is no longer
@@ -116,7 +119,11 @@ impl Transition {
     /// (placeholders from `?2`): it changes no row unless the task is in a state the
     /// transition starts from. Callers may append more `AND …` conditions or `RETURNING …`.
     pub fn update_sql(self, set: &str) -> String {
-        format!("UPDATE ai_tasks SET status = '{}', {set} WHERE id = ?1 AND status IN ({})", self.to().as_str(), self.from_sql())
+        format!(
+            "UPDATE ai_tasks SET status = '{}', {set} WHERE id = ?1 AND status IN ({})",
+            self.to().as_str(),
+            self.from_sql()
+        )
     }
 
     /// `'a','b'` for a `status IN (...)` guard.
@@ -155,7 +162,11 @@ mod tests {
         let claimed = Claim.apply(Pending).unwrap();
         assert_eq!(Claim.apply(claimed), None);
         assert_eq!(Unclaim.apply(claimed), Some(Pending));
-        assert_eq!(Accepted.apply(Pending), None, "cannot accept what was never claimed");
+        assert_eq!(
+            Accepted.apply(Pending),
+            None,
+            "cannot accept what was never claimed"
+        );
     }
 
     #[test]

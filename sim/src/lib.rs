@@ -102,20 +102,30 @@ struct State {
 
 /// The N in a `[sim:flaky=N]` directive.
 fn flaky_rate(prompt: &str) -> Option<u64> {
-    prompt.split("[sim:flaky=").nth(1).and_then(|r| r.split(']').next()).and_then(|n| n.parse().ok())
+    prompt
+        .split("[sim:flaky=")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .and_then(|n| n.parse().ok())
 }
 
 impl State {
     /// Whether this call for a flaky prompt fails: call i fails when floor((i+1)N/100) grows,
     /// so N% of calls fail, spread evenly (50 fails every second call, 100 every call).
     fn flaky(&mut self, prompt: &str) -> bool {
-        let Some(rate) = flaky_rate(prompt).filter(|_| !self.healed.contains(prompt)) else { return false };
+        let Some(rate) = flaky_rate(prompt).filter(|_| !self.healed.contains(prompt)) else {
+            return false;
+        };
         let calls = self.flaky_calls.entry(prompt.to_owned()).or_default();
         let i = *calls;
         *calls += 1;
         let fails = (i + 1) * rate / 100 > i * rate / 100;
         if fails {
-            *self.stats.flaky_failures_by_prompt.entry(prompt.to_owned()).or_default() += 1;
+            *self
+                .stats
+                .flaky_failures_by_prompt
+                .entry(prompt.to_owned())
+                .or_default() += 1;
         }
         fails
     }
@@ -125,7 +135,10 @@ impl State {
         if rate <= 0.0 {
             return false;
         }
-        self.rng = self.rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.rng = self
+            .rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         let hit = ((self.rng >> 33) as f64 / f64::from(1u32 << 31)) < rate;
         if hit {
             self.stats.injected_failures += 1;
@@ -149,16 +162,26 @@ pub fn result_png(prompt: &str, n: usize) -> Vec<u8> {
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Sim {
     /// Starts on 127.0.0.1:`port` (0 for any free port), serving from a few threads.
     pub fn start(port: u16) -> Result<Sim, String> {
-        let server = Server::http(("127.0.0.1", port)).map_err(|e| format!("sim: cannot listen on {port}: {e}"))?;
-        let port = server.server_addr().to_ip().map(|a| a.port()).ok_or("sim: no address")?;
+        let server = Server::http(("127.0.0.1", port))
+            .map_err(|e| format!("sim: cannot listen on {port}: {e}"))?;
+        let port = server
+            .server_addr()
+            .to_ip()
+            .map(|a| a.port())
+            .ok_or("sim: no address")?;
         let server = Arc::new(server);
-        let state = Arc::new(Mutex::new(State { rng: 0x5eed, ..State::default() }));
+        let state = Arc::new(Mutex::new(State {
+            rng: 0x5eed,
+            ..State::default()
+        }));
         for _ in 0..8 {
             let server = server.clone();
             let state = state.clone();
@@ -209,27 +232,55 @@ fn reply_json(req: Request, status: u16, body: &Value) {
 /// Posts kie.ai's callback for a finished task after its generation time, as kie.ai does,
 /// and records what the API answered.
 #[allow(clippy::too_many_arguments)]
-fn post_callback(state: &Arc<Mutex<State>>, port: u16, url: &str, id: &str, prompt: &str, kontext: bool, failed: bool, generation_ms: u64) {
+fn post_callback(
+    state: &Arc<Mutex<State>>,
+    port: u16,
+    url: &str,
+    id: &str,
+    prompt: &str,
+    kontext: bool,
+    failed: bool,
+    generation_ms: u64,
+) {
     std::thread::sleep(Duration::from_millis(generation_ms + 50));
     let result = format!("http://127.0.0.1:{port}/results/{id}/0.png");
     let body = match (failed, kontext) {
-        (true, _) => json!({"code": 501, "msg": "generation failed (simulated)", "data": {"taskId": id, "info": null}}),
-        (false, false) => json!({"code": 200, "msg": "success", "data": {"taskId": id, "info": {"result_urls": [result]}}}),
-        (false, true) => json!({"code": 200, "msg": "success", "data": {"taskId": id, "info": {"resultImageUrl": result}}}),
+        (true, _) => {
+            json!({"code": 501, "msg": "generation failed (simulated)", "data": {"taskId": id, "info": null}})
+        }
+        (false, false) => {
+            json!({"code": 200, "msg": "success", "data": {"taskId": id, "info": {"result_urls": [result]}}})
+        }
+        (false, true) => {
+            json!({"code": 200, "msg": "success", "data": {"taskId": id, "info": {"resultImageUrl": result}}})
+        }
     };
     let secret = lock(state).knobs.webhook_secret.clone();
-    let mut req = ureq::post(url).timeout(Duration::from_secs(10)).set("content-type", "application/json");
+    let mut req = ureq::post(url)
+        .timeout(Duration::from_secs(10))
+        .set("content-type", "application/json");
     if let Some(secret) = secret {
-        let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0).to_string();
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            .to_string();
         let sig = shared::signing::kie_callback_signature(secret.as_bytes(), id, &ts);
-        req = req.set("x-webhook-timestamp", &ts).set("x-webhook-signature", &sig);
+        req = req
+            .set("x-webhook-timestamp", &ts)
+            .set("x-webhook-signature", &sig);
     }
     let status = match req.send_string(&body.to_string()) {
         Ok(r) => r.status(),
         Err(ureq::Error::Status(code, _)) => code,
         Err(_) => 0,
     };
-    lock(state).stats.callbacks_by_prompt.entry(prompt.to_owned()).or_default().push((url.to_owned(), body.to_string(), status));
+    lock(state)
+        .stats
+        .callbacks_by_prompt
+        .entry(prompt.to_owned())
+        .or_default()
+        .push((url.to_owned(), body.to_string(), status));
 }
 
 fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
@@ -237,20 +288,29 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let path = path.to_owned();
     let param = |name: &str| {
-        query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_owned()))
+        query.split('&').find_map(|kv| {
+            kv.split_once('=')
+                .filter(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_owned())
+        })
     };
     let method = req.method().clone();
-    let authorized = req
-        .headers()
-        .iter()
-        .any(|h| h.field.equiv("authorization") && h.value.as_str().starts_with("Bearer ") && h.value.as_str().len() > 7);
+    let authorized = req.headers().iter().any(|h| {
+        h.field.equiv("authorization")
+            && h.value.as_str().starts_with("Bearer ")
+            && h.value.as_str().len() > 7
+    });
     let mut body = String::new();
     let _ = req.as_reader().take(1 << 20).read_to_string(&mut body);
 
     match (method, path.as_str()) {
         (Method::Get, "/_sim/stats") => {
             let stats = lock(state).stats.clone();
-            reply_json(req, 200, &serde_json::to_value(stats).unwrap_or(Value::Null));
+            reply_json(
+                req,
+                200,
+                &serde_json::to_value(stats).unwrap_or(Value::Null),
+            );
         }
         (Method::Post, "/_sim/knobs") => match serde_json::from_str::<Knobs>(&body) {
             Ok(k) => {
@@ -261,19 +321,32 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
         },
         // Creem: create a checkout session
         (Method::Post, "/v1/checkouts") => {
-            let keyed = req.headers().iter().any(|h| h.field.equiv("x-api-key") && !h.value.as_str().is_empty());
+            let keyed = req
+                .headers()
+                .iter()
+                .any(|h| h.field.equiv("x-api-key") && !h.value.as_str().is_empty());
             if !keyed {
                 return reply_json(req, 401, &json!({"error": "missing x-api-key"}));
             }
             let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            let Some(product) = parsed.get("product_id").and_then(Value::as_str).map(str::to_owned) else {
+            let Some(product) = parsed
+                .get("product_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+            else {
                 return reply_json(req, 400, &json!({"error": "product_id is required"}));
             };
             let mut s = lock(state);
             s.seq += 1;
             let id = format!("ch_{:08}", s.seq);
-            let request_id = parsed.get("request_id").and_then(Value::as_str).unwrap_or_default().to_owned();
-            s.stats.checkouts.insert(request_id.clone(), json!({"id": id, "body": parsed}));
+            let request_id = parsed
+                .get("request_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            s.stats
+                .checkouts
+                .insert(request_id.clone(), json!({"id": id, "body": parsed}));
             drop(s);
             reply_json(
                 req,
@@ -283,14 +356,23 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
                         "checkout_url": format!("http://127.0.0.1:{port}/checkout/{id}")}),
             );
         }
-        (Method::Post, "/api/v1/gpt4o-image/generate") | (Method::Post, "/api/v1/flux/kontext/generate") => {
+        (Method::Post, "/api/v1/gpt4o-image/generate")
+        | (Method::Post, "/api/v1/flux/kontext/generate") => {
             let kontext = path.contains("kontext");
             if !authorized {
-                return reply_json(req, 200, &json!({"code": 401, "msg": "You do not have access permissions"}));
+                return reply_json(
+                    req,
+                    200,
+                    &json!({"code": 401, "msg": "You do not have access permissions"}),
+                );
             }
             let mut s = lock(state);
             let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            let Some(prompt) = parsed.get("prompt").and_then(Value::as_str).map(str::to_owned) else {
+            let Some(prompt) = parsed
+                .get("prompt")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+            else {
                 drop(s);
                 return reply_json(req, 200, &json!({"code": 422, "msg": "prompt is required"}));
             };
@@ -300,12 +382,21 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
                 return reply_json(req, 503, &json!({"code": 503, "msg": "injected failure"}));
             }
             let inputs: Vec<String> = if kontext {
-                parsed.get("inputImage").and_then(Value::as_str).map(|u| vec![u.to_owned()]).unwrap_or_default()
+                parsed
+                    .get("inputImage")
+                    .and_then(Value::as_str)
+                    .map(|u| vec![u.to_owned()])
+                    .unwrap_or_default()
             } else {
                 parsed
                     .get("filesUrl")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
                     .unwrap_or_default()
             };
             s.stats.creates += 1;
@@ -315,7 +406,11 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
             let healed = s.healed.contains(&prompt);
             if prompt.contains("[sim:refuse]") && !healed {
                 drop(s);
-                return reply_json(req, 200, &json!({"code": 400, "msg": "The content violates our content policy"}));
+                return reply_json(
+                    req,
+                    200,
+                    &json!({"code": 400, "msg": "The content violates our content policy"}),
+                );
             }
             let behaviour = if healed {
                 Behaviour::Normal
@@ -323,7 +418,12 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
                 Behaviour::Fail
             } else if prompt.contains("[sim:stuck]") {
                 Behaviour::Stuck
-            } else if let Some(ms) = prompt.split("[sim:slow=").nth(1).and_then(|r| r.split(']').next()).and_then(|m| m.parse().ok()) {
+            } else if let Some(ms) = prompt
+                .split("[sim:slow=")
+                .nth(1)
+                .and_then(|r| r.split(']').next())
+                .and_then(|m| m.parse().ok())
+            {
                 Behaviour::Slow(ms)
             } else {
                 Behaviour::Normal
@@ -334,22 +434,45 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
                 Behaviour::Slow(ms) => ms,
                 _ => s.knobs.generation_ms,
             };
-            let callback = parsed.get("callBackUrl").and_then(Value::as_str).map(str::to_owned);
+            let callback = parsed
+                .get("callBackUrl")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             let will_finish = !s.knobs.stuck && !matches!(behaviour, Behaviour::Stuck);
             let send_callback = s.knobs.callbacks && will_finish;
             let failed = matches!(behaviour, Behaviour::Fail);
-            s.jobs.insert(id.clone(), Job { prompt: prompt.clone(), started: Instant::now(), behaviour });
+            s.jobs.insert(
+                id.clone(),
+                Job {
+                    prompt: prompt.clone(),
+                    started: Instant::now(),
+                    behaviour,
+                },
+            );
             drop(s);
-            reply_json(req, 200, &json!({"code": 200, "msg": "success", "data": {"taskId": id}}));
+            reply_json(
+                req,
+                200,
+                &json!({"code": 200, "msg": "success", "data": {"taskId": id}}),
+            );
             if let (true, Some(url)) = (send_callback, callback) {
                 let state = Arc::clone(state);
-                std::thread::spawn(move || post_callback(&state, port, &url, &id, &prompt, kontext, failed, generation));
+                std::thread::spawn(move || {
+                    post_callback(
+                        &state, port, &url, &id, &prompt, kontext, failed, generation,
+                    )
+                });
             }
         }
-        (Method::Get, "/api/v1/gpt4o-image/record-info") | (Method::Get, "/api/v1/flux/kontext/record-info") => {
+        (Method::Get, "/api/v1/gpt4o-image/record-info")
+        | (Method::Get, "/api/v1/flux/kontext/record-info") => {
             let kontext = path.contains("kontext");
             if !authorized {
-                return reply_json(req, 200, &json!({"code": 401, "msg": "You do not have access permissions"}));
+                return reply_json(
+                    req,
+                    200,
+                    &json!({"code": 401, "msg": "You do not have access permissions"}),
+                );
             }
             let mut s = lock(state);
             s.stats.record_infos += 1;
@@ -379,12 +502,24 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
                         json!({"taskId": id, "status": "GENERATING", "progress": "0.50"})
                     }
                 }
-                (false, true, Behaviour::Fail) => json!({"taskId": id, "status": "GENERATE_FAILED", "errorCode": 400, "errorMessage": "generation failed (simulated)"}),
-                (true, true, Behaviour::Fail) => json!({"taskId": id, "successFlag": 3, "errorCode": 400, "errorMessage": "generation failed (simulated)"}),
-                (false, true, _) => json!({"taskId": id, "status": "SUCCESS", "progress": "1.00", "successFlag": 1, "response": {"resultUrls": [url]}}),
-                (true, true, _) => json!({"taskId": id, "successFlag": 1, "response": {"resultImageUrl": url, "originImageUrl": url}}),
+                (false, true, Behaviour::Fail) => {
+                    json!({"taskId": id, "status": "GENERATE_FAILED", "errorCode": 400, "errorMessage": "generation failed (simulated)"})
+                }
+                (true, true, Behaviour::Fail) => {
+                    json!({"taskId": id, "successFlag": 3, "errorCode": 400, "errorMessage": "generation failed (simulated)"})
+                }
+                (false, true, _) => {
+                    json!({"taskId": id, "status": "SUCCESS", "progress": "1.00", "successFlag": 1, "response": {"resultUrls": [url]}})
+                }
+                (true, true, _) => {
+                    json!({"taskId": id, "successFlag": 1, "response": {"resultImageUrl": url, "originImageUrl": url}})
+                }
             };
-            reply_json(req, 200, &json!({"code": 200, "msg": "success", "data": data}));
+            reply_json(
+                req,
+                200,
+                &json!({"code": 200, "msg": "success", "data": data}),
+            );
         }
         (Method::Get, p) if p.starts_with("/results/") => {
             let mut parts = p.trim_start_matches("/results/").split('/');
@@ -407,7 +542,8 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
             std::thread::sleep(Duration::from_millis(delay));
             match job {
                 Some(job) if n == 0 => {
-                    let resp = Response::from_data(result_png(&job.prompt, n)).with_header(header("content-type", "image/png"));
+                    let resp = Response::from_data(result_png(&job.prompt, n))
+                        .with_header(header("content-type", "image/png"));
                     let _ = req.respond(resp);
                 }
                 _ => reply_json(req, 404, &json!({"error": "no such result"})),

@@ -5,7 +5,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -34,7 +38,9 @@ pub fn png(seed: u64, size: u32) -> Vec<u8> {
     for y in 0..size {
         raw.push(0); // filter: none
         for x in 0..size {
-            let v = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(u64::from(x * 31 + y * 17));
+            let v = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(u64::from(x * 31 + y * 17));
             let b = v.to_le_bytes();
             raw.extend_from_slice(&[b[2], b[3], b[4]]);
         }

@@ -31,7 +31,11 @@ struct Args {
 const SWITCHES: [&str; 4] = ["json", "force", "dry-run", "filter"];
 
 fn parse(args: &[String]) -> Result<Args> {
-    let mut out = Args { positional: vec![], flags: BTreeMap::new(), switches: vec![] };
+    let mut out = Args {
+        positional: vec![],
+        flags: BTreeMap::new(),
+        switches: vec![],
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if let Some(name) = a.strip_prefix("--") {
@@ -58,7 +62,11 @@ impl Args {
 }
 
 fn admin_token(args: &Args) -> Result<String> {
-    if let Some(t) = args.flag("token").map(str::to_owned).or_else(|| std::env::var("EDGELINE_ADMIN_TOKEN").ok()) {
+    if let Some(t) = args
+        .flag("token")
+        .map(str::to_owned)
+        .or_else(|| std::env::var("EDGELINE_ADMIN_TOKEN").ok())
+    {
         return Ok(t);
     }
     let vars = std::fs::read_to_string(root().join(".dev.vars")).unwrap_or_default();
@@ -71,7 +79,10 @@ fn admin_token(args: &Args) -> Result<String> {
 
 /// `2026-11-21 23:40:05` from unix seconds.
 fn utc(secs: i64) -> String {
-    shared::ids::iso8601(secs).replace('T', " ").trim_end_matches('Z').to_owned()
+    shared::ids::iso8601(secs)
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_owned()
 }
 
 fn cell(v: &Value) -> String {
@@ -90,10 +101,16 @@ fn table(rows: &[Value], columns: &[(&str, &str)]) -> String {
             columns
                 .iter()
                 .map(|(key, _)| match (*key, &r[*key]) {
-                    (k, Value::Number(n)) if k.ends_with("_at") => n.as_i64().map(utc).unwrap_or_default(),
+                    (k, Value::Number(n)) if k.ends_with("_at") => {
+                        n.as_i64().map(utc).unwrap_or_default()
+                    }
                     (_, v) => {
                         let s = cell(v);
-                        if s.chars().count() > 60 { format!("{}…", s.chars().take(59).collect::<String>()) } else { s }
+                        if s.chars().count() > 60 {
+                            format!("{}…", s.chars().take(59).collect::<String>())
+                        } else {
+                            s
+                        }
                     }
                 })
                 .collect()
@@ -102,10 +119,24 @@ fn table(rows: &[Value], columns: &[(&str, &str)]) -> String {
     let widths: Vec<usize> = columns
         .iter()
         .enumerate()
-        .map(|(i, (_, title))| cells.iter().map(|r| r[i].chars().count()).chain([title.len()]).max().unwrap_or(0))
+        .map(|(i, (_, title))| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([title.len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |values: Vec<String>| {
-        values.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned()
+        values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
     };
     let mut out = vec![line(columns.iter().map(|(_, t)| (*t).to_owned()).collect())];
     out.extend(cells.into_iter().map(line));
@@ -117,19 +148,42 @@ fn check(reply: Reply) -> Result<Value> {
         return Ok(reply.json());
     }
     let body = reply.json();
-    let message = body.pointer("/error/message").and_then(Value::as_str).map_or_else(|| reply.text(), str::to_owned);
-    let code = body.pointer("/error/code").and_then(Value::as_str).unwrap_or("error").to_owned();
-    Err(if reply.status == 0 { format!("cannot reach the API: {message}") } else { format!("{} {code}: {message}", reply.status) })
+    let message = body
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .map_or_else(|| reply.text(), str::to_owned);
+    let code = body
+        .pointer("/error/code")
+        .and_then(Value::as_str)
+        .unwrap_or("error")
+        .to_owned();
+    Err(if reply.status == 0 {
+        format!("cannot reach the API: {message}")
+    } else {
+        format!("{} {code}: {message}", reply.status)
+    })
 }
 
 fn query(args: &Args, names: &[(&str, &str)]) -> String {
-    let parts: Vec<String> = names.iter().filter_map(|(flag, param)| args.flag(flag).map(|v| format!("{param}={v}"))).collect();
-    if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
+    let parts: Vec<String> = names
+        .iter()
+        .filter_map(|(flag, param)| args.flag(flag).map(|v| format!("{param}={v}")))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
 }
 
 fn filter_body(args: &Args) -> Value {
     let mut m = Map::new();
-    for (flag, key) in [("queue", "queue"), ("type", "type"), ("error-class", "error_class"), ("status", "status")] {
+    for (flag, key) in [
+        ("queue", "queue"),
+        ("type", "type"),
+        ("error-class", "error_class"),
+        ("status", "status"),
+    ] {
         if let Some(v) = args.flag(flag) {
             m.insert(key.into(), json!(v));
         }
@@ -157,13 +211,28 @@ const DLQ_FILTERS: [(&str, &str); 8] = [
 
 pub fn run(raw: &[String]) -> Result<()> {
     let args = parse(raw)?;
-    let url = args.flag("url").map(str::to_owned).or_else(|| std::env::var("EDGELINE_URL").ok()).unwrap_or_else(|| "http://127.0.0.1:8787".into());
+    let url = args
+        .flag("url")
+        .map(str::to_owned)
+        .or_else(|| std::env::var("EDGELINE_URL").ok())
+        .unwrap_or_else(|| "http://127.0.0.1:8787".into());
     let token = admin_token(&args)?;
-    let actor = args.flag("actor").map(str::to_owned).or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
+    let actor = args
+        .flag("actor")
+        .map(str::to_owned)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "cli".into());
     let client = Client::new(&url);
-    let get = |path: &str| check(client.send("GET", path, Some(&token), &[("x-actor", &actor)], None));
+    let get =
+        |path: &str| check(client.send("GET", path, Some(&token), &[("x-actor", &actor)], None));
     let post = |path: &str, body: &Value| {
-        check(client.send("POST", path, Some(&token), &[("x-actor", &actor)], Some(("application/json", body.to_string().as_bytes()))))
+        check(client.send(
+            "POST",
+            path,
+            Some(&token),
+            &[("x-actor", &actor)],
+            Some(("application/json", body.to_string().as_bytes())),
+        ))
     };
     let words: Vec<&str> = args.positional.iter().map(String::as_str).collect();
     let as_json = args.has("json");
@@ -273,17 +342,30 @@ mod tests {
     fn dates_and_tables() {
         assert_eq!(utc(0), "1970-01-01 00:00:00");
         assert_eq!(utc(1_795_219_200 + 3661), "2026-11-21 01:01:01");
-        let t = table(&[json!({"id": "a", "n": 10})], &[("id", "ID"), ("n", "COUNT")]);
+        let t = table(
+            &[json!({"id": "a", "n": 10})],
+            &[("id", "ID"), ("n", "COUNT")],
+        );
         assert_eq!(t, "ID  COUNT\na   10");
     }
 
     #[test]
     fn arguments() {
-        let a = parse(&["dlq".into(), "list".into(), "--queue".into(), "q".into(), "--json".into()]).unwrap();
+        let a = parse(&[
+            "dlq".into(),
+            "list".into(),
+            "--queue".into(),
+            "q".into(),
+            "--json".into(),
+        ])
+        .unwrap();
         assert_eq!(a.positional, vec!["dlq", "list"]);
         assert_eq!(a.flag("queue"), Some("q"));
         assert!(a.has("json"));
         assert!(parse(&["--queue".into()]).is_err());
-        assert_eq!(query(&a, &[("queue", "queue"), ("type", "type")]), "?queue=q");
+        assert_eq!(
+            query(&a, &[("queue", "queue"), ("type", "type")]),
+            "?queue=q"
+        );
     }
 }

@@ -10,7 +10,10 @@ use std::time::SystemTime;
 
 const WORKER_BUILD_VERSION: &str = "0.8.7";
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// The workers, by directory (the package is the directory's last part).
 pub const WORKERS: [&str; 3] = ["api-worker", "consumer-worker", "cron-worker"];
+/// The benchmark's floor worker, built only by `cargo xtask bench`.
+pub const FLOOR: &str = "bench/floor-worker";
 
 /// Paths of the installed tools worker-build and wrangler need.
 pub struct Toolchain {
@@ -22,23 +25,31 @@ pub struct Toolchain {
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn cargo_bin(name: &str) -> PathBuf {
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+        });
     home.join("bin").join(name)
 }
 
 /// The wasm-bindgen version Cargo.lock pins: the CLI must match it exactly.
 fn locked_wasm_bindgen() -> Result<String> {
-    let lock = fs::read_to_string(root().join("Cargo.lock")).map_err(|e| format!("reading Cargo.lock: {e}"))?;
+    let lock = fs::read_to_string(root().join("Cargo.lock"))
+        .map_err(|e| format!("reading Cargo.lock: {e}"))?;
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
         if line.trim() == "name = \"wasm-bindgen\"" {
-            if let Some(v) = lines.next().and_then(|l| l.trim().strip_prefix("version = \"")) {
+            if let Some(v) = lines
+                .next()
+                .and_then(|l| l.trim().strip_prefix("version = \""))
+            {
                 return Ok(v.trim_end_matches('"').to_owned());
             }
         }
@@ -49,7 +60,8 @@ fn locked_wasm_bindgen() -> Result<String> {
 pub fn ensure() -> Result<Toolchain> {
     let root = root();
 
-    let targets = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    let targets =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
     if !targets.lines().any(|l| l.trim() == WASM_TARGET) {
         eprintln!("xtask: installing the {WASM_TARGET} target");
         run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
@@ -68,23 +80,47 @@ pub fn ensure() -> Result<Toolchain> {
     let have = output(Command::new(&worker_build).arg("--version")).unwrap_or_default();
     if have.trim() != WORKER_BUILD_VERSION {
         eprintln!("xtask: installing worker-build {WORKER_BUILD_VERSION} (a few minutes, once)");
-        run(Command::new("cargo").args(["install", "worker-build", "--version", WORKER_BUILD_VERSION, "--locked"]))?;
+        run(Command::new("cargo").args([
+            "install",
+            "worker-build",
+            "--version",
+            WORKER_BUILD_VERSION,
+            "--locked",
+        ]))?;
     }
 
-    let node = output(Command::new("node").arg("--version")).ok_or("node is not installed; install Node.js 20.3 or newer")?;
-    let major: u32 = node.trim().trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    let node = output(Command::new("node").arg("--version"))
+        .ok_or("node is not installed; install Node.js 20.3 or newer")?;
+    let major: u32 = node
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
     if major < 20 {
-        return Err(format!("Node.js {} is too old; wrangler needs 20.3 or newer", node.trim()));
+        return Err(format!(
+            "Node.js {} is too old; wrangler needs 20.3 or newer",
+            node.trim()
+        ));
     }
 
     // npm packages, pinned by package-lock.json; reinstalled only when the lock changes.
-    let lock = fs::read(root.join("package-lock.json")).map_err(|e| format!("reading package-lock.json: {e}"))?;
+    let lock = fs::read(root.join("package-lock.json"))
+        .map_err(|e| format!("reading package-lock.json: {e}"))?;
     let stamp = root.join("node_modules/.edgeline-package-lock.json");
     let bins = ["wrangler", "esbuild", "wasm-opt"];
-    let complete = bins.iter().all(|b| root.join("node_modules/.bin").join(b).exists());
+    let complete = bins
+        .iter()
+        .all(|b| root.join("node_modules/.bin").join(b).exists());
     if !complete || fs::read(&stamp).ok().as_deref() != Some(lock.as_slice()) {
         eprintln!("xtask: installing npm packages (wrangler, esbuild, binaryen)");
-        run(Command::new("npm").current_dir(&root).args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]))?;
+        run(Command::new("npm").current_dir(&root).args([
+            "ci",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+        ]))?;
         fs::write(&stamp, &lock).map_err(|e| format!("writing {}: {e}", stamp.display()))?;
     }
 
@@ -100,21 +136,36 @@ fn modified(path: &PathBuf) -> Option<SystemTime> {
     fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// Builds the three workers in release once: one cargo build for all (so their final link
-/// steps share the cores), then worker-build for each whose wasm changed.
+/// Builds the three workers in release once (see [`build`]).
 pub fn build_workers(t: &Toolchain) -> Result<()> {
+    build(t, &WORKERS)
+}
+
+fn package(dir: &str) -> &str {
+    dir.rsplit('/').next().unwrap_or(dir)
+}
+
+/// Builds workers in release: one cargo build for all (so their final link steps share the
+/// cores), then worker-build for each whose wasm changed.
+pub fn build(t: &Toolchain, workers: &[&str]) -> Result<()> {
     let root = root();
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo.current_dir(&root).args(["build", "--lib", "--release", "--target", WASM_TARGET]);
-    for w in WORKERS {
-        cargo.args(["-p", w]);
+    cargo
+        .current_dir(&root)
+        .args(["build", "--lib", "--release", "--target", WASM_TARGET]);
+    for w in workers {
+        cargo.args(["-p", package(w)]);
     }
     // worker-build sets this for its own cargo run; setting it here too keeps both builds identical
     cargo.env("WASM_BINDGEN_USE_JS_SYS", "1");
     run(&mut cargo)?;
 
-    for w in WORKERS {
-        let compiled = root.join("target").join(WASM_TARGET).join("release").join(format!("{}.wasm", w.replace('-', "_")));
+    for w in workers {
+        let compiled = root
+            .join("target")
+            .join(WASM_TARGET)
+            .join("release")
+            .join(format!("{}.wasm", package(w).replace('-', "_")));
         let built = root.join(w).join("build/index_bg.wasm");
         let fresh = root.join(w).join("build/index.js").exists()
             && matches!((modified(&built), modified(&compiled)), (Some(b), Some(c)) if b >= c);
