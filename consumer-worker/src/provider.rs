@@ -112,11 +112,8 @@ pub async fn create(
 
 /// Asks where a provider task stands.
 pub async fn record(ctx: &Ctx, model: Model, external_id: &str) -> Result<Progress, Failure> {
-    let (_, record_path) = kie::endpoints(model);
-    let mut url = worker::Url::parse(&format!("{}{record_path}", ctx.cfg.kie_base_url))
-        .map_err(|e| Failure::permanent("bad_config", e.to_string()))?;
-    url.query_pairs_mut().append_pair("taskId", external_id);
-    let req = api_request(ctx, Method::Get, url.as_str(), None)?;
+    let url = kie::record_url(&ctx.cfg.kie_base_url, model, external_id);
+    let req = api_request(ctx, Method::Get, &url, None)?;
     kie::parse_record(model, &read(ctx, req).await?)
 }
 

@@ -201,6 +201,19 @@ fn string_list(v: Option<&Value>) -> Vec<String> {
 }
 
 /// Where kie.ai should post when a task finishes: our webhook route with the task and its token.
+/// record-info's URL for a provider task (the id percent-encoded: it is the provider's text).
+pub fn record_url(base: &str, model: Model, external_id: &str) -> String {
+    let mut id = String::with_capacity(external_id.len());
+    for b in external_id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            id.push(char::from(b));
+        } else {
+            id.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{base}{}?taskId={id}", endpoints(model).1)
+}
+
 pub fn callback_url(base: &str, model: Model, task_id: &str, token: &str) -> String {
     format!(
         "{base}/webhooks/ai/{}?task={task_id}&token={token}",
@@ -222,6 +235,13 @@ pub fn parse_callback(body: &[u8]) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn record_urls_encode_the_provider_id() {
+        assert_eq!(record_url("http://k", Model::Kie4o, "4o-abc_1.2~x"), "http://k/api/v1/gpt4o-image/record-info?taskId=4o-abc_1.2~x");
+        assert_eq!(record_url("http://k", Model::KieKontext, "a b&c=é"), "http://k/api/v1/flux/kontext/record-info?taskId=a%20b%26c%3D%C3%A9");
+    }
+
     use super::*;
 
     #[test]
