@@ -125,9 +125,17 @@ fn one_run(o: &Options, run: usize) -> Result<Value> {
         let lines: Vec<Value> = stack
             .events(Some("http"))
             .into_iter()
-            .filter(|h| h["path"] == "/api/tasks" && h["method"] == "POST" && h["at_ms"].as_u64().is_some_and(|t| t >= tasks.started_ms && t <= until))
+            .filter(|h| {
+                h["path"] == "/api/tasks"
+                    && h["method"] == "POST"
+                    && h["at_ms"]
+                        .as_u64()
+                        .is_some_and(|t| t >= tasks.started_ms && t <= until)
+            })
             .collect();
-        let mean = |f: &dyn Fn(&Value) -> Option<u64>| lines.iter().filter_map(f).sum::<u64>() as f64 / lines.len().max(1) as f64;
+        let mean = |f: &dyn Fn(&Value) -> Option<u64>| {
+            lines.iter().filter_map(f).sum::<u64>() as f64 / lines.len().max(1) as f64
+        };
         edgeline["server_ms"] = json!(mean(&|h| h["ms"].as_u64()));
         edgeline["server_d1_ms"] = json!(mean(&|h| h["io"]["d1_ms"].as_u64()));
         submit.push(json!({"concurrency": conc, "requests": o.requests, "edgeline": edgeline, "floor": latency(&hello)}));
@@ -382,7 +390,9 @@ fn unchanged_polls(
         .filter(|m| m["task_id"].as_str().is_some_and(|t| ids.contains(t)))
         .collect();
     if polls.is_empty() {
-        return Err("no poll found a task still generating; the slow tasks finished too soon".into());
+        return Err(
+            "no poll found a task still generating; the slow tasks finished too soon".into(),
+        );
     }
     Ok(json!({"polls": polls.len(), "per_poll": io_per(&polls, polls.len())}))
 }
@@ -542,7 +552,9 @@ fn cron_scaling() -> Result<Value> {
         ] {
             let (changed, ms) = run_job(&stack, job)?;
             if changed != items {
-                return Err(format!("{job} at {factor}x changed {changed} of {items} seeded items"));
+                return Err(format!(
+                    "{job} at {factor}x changed {changed} of {items} seeded items"
+                ));
             }
             rows.push(
                 json!({"job": job, "factor": factor, "items": items, "changed": changed, "ms": ms,
@@ -609,8 +621,14 @@ fn summarise(o: &Options, runs: &[Value], cron: Value) -> Value {
                 ]
             })
             .collect();
-        row.insert("server_ms", over(runs, &format!("/submit/{i}/edgeline/server_ms")));
-        row.insert("server_d1_ms", over(runs, &format!("/submit/{i}/edgeline/server_d1_ms")));
+        row.insert(
+            "server_ms",
+            over(runs, &format!("/submit/{i}/edgeline/server_ms")),
+        );
+        row.insert(
+            "server_d1_ms",
+            over(runs, &format!("/submit/{i}/edgeline/server_d1_ms")),
+        );
         let ratio = med(&row["p99_ms"]) / med(&row["floor_p99_ms"]);
         budgets.push(budget(
             &format!("submit p99 at {conc} clients"),
@@ -823,21 +841,6 @@ fn package_version(path: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn lock_version(name: &str) -> Option<String> {
-    let lock = fs::read_to_string(root().join("Cargo.lock")).ok()?;
-    let mut lines = lock.lines();
-    while let Some(l) = lines.next() {
-        if l.trim() == format!("name = \"{name}\"") {
-            return lines
-                .next()?
-                .trim()
-                .strip_prefix("version = \"")
-                .map(|v| v.trim_end_matches('"').to_owned());
-        }
-    }
-    None
-}
-
 fn versions() -> Value {
     let commit =
         first_line(
@@ -857,8 +860,8 @@ fn versions() -> Value {
         "node": first_line(Command::new("node").arg("--version")),
         "wrangler": package_version("node_modules/wrangler/package.json"),
         "workerd": package_version("node_modules/workerd/package.json"),
-        "worker_crate": lock_version("worker"),
-        "wasm_bindgen": lock_version("wasm-bindgen"),
+        "worker_crate": crate::toolchain::locked_version("worker").ok(),
+        "wasm_bindgen": crate::toolchain::locked_version("wasm-bindgen").ok(),
     })
 }
 

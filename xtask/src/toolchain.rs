@@ -39,13 +39,13 @@ fn cargo_bin(name: &str) -> PathBuf {
     home.join("bin").join(name)
 }
 
-/// The wasm-bindgen version Cargo.lock pins: the CLI must match it exactly.
-fn locked_wasm_bindgen() -> Result<String> {
+/// The version Cargo.lock pins for a package (the wasm-bindgen CLI must match its crate exactly).
+pub fn locked_version(name: &str) -> Result<String> {
     let lock = fs::read_to_string(root().join("Cargo.lock"))
         .map_err(|e| format!("reading Cargo.lock: {e}"))?;
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
-        if line.trim() == "name = \"wasm-bindgen\"" {
+        if line.trim() == format!("name = \"{name}\"") {
             if let Some(v) = lines
                 .next()
                 .and_then(|l| l.trim().strip_prefix("version = \""))
@@ -54,7 +54,7 @@ fn locked_wasm_bindgen() -> Result<String> {
             }
         }
     }
-    Err("Cargo.lock has no wasm-bindgen entry".into())
+    Err(format!("Cargo.lock has no {name} entry"))
 }
 
 pub fn ensure() -> Result<Toolchain> {
@@ -67,7 +67,7 @@ pub fn ensure() -> Result<Toolchain> {
         run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
     }
 
-    let wanted = locked_wasm_bindgen()?;
+    let wanted = locked_version("wasm-bindgen")?;
     let wasm_bindgen = cargo_bin("wasm-bindgen");
     let have = output(Command::new(&wasm_bindgen).arg("--version")).unwrap_or_default();
     if have.split_whitespace().nth(1) != Some(wanted.as_str()) {
