@@ -115,7 +115,7 @@ fn one_run(o: &Options, run: usize) -> Result<Value> {
             o.requests,
             202,
             Duration::from_secs(300),
-            &|i| submit_request(&stack, &tokens, &format!("latency r{run} c{conc} {i}")),
+            &|i| submit_request(&stack, &tokens, i, &format!("latency r{run} c{conc} {i}")),
             true,
         );
         ended.expect(&tasks);
@@ -157,8 +157,8 @@ fn one_run(o: &Options, run: usize) -> Result<Value> {
     }))
 }
 
-fn submit_request(stack: &Stack, tokens: &[String], prompt: &str) -> Request {
-    let i = prompt.len() + prompt.bytes().map(usize::from).sum::<usize>();
+/// The i-th submission, from the users in turn.
+fn submit_request(stack: &Stack, tokens: &[String], i: usize, prompt: &str) -> Request {
     Request {
         method: "POST",
         url: format!("{}/api/tasks", stack.api),
@@ -249,7 +249,7 @@ fn pipeline(
         o.tasks,
         202,
         Duration::from_secs(300),
-        &|i| submit_request(stack, tokens, &format!("pipeline r{run} {i}")),
+        &|i| submit_request(stack, tokens, i, &format!("pipeline r{run} {i}")),
         true,
     );
     ended.expect(&submitted);
@@ -364,7 +364,7 @@ fn unchanged_polls(
         SLOW_TASKS,
         202,
         Duration::from_secs(60),
-        &|i| submit_request(stack, tokens, &format!("slow r{run} {i}")),
+        &|i| submit_request(stack, tokens, i, &format!("slow r{run} {i}")),
         true,
     );
     ended.expect(&submitted);
