@@ -1,13 +1,17 @@
-//! Operators' routes. For now: create users, grant credits, open sessions (the stand-in for the
-//! app's login until JWTs arrive). Every route needs the admin token.
+//! Operators' routes for users: create users, grant credits, open sessions (what the app's login
+//! calls) and list their sign-ins. Every route needs the admin token, and every change writes one
+//! `admin_audit` row with who made it (`X-Actor`) in the same D1 batch as the change.
 
-use crate::app::{json, json_body, App, Ctx};
+use crate::app::{json, json_body, query, App, Ctx};
+use crate::audit_log::{actor, audit};
 use crate::auth;
 use crate::error::{ApiError, ApiResult};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::edge::{now, IoError};
 use shared::ids::{Credits, UserId};
 use shared::ledger::{self, EntryKind, NewGrant, Stmt};
+use shared::session;
 use shared::submit::FieldError;
 use worker::Request;
 
@@ -78,6 +82,7 @@ fn user_param(ctx: &Ctx) -> Result<UserId, ApiError> {
 /// `POST /admin/users {email, name, credits?}`: a user with an optional starting gift.
 pub async fn create_user(mut req: Request, app: &App) -> ApiResult {
     auth::admin(&req, app).await?;
+    let actor = actor(&req)?;
     let body = json_body(&mut req, 16 * 1024).await?;
     only(&body, &["email", "name", "credits"])?;
     let email = string_field(&body, "email", 320)?;
@@ -109,6 +114,12 @@ pub async fn create_user(mut req: Request, app: &App) -> ApiResult {
             now: at,
         }));
     }
+    stmts.push(audit(
+        &actor,
+        "user.create",
+        &user.to_string(),
+        &json!({"credits": credits}),
+    ));
     match app.db.batch("create user", &stmts).await {
         Ok(_) => json(
             &json!({"id": user.to_string(), "email": email, "name": name, "credits": credits}),
@@ -140,18 +151,41 @@ async fn require_user(app: &App, user: &UserId) -> Result<(), ApiError> {
     exists.map(|_| ()).ok_or(ApiError::NotFound("user"))
 }
 
-/// `POST /admin/users/:id/sessions {ttl_secs?}`: a session and its token for the user (what the
-/// app's login does after it has authenticated someone).
+/// An optional string field, trimmed and cut to `max` characters; empty is absent.
+fn optional_text(body: &Value, name: &str, max: usize) -> Result<Option<String>, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            Ok(Some(s.trim().chars().take(max).collect::<String>()).filter(|s| !s.is_empty()))
+        }
+        Some(_) => Err(field_err(name, "invalid_value", "must be a string")),
+    }
+}
+
+fn header_text(req: &Request, name: &str, max: usize) -> Option<String> {
+    req.headers()
+        .get(name)
+        .ok()
+        .flatten()
+        .map(|v| v.trim().chars().take(max).collect::<String>())
+        .filter(|v| !v.is_empty())
+}
+
+/// `POST /admin/users/:id/sessions {ttl_secs?, ip?, user_agent?}`: a session and its token for
+/// the user (what the app's login does after it has authenticated someone). The sign-in is
+/// logged in `signin_logs` with the client's ip (`cf-connecting-ip`) and `User-Agent`, or with
+/// the `ip` and `user_agent` the login passes on for its own user.
 pub async fn create_session(mut req: Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
     auth::admin(&req, app).await?;
+    let actor = actor(&req)?;
     let user = user_param(ctx)?;
     let body = json_body(&mut req, 4 * 1024).await.or_else(|e| match e {
         // an empty body means "defaults"
         ApiError::BadRequest { .. } => Ok(json!({})),
         other => Err(other),
     })?;
-    only(&body, &["ttl_secs"])?;
+    only(&body, &["ttl_secs", "ip", "user_agent"])?;
     let ttl = match body.get("ttl_secs") {
         None | Some(Value::Null) => app.cfg.session_ttl_secs,
         Some(v) => v
@@ -165,11 +199,68 @@ pub async fn create_session(mut req: Request, ctx: &Ctx) -> ApiResult {
                 )
             })?,
     };
+    let origin = auth::Origin {
+        ip: optional_text(&body, "ip", session::MAX_IP_CHARS)?
+            .or_else(|| header_text(&req, "cf-connecting-ip", session::MAX_IP_CHARS)),
+        user_agent: optional_text(&body, "user_agent", session::MAX_USER_AGENT_CHARS)?
+            .or_else(|| header_text(&req, "user-agent", session::MAX_USER_AGENT_CHARS)),
+    };
     require_user(app, &user).await?;
-    let (token, expires_at) = auth::open_session(app, &user, ttl).await?;
+    // The audit row is written in the session's own batch: no session without its record.
+    let record = audit(
+        &actor,
+        "session.open",
+        &user.to_string(),
+        &json!({"ttl_secs": ttl, "ip": origin.ip, "user_agent": origin.user_agent}),
+    );
+    let opened = auth::open_session(app, &user, ttl, &origin, record).await?;
     json(
-        &json!({"token": token, "user_id": user.to_string(), "expires_at": expires_at}),
+        &json!({
+            "token": opened.token,
+            "user_id": user.to_string(),
+            "session_id": opened.sid,
+            "created_at": opened.created_at,
+            "expires_at": opened.expires_at,
+        }),
         201,
+    )
+}
+
+#[derive(Deserialize)]
+struct SigninRow {
+    id: String,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    created_at: i64,
+}
+
+/// `GET /admin/users/:id/signins?limit=`: the user's sign-ins (`signin_logs`), newest first.
+pub async fn signins(req: Request, ctx: &Ctx) -> ApiResult {
+    let app = &ctx.data;
+    auth::admin(&req, app).await?;
+    let user = user_param(ctx)?;
+    let limit = match query(&req, "limit") {
+        None => 50,
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=200).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_query", "limit must be an integer from 1 to 200")
+            })?,
+    };
+    require_user(app, &user).await?;
+    let found: Vec<SigninRow> = app
+        .db
+        .all("list signins", &session::signins(&user, limit))
+        .await?;
+    let signins: Vec<Value> = found
+        .into_iter()
+        .map(|r| json!({"id": r.id, "ip": r.ip, "user_agent": r.user_agent, "created_at": r.created_at}))
+        .collect();
+    json(
+        &json!({"user_id": user.to_string(), "signins": signins}),
+        200,
     )
 }
 
@@ -178,6 +269,7 @@ pub async fn create_session(mut req: Request, ctx: &Ctx) -> ApiResult {
 pub async fn grant(mut req: Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
     auth::admin(&req, app).await?;
+    let actor = actor(&req)?;
     let user = user_param(ctx)?;
     let body = json_body(&mut req, 16 * 1024).await?;
     only(&body, &["credits", "reference", "note", "expires_at"])?;
@@ -213,7 +305,15 @@ pub async fn grant(mut req: Request, ctx: &Ctx) -> ApiResult {
         note: &note,
         now: now(),
     });
-    match app.db.run("grant credits", &stmt).await {
+    // A repeated reference fails the grant's insert, and with it the whole batch: no audit row
+    // for a grant that was not made.
+    let record = audit(
+        &actor,
+        "grant.create",
+        &uid,
+        &json!({"grant_id": id, "credits": credits, "expires_at": expires_at, "reference": reference}),
+    );
+    match app.db.batch("grant credits", &[stmt, record]).await {
         Ok(_) => json(
             &json!({"id": id, "user_id": user.to_string(), "credits": credits, "expires_at": expires_at}),
             201,

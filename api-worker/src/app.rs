@@ -4,7 +4,7 @@
 
 use crate::config::{self, Config};
 use crate::error::{json_response, ApiError, ApiResult};
-use crate::{admin, files, ops, orders, tasks, webhooks};
+use crate::{admin, audit, catalog, files, ops, orders, tasks, webhooks};
 use shared::edge::{log, now_ms, Db, IoCounts, IoError, StepExt};
 use std::rc::Rc;
 use worker::{Bucket, Env, KvStore, Queue, Request, Response, RouteContext, Router};
@@ -14,6 +14,8 @@ pub struct App {
     pub cfg: Config,
     pub io: Rc<IoCounts>,
     pub db: Db,
+    /// A renewed session token for this request's response (`auth::SESSION_TOKEN_HEADER`).
+    pub session_token: std::cell::RefCell<Option<String>>,
 }
 
 impl App {
@@ -26,9 +28,30 @@ impl App {
     pub fn tasks_queue(&self) -> Result<Queue, IoError> {
         self.env.queue(config::TASKS).step("binding TASKS")
     }
+    /// Sends `token` (a renewal of the caller's session) back with this request's response.
+    pub fn hand_over(&self, token: String) {
+        *self.session_token.borrow_mut() = Some(token);
+    }
 }
 
 pub type Ctx = RouteContext<Rc<App>>;
+
+/// The OpenAPI document, served as committed: `openapi.rs` builds it and its test keeps
+/// `api-worker/openapi.json` equal (the worker carries no code that builds it).
+const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+fn openapi_response() -> Response {
+    let built = Response::ok(OPENAPI_JSON).and_then(|mut r| {
+        r.headers_mut().set("content-type", "application/json")?;
+        Ok(r)
+    });
+    built.unwrap_or_else(|_| {
+        json_response(
+            &serde_json::json!({"error": {"code": "unavailable", "message": "openapi.json"}}),
+            503,
+        )
+    })
+}
 
 /// The rate limits, by binding name (see `[[ratelimits]]` in wrangler.toml).
 #[derive(Clone, Copy)]
@@ -85,9 +108,18 @@ pub async fn handle(req: Request, env: Env) -> Response {
     let method = req.method().to_string();
     let path = req.path();
     let io = Rc::new(IoCounts::default());
-    let response = match build(&env, io.clone()) {
-        Ok(app) => route(req, env, Rc::new(app)).await,
-        Err(e) => e.into_response(),
+    // CORS (cors.rs): a preflight is answered before anything else; every other answer, errors
+    // included, gets the headers its Origin calls for.
+    let cors = crate::cors::decide(&req, &env);
+    let response = match crate::cors::preflight(&cors) {
+        Some(answer) => answer,
+        None => crate::cors::apply(
+            &cors,
+            match build(&env, io.clone()) {
+                Ok(app) => route(req, env, Rc::new(app)).await,
+                Err(e) => e.into_response(),
+            },
+        ),
     };
     log(serde_json::json!({
         "event": "http",
@@ -108,6 +140,7 @@ fn build(env: &Env, io: Rc<IoCounts>) -> Result<App, ApiError> {
         cfg,
         io,
         db,
+        session_token: Default::default(),
     })
 }
 
@@ -118,7 +151,12 @@ fn reply(result: ApiResult) -> worker::Result<Response> {
 async fn route(req: Request, env: Env, app: Rc<App>) -> Response {
     let ip = client_ip(&req);
     let webhook = req.path().starts_with("/webhooks/");
-    let response = dispatch(req, env, app.clone()).await;
+    let mut response = dispatch(req, env, app.clone()).await;
+    if let Some(token) = app.session_token.borrow_mut().take() {
+        let _ = response
+            .headers_mut()
+            .set(crate::auth::SESSION_TOKEN_HEADER, &token);
+    }
     // Failed authentication and signatures are counted per client; past the limit the client
     // gets 429 instead of another 401, whatever it sends.
     if response.status_code() == 401 {
@@ -140,7 +178,7 @@ async fn dispatch(req: Request, env: Env, app: Rc<App>) -> Response {
             reply(tasks::health(&ctx.data).await)
         })
         .get("/api/openapi.json", |_, _| {
-            Ok(json_response(&crate::openapi::document(), 200))
+            Ok(openapi_response())
         })
         .post_async("/api/tasks", |req, ctx| async move {
             reply(tasks::submit(req, &ctx.data).await)
@@ -154,11 +192,48 @@ async fn dispatch(req: Request, env: Env, app: Rc<App>) -> Response {
         .get_async("/api/tasks/:id/results/:n", |req, ctx| async move {
             reply(tasks::result(&req, &ctx).await)
         })
+        // history (issue 13): deleting, sharing, lasting links, the user's own view
+        .delete_async("/api/tasks/:id", |req, ctx| async move {
+            reply(crate::history::delete_one(&req, &ctx).await)
+        })
+        .post_async("/api/tasks/delete", |req, ctx| async move {
+            reply(crate::history::delete_many(req, &ctx).await)
+        })
+        .post_async("/api/tasks/:id/shares", |req, ctx| async move {
+            reply(crate::shares::create(&req, &ctx).await)
+        })
+        .get_async("/api/shares", |req, ctx| async move {
+            reply(crate::shares::list(&req, &ctx.data).await)
+        })
+        .get_async("/api/shares/:id", |_, ctx| async move {
+            reply(crate::shares::read(&ctx).await)
+        })
+        .delete_async("/api/shares/:id", |req, ctx| async move {
+            reply(crate::shares::revoke(&req, &ctx).await)
+        })
+        .get_async("/api/shares/:id/images/:n", |req, ctx| async move {
+            reply(crate::shares::image(&req, &ctx).await)
+        })
+        .get_async("/api/images/:id/:n", |req, ctx| async move {
+            reply(crate::links::get(&req, &ctx).await)
+        })
+        .get_async("/api/me", |req, ctx| async move {
+            reply(crate::me::me(&req, &ctx.data).await)
+        })
+        .get_async("/api/me/ledger", |req, ctx| async move {
+            reply(crate::me::ledger(&req, &ctx.data).await)
+        })
         .post_async("/api/auth/signout", |req, ctx| async move {
             reply(tasks::sign_out(&req, &ctx.data, false).await)
         })
         .post_async("/api/auth/signout-all", |req, ctx| async move {
             reply(tasks::sign_out(&req, &ctx.data, true).await)
+        })
+        .get_async("/api/auth/sessions", |req, ctx| async move {
+            reply(crate::auth::list_sessions(req, &ctx.data).await)
+        })
+        .delete_async("/api/auth/sessions/:id", |req, ctx| async move {
+            reply(crate::auth::revoke_session(req, &ctx).await)
         })
         .get_async("/api/balance", |req, ctx| async move {
             reply(tasks::balance(&req, &ctx.data).await)
@@ -172,6 +247,24 @@ async fn dispatch(req: Request, env: Env, app: Rc<App>) -> Response {
         .post_async("/admin/users/:id/grants", |req, ctx| async move {
             reply(admin::grant(req, &ctx).await)
         })
+        .get_async("/admin/users/:id/signins", |req, ctx| async move {
+            reply(admin::signins(req, &ctx).await)
+        })
+        .get_async("/admin/users", |req, ctx| async move {
+            reply(crate::admin_users::list(req, &ctx.data).await)
+        })
+        .get_async("/admin/users/:id", |req, ctx| async move {
+            reply(crate::admin_users::show(req, &ctx).await)
+        })
+        .get_async("/admin/orders", |req, ctx| async move {
+            reply(crate::admin_users::list_orders(req, &ctx.data).await)
+        })
+        .get_async("/admin/stats", |req, ctx| async move {
+            reply(crate::admin_stats::stats(req, &ctx.data).await)
+        })
+        .get_async("/admin/tasks/:id/timeline", |req, ctx| async move {
+            reply(crate::admin_tasks::timeline(req, &ctx).await)
+        })
         .post_async("/api/orders", |req, ctx| async move {
             reply(orders::create(req, &ctx.data).await)
         })
@@ -183,6 +276,15 @@ async fn dispatch(req: Request, env: Env, app: Rc<App>) -> Response {
         })
         .get_async("/api/subscription", |req, ctx| async move {
             reply(orders::subscription(req, &ctx.data).await)
+        })
+        .get_async("/api/catalog", |_, ctx| async move {
+            reply(catalog::public(&ctx.data).await)
+        })
+        .get_async("/admin/catalog", |req, ctx| async move {
+            reply(catalog::show(req, &ctx.data).await)
+        })
+        .put_async("/admin/catalog", |req, ctx| async move {
+            reply(catalog::update(req, &ctx.data).await)
         })
         .post_async("/webhooks/creem", |req, ctx| async move {
             reply(webhooks::creem(req, &ctx.data).await)
@@ -201,6 +303,12 @@ async fn dispatch(req: Request, env: Env, app: Rc<App>) -> Response {
         })
         .get_async("/admin/webhook-events", |req, ctx| async move {
             reply(ops::list_webhook_events(req, &ctx.data).await)
+        })
+        .get_async("/admin/audit", |req, ctx| async move {
+            reply(audit::run(req, &ctx.data).await)
+        })
+        .get_async("/admin/audit-log", |req, ctx| async move {
+            reply(crate::audit_log::list(req, &ctx.data).await)
         })
         .post_async("/webhooks/ai/:provider", |req, ctx| async move {
             reply(webhooks::ai_callback(req, &ctx).await)

@@ -1,15 +1,29 @@
 //! Who is calling. Users present `Authorization: Bearer <JWT>`: an HS256 token from the app's
 //! login (minted here by `POST /admin/users/{id}/sessions`), checked for signature, algorithm,
-//! issuer and expiry, whose session must still be in the user's KV session list (so sign-out
-//! revokes it). Operators present the admin token from secrets, compared in constant time.
+//! issuer and expiry, whose session must be live. Operators present the admin token from
+//! secrets, compared in constant time.
+//!
+//! Sessions (`shared::session`): D1 `sessions` is the truth, KV `session:{id}` a cache of each
+//! live session. The check reads that one KV key (beside the rate limiter where there is one);
+//! D1 only when this location has no copy. Sliding renewal hands a token past its refresh time a
+//! new one in [`SESSION_TOKEN_HEADER`], on every user route but the rate-limited writes (task
+//! submission and orders, which stay at one KV read).
 
-use crate::app::{App, Limit};
-use crate::error::ApiError;
-use shared::edge::{now, IoError, StepExt};
+use crate::app::{json, App, Ctx, Limit};
+use crate::error::{ApiError, ApiResult};
+use serde::Deserialize;
+use serde_json::json;
+use shared::edge::{changes, log, now, number, rows, ConfigError, IoError, StepExt};
 use shared::ids::UserId;
-use shared::session::{self, SessionList, TokenError};
+use shared::ledger::Stmt;
+use shared::session::{self, CachedSession, Renewal, SessionRow, TokenError, Verified};
 use shared::signing::ct_eq;
+use std::time::Duration;
 use worker::Request;
+
+/// The response header that carries a renewed token. Clients replace their token with it; the
+/// old one stays valid until its own expiry.
+pub const SESSION_TOKEN_HEADER: &str = "x-session-token";
 
 /// An authenticated user and the session their token names.
 pub struct Caller {
@@ -44,38 +58,14 @@ fn token_error(e: TokenError) -> ApiError {
     })
 }
 
-async fn sessions(app: &App, user: &UserId) -> Result<SessionList, IoError> {
-    app.io.kv();
-    Ok(app
-        .kv()?
-        .get(&session::sessions_key(user))
-        .json::<SessionList>()
-        .await
-        .step("kv get sessions")?
-        .unwrap_or_default())
+fn signed_out() -> ApiError {
+    ApiError::Unauthorized("the session has been signed out")
 }
 
-async fn store_sessions(app: &App, user: &UserId, list: &SessionList) -> Result<(), IoError> {
-    app.io.kv();
-    let kv = app.kv()?;
-    let key = session::sessions_key(user);
-    match list.expires_at() {
-        // the entry lives as long as its longest session (KV wants at least 60 s ahead)
-        Some(until) => kv
-            .put(&key, serde_json::to_string(list).unwrap_or_default())
-            .step("kv put sessions")?
-            .expiration(u64::try_from(until.max(now() + 61)).unwrap_or(0))
-            .execute()
-            .await
-            .step("kv put sessions"),
-        None => kv.delete(&key).await.step("kv delete sessions"),
-    }
-}
-
-/// The user and session a bearer token names, if its signature, issuer and expiry hold.
-fn claimed(req: &Request, app: &App) -> Result<(UserId, String), ApiError> {
+/// What the request's token says, if its signature, issuer and expiry hold.
+fn claimed(req: &Request, app: &App) -> Result<Verified, ApiError> {
     let token = bearer(req)?;
-    session::verify(
+    session::verify_token(
         app.cfg.jwt_secret.as_bytes(),
         &app.cfg.jwt_issuer,
         &token,
@@ -84,36 +74,276 @@ fn claimed(req: &Request, app: &App) -> Result<(UserId, String), ApiError> {
     .map_err(token_error)
 }
 
-fn live(list: Result<SessionList, IoError>, sid: &str) -> Result<(), ApiError> {
-    if list?.is_live(sid, now()) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized("the session has been signed out"))
+/// `SESSION_REFRESH_SECS`: how old a session's newest token may get before its next use renews it.
+fn refresh_secs(app: &App) -> Result<i64, ApiError> {
+    let n = number(
+        &app.env,
+        "SESSION_REFRESH_SECS",
+        session::DEFAULT_REFRESH_SECS,
+    )
+    .map_err(ApiError::Misconfigured)?;
+    if n <= 0 {
+        return Err(ApiError::Misconfigured(ConfigError(format!(
+            "SESSION_REFRESH_SECS must be positive, got {n}"
+        ))));
+    }
+    Ok(n)
+}
+
+fn mint(
+    app: &App,
+    user: &UserId,
+    sid: &str,
+    issued_at: i64,
+    expires_at: i64,
+) -> Result<String, ApiError> {
+    session::mint(
+        app.cfg.jwt_secret.as_bytes(),
+        &app.cfg.jwt_issuer,
+        user,
+        sid,
+        issued_at,
+        expires_at,
+    )
+    .map_err(|e| {
+        ApiError::Unavailable(IoError {
+            step: "mint token".into(),
+            cause: e.to_string(),
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cache: one KV key per live session
+// ---------------------------------------------------------------------------------------------
+
+/// This location's KV copy of a session.
+async fn cached(app: &App, sid: &str) -> Result<Option<CachedSession>, IoError> {
+    app.io.kv();
+    app.kv()?
+        .get(&session::session_key(sid))
+        .json::<CachedSession>()
+        .await
+        .step("kv get session")
+}
+
+/// Puts a session's key, expiring with the session.
+async fn remember(app: &App, sid: &str, record: &CachedSession) -> Result<(), IoError> {
+    app.io.kv();
+    app.kv()?
+        .put(
+            &session::session_key(sid),
+            serde_json::to_string(record).unwrap_or_default(),
+        )
+        .step("kv put session")?
+        .expiration(u64::try_from(record.kv_expiration(now())).unwrap_or(0))
+        .execute()
+        .await
+        .step("kv put session")
+}
+
+/// Deletes a session's key. KV takes one write per second per key, so a delete right after a put
+/// of the same key may be refused: it is tried once more after that second.
+async fn forget(app: &App, sid: &str) -> Result<(), IoError> {
+    let kv = app.kv()?;
+    let key = session::session_key(sid);
+    app.io.kv();
+    if kv.delete(&key).await.is_ok() {
+        return Ok(());
+    }
+    worker::Delay::from(Duration::from_millis(1100)).await;
+    app.io.kv();
+    kv.delete(&key).await.step("kv delete session")
+}
+
+/// Deletes the keys of sessions D1 has revoked; every key is tried, the first failure returned.
+async fn forget_all(app: &App, sids: &[String]) -> Result<(), IoError> {
+    let outcomes = futures::future::join_all(sids.iter().map(|sid| forget(app, sid))).await;
+    outcomes.into_iter().collect::<Result<Vec<()>, IoError>>()?;
+    Ok(())
+}
+
+/// The session as D1 has it.
+async fn stored(app: &App, sid: &str) -> Result<Option<SessionRow>, IoError> {
+    app.db.first("session", &session::lookup(sid)).await
+}
+
+/// Whether D1 says the session is live.
+async fn live_in_d1(app: &App, sid: &str) -> Result<bool, IoError> {
+    Ok(stored(app, sid).await?.is_some_and(|r| r.is_live(now())))
+}
+
+/// Puts a key that a revoke may have deleted meanwhile, then reads D1 again and deletes it if
+/// the session is no longer live: a put never outlives a revoke. `Ok(false)` when it was revoked.
+async fn put_then_confirm(app: &App, sid: &str, record: &CachedSession) -> Result<bool, IoError> {
+    remember(app, sid, record).await?;
+    match live_in_d1(app, sid).await {
+        Ok(true) => Ok(true),
+        Ok(false) => forget(app, sid).await.map(|()| false),
+        Err(e) => {
+            // unknown: drop the copy; the next use reads D1 again
+            let _ = forget(app, sid).await;
+            Err(e)
+        }
     }
 }
 
-/// The caller behind a user token.
-pub async fn caller(req: &Request, app: &App) -> Result<Caller, ApiError> {
-    let (user, sid) = claimed(req, app)?;
-    live(sessions(app, &user).await, &sid)?;
-    Ok(Caller { user, sid })
+// ---------------------------------------------------------------------------------------------
+// The check
+// ---------------------------------------------------------------------------------------------
+
+/// The token's session if it is live: this location's KV copy in the common case; D1 when there
+/// is none (a session too new to have reached this location, or one that was revoked).
+async fn check(
+    app: &App,
+    v: &Verified,
+    copy: Result<Option<CachedSession>, IoError>,
+) -> Result<CachedSession, ApiError> {
+    let user = v.user.to_string();
+    match copy? {
+        Some(c) if c.user == user => Ok(c),
+        Some(_) => Err(signed_out()),
+        None => {
+            let row = stored(app, &v.sid)
+                .await?
+                .filter(|r| r.user_id == user && r.is_live(now()))
+                .ok_or_else(signed_out)?;
+            let record = row.cached();
+            // Missing here well after it was opened (lost put, or a renewal whose put failed):
+            // put it back, so later requests read KV again.
+            if now() - row.created_at > session::REFILL_AFTER_SECS {
+                match put_then_confirm(app, &v.sid, &record).await {
+                    Ok(true) => {}
+                    Ok(false) => return Err(signed_out()),
+                    Err(e) => log_failure("session.refill_failed", &v.sid, &e),
+                }
+            }
+            Ok(record)
+        }
+    }
 }
 
-/// The user behind a request's token.
+fn log_failure(event: &str, sid: &str, e: &IoError) {
+    log(
+        json!({"level": "error", "event": event, "session": sid, "step": e.step, "cause": e.cause}),
+    );
+}
+
+/// Sliding renewal: a newer token in [`SESSION_TOKEN_HEADER`] when the session has one or is due.
+/// A failed renewal is logged, not the request's failure: the presented token is still valid.
+async fn renew_if_due(app: &App, v: &Verified, current: &CachedSession) -> Result<(), ApiError> {
+    let refresh = refresh_secs(app)?;
+    let at = now();
+    match session::renewal(
+        v.issued_at,
+        current.refreshed_at,
+        current.expires_at,
+        at,
+        refresh,
+    ) {
+        Renewal::Keep => {}
+        Renewal::Newer {
+            issued_at,
+            expires_at,
+        } => app.hand_over(mint(app, &v.user, &v.sid, issued_at, expires_at)?),
+        Renewal::Due { newest } => match renew(app, v, newest, at, refresh).await {
+            Ok(Some(token)) => app.hand_over(token),
+            Ok(None) => {}
+            Err(ApiError::Unavailable(e)) => log_failure("session.renew_failed", &v.sid, &e),
+            Err(e) => return Err(e),
+        },
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Renewed {
+    created_at: i64,
+    expires_at: i64,
+}
+
+/// Renews the session (compare-and-set in D1, once per refresh period), puts its new copy, and
+/// returns the new token. `None` when another request renewed it first and D1 has nothing newer
+/// for this token, or when it was revoked meanwhile.
+async fn renew(
+    app: &App,
+    v: &Verified,
+    newest: i64,
+    at: i64,
+    refresh: i64,
+) -> Result<Option<String>, ApiError> {
+    let won: Option<Renewed> = app
+        .db
+        .first(
+            "renew session",
+            &session::renew(&v.sid, &v.user, newest, at, refresh),
+        )
+        .await?;
+    let Some(won) = won else {
+        // Lost the race (or this location's copy is behind): hand over what D1 has, if newer.
+        return Ok(match stored(app, &v.sid).await? {
+            Some(r) if r.is_live(at) && r.refreshed_at > v.issued_at => {
+                Some(mint(app, &v.user, &v.sid, r.refreshed_at, r.expires_at)?)
+            }
+            _ => None,
+        });
+    };
+    let record = CachedSession {
+        user: v.user.to_string(),
+        created_at: won.created_at,
+        refreshed_at: at,
+        expires_at: won.expires_at,
+    };
+    match put_then_confirm(app, &v.sid, &record).await {
+        Ok(true) => {}
+        // revoked meanwhile: its key is gone again, and no token is handed out
+        Ok(false) => return Ok(None),
+        // D1 has renewed it, and the new token is valid; this location's copy catches up when
+        // it expires (the check then reads D1 and puts it back)
+        Err(e) => log_failure("session.renew_cache_failed", &v.sid, &e),
+    }
+    log(
+        json!({"event": "session.renewed", "session": v.sid, "user": v.user.to_string(),
+               "issued_at": at, "expires_at": won.expires_at}),
+    );
+    Ok(Some(mint(app, &v.user, &v.sid, at, won.expires_at)?))
+}
+
+/// The caller behind a user token; with `renew`, a token past its refresh time gets a new one.
+async fn authenticate(req: &Request, app: &App, renew: bool) -> Result<Caller, ApiError> {
+    let v = claimed(req, app)?;
+    let copy = cached(app, &v.sid).await;
+    let current = check(app, &v, copy).await?;
+    if renew {
+        renew_if_due(app, &v, &current).await?;
+    }
+    Ok(Caller {
+        user: v.user,
+        sid: v.sid,
+    })
+}
+
+/// The caller behind a user token (no renewal: for signing out).
+pub async fn caller(req: &Request, app: &App) -> Result<Caller, ApiError> {
+    authenticate(req, app, false).await
+}
+
+/// The user behind a request's token; a token past its refresh time gets a new one.
 pub async fn user(req: &Request, app: &App) -> Result<UserId, ApiError> {
-    caller(req, app).await.map(|c| c.user)
+    authenticate(req, app, true).await.map(|c| c.user)
 }
 
 /// The user behind a request's token, counted against their `limit`. The token's signature names
-/// the user, so the session lookup and the rate limiter run side by side: one wait instead of
-/// two on the hot path. A signed-out session is still a 401, whatever the limiter says.
+/// the session, so the session's KV read and the rate limiter run side by side: one wait instead
+/// of two on the hot path, and no D1 unless this location has no copy of the session. A
+/// signed-out session is still a 401, whatever the limiter says. No renewal here.
 pub async fn user_within(req: &Request, app: &App, limit: Limit) -> Result<UserId, ApiError> {
-    let (user, sid) = claimed(req, app)?;
-    let key = user.to_string();
-    let (list, limited) = futures::join!(sessions(app, &user), app.limit(limit, &key));
-    live(list, &sid)?;
+    let v = claimed(req, app)?;
+    let key = v.user.to_string();
+    let (copy, limited) = futures::join!(cached(app, &v.sid), app.limit(limit, &key));
+    check(app, &v, copy).await?;
     limited?;
-    Ok(user)
+    Ok(v.user)
 }
 
 /// Passes only the admin token. A user's token is refused with 403, anything else 401.
@@ -133,44 +363,196 @@ pub async fn admin(req: &Request, app: &App) -> Result<(), ApiError> {
     }
 }
 
-/// Opens a session for `user`: records it in the user's KV list and returns its token.
+// ---------------------------------------------------------------------------------------------
+// Opening and ending sessions
+// ---------------------------------------------------------------------------------------------
+
+/// Where a sign-in came from (kept in `sessions` and `signin_logs`).
+pub struct Origin {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A session just opened.
+pub struct Opened {
+    pub token: String,
+    pub sid: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Deserialize)]
+struct IdRow {
+    id: String,
+}
+
+/// Opens a session for `user`, lasting `ttl_secs` per token: its KV key first, then one D1 batch
+/// with the session, its `signin_logs` row, `audit` and the end of the oldest sessions beyond
+/// the cap. The insert is refused when the user signed out everywhere after this sign-in began
+/// (409 `signed_out_everywhere`); no token is handed out unless the batch committed.
 pub async fn open_session(
     app: &App,
     user: &UserId,
     ttl_secs: i64,
-) -> Result<(String, i64), ApiError> {
+    origin: &Origin,
+    audit: Stmt,
+) -> Result<Opened, ApiError> {
     let at = now();
     let expires_at = at + ttl_secs;
     let sid = uuid::Uuid::new_v4().simple().to_string();
-    let mut list = sessions(app, user).await?;
-    list.add(&sid, expires_at, at);
-    store_sessions(app, user, &list).await?;
-    let token = session::mint(
-        app.cfg.jwt_secret.as_bytes(),
-        &app.cfg.jwt_issuer,
-        user,
-        &sid,
-        at,
+    let token = mint(app, user, &sid, at, expires_at)?;
+    let record = CachedSession {
+        user: user.to_string(),
+        created_at: at,
+        refreshed_at: at,
         expires_at,
-    )
-    .map_err(|e| {
-        ApiError::Unavailable(IoError {
-            step: "mint token".into(),
-            cause: e.to_string(),
-        })
-    })?;
-    Ok((token, expires_at))
+    };
+    // The key before the row: nobody has the token yet, and any revoke needs the row, so any
+    // revoke's delete comes after this put.
+    remember(app, &sid, &record).await?;
+    let new = session::NewSession {
+        id: &sid,
+        user,
+        now: at,
+        ttl_secs,
+        user_agent: origin.user_agent.as_deref(),
+        ip: origin.ip.as_deref(),
+    };
+    let log_id = uuid::Uuid::new_v4().simple().to_string();
+    let stmts = [
+        session::insert(&new),
+        session::signin_log(&new, &log_id),
+        audit,
+        session::evict(user, &sid, at),
+    ];
+    let results = match app.db.batch("open session", &stmts).await {
+        Ok(r) => r,
+        Err(e) => {
+            // the key of a session that never was (its token was never handed out)
+            if let Err(f) = forget(app, &sid).await {
+                log_failure("session.cleanup_failed", &sid, &f);
+            }
+            return Err(if e.cause.contains(session::REFUSED) {
+                ApiError::Conflict {
+                    code: "signed_out_everywhere",
+                    message: "the user signed out everywhere while this session was being opened; open it again".into(),
+                }
+            } else {
+                e.into()
+            });
+        }
+    };
+    let evicted: Vec<IdRow> = results.get(3).map(rows).transpose()?.unwrap_or_default();
+    let evicted: Vec<String> = evicted.into_iter().map(|r| r.id).collect();
+    if let Err(e) = forget_all(app, &evicted).await {
+        // D1 has ended them (the list and renewal say so); their copies expire with them
+        log_failure("session.evict_failed", &sid, &e);
+    }
+    Ok(Opened {
+        token,
+        sid,
+        created_at: at,
+        expires_at,
+    })
+}
+
+#[derive(Deserialize)]
+struct OwnedRow {
+    expires_at: i64,
+}
+
+/// Revokes one of the user's sessions and deletes its key. `None` when it is not the user's
+/// (or does not exist); else how many sessions this call ended (0 if it was already ended: the
+/// key is deleted again, so a retry after a KV failure finishes the job).
+pub async fn revoke(app: &App, user: &UserId, sid: &str) -> Result<Option<usize>, ApiError> {
+    let at = now();
+    let results = app
+        .db
+        .batch(
+            "revoke session",
+            &[session::revoke(sid, user, at), session::owned(sid, user)],
+        )
+        .await?;
+    let ended = results.first().map(changes).unwrap_or(0);
+    let owned: Vec<OwnedRow> = results.get(1).map(rows).transpose()?.unwrap_or_default();
+    let Some(row) = owned.first() else {
+        return Ok(None);
+    };
+    if row.expires_at > at || ended > 0 {
+        forget(app, sid).await?;
+    }
+    Ok(Some(ended))
+}
+
+/// Sign-out-everywhere: raises the user's mark and revokes every session in one D1 batch, then
+/// deletes their keys (and those of sessions revoked in the last hour, for a retry). How many
+/// sessions it ended.
+pub async fn sign_out_everywhere(app: &App, user: &UserId) -> Result<usize, ApiError> {
+    let results = app
+        .db
+        .batch("sign out everywhere", &session::revoke_all(user, now()))
+        .await?;
+    let ended = results.get(1).map(changes).unwrap_or(0);
+    let keys: Vec<IdRow> = results.get(2).map(rows).transpose()?.unwrap_or_default();
+    let keys: Vec<String> = keys.into_iter().map(|r| r.id).collect();
+    forget_all(app, &keys).await?;
+    Ok(ended)
 }
 
 /// Ends the caller's session, or every session of the user. Returns how many ended.
 pub async fn sign_out(app: &App, caller: &Caller, everywhere: bool) -> Result<usize, ApiError> {
-    let mut list = sessions(app, &caller.user).await?;
-    let before = list.sessions.len();
     if everywhere {
-        list.sessions.clear();
+        sign_out_everywhere(app, &caller.user).await
     } else {
-        list.remove(&caller.sid);
+        Ok(revoke(app, &caller.user, &caller.sid)
+            .await?
+            .unwrap_or_default())
     }
-    store_sessions(app, &caller.user, &list).await?;
-    Ok(before - list.sessions.len())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The user's routes
+// ---------------------------------------------------------------------------------------------
+
+/// `GET /api/auth/sessions`: the caller's live sessions, newest first, the current one marked.
+pub async fn list_sessions(req: Request, app: &App) -> ApiResult {
+    let caller = authenticate(&req, app, true).await?;
+    let sessions: Vec<SessionRow> = app
+        .db
+        .all("list sessions", &session::list(&caller.user, now()))
+        .await?;
+    let sessions: Vec<_> = sessions
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "created_at": s.created_at,
+                "last_used_at": s.last_used_at,
+                "expires_at": s.expires_at,
+                "user_agent": s.user_agent,
+                "ip": s.ip,
+                "current": s.id == caller.sid,
+            })
+        })
+        .collect();
+    json(&json!({ "sessions": sessions }), 200)
+}
+
+/// `DELETE /api/auth/sessions/:id`: revokes one of the caller's sessions (the current one too).
+/// Another user's session, or none, is a 404; an already ended one of the caller's is a 200
+/// that ended nothing.
+pub async fn revoke_session(req: Request, ctx: &Ctx) -> ApiResult {
+    let app = &ctx.data;
+    let caller = caller(&req, app).await?;
+    let sid = ctx.param("id").map(String::as_str).unwrap_or_default();
+    if !session::is_session_id(sid) {
+        return Err(ApiError::NotFound("session"));
+    }
+    let ended = revoke(app, &caller.user, sid)
+        .await?
+        .ok_or(ApiError::NotFound("session"))?;
+    json(
+        &json!({"id": sid, "signed_out": ended, "current": sid == caller.sid}),
+        200,
+    )
 }

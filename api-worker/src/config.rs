@@ -1,5 +1,8 @@
-//! The api worker's configuration, read and checked once per request from `Env`.
+//! The api worker's configuration, read and checked once per request from `Env`. What users can
+//! buy is not configuration: it lives in D1 `settings` (see `settings.rs`), changed without a
+//! redeploy.
 
+use shared::cors::Origins;
 use shared::edge::{number, required, var, ConfigError};
 use worker::Env;
 
@@ -31,8 +34,6 @@ pub struct Config {
     pub events_queue_name: String,
     /// Fault injection for tests: every enqueue is sent twice. Off unless "true".
     pub chaos_duplicate_sends: bool,
-    /// What users can buy.
-    pub catalog: shared::catalog::Catalog,
     /// The payment provider (Creem's API, or the local simulator).
     pub creem_base_url: String,
     pub creem_api_key: String,
@@ -69,8 +70,18 @@ fn size(env: &Env, name: &str, default: i64) -> Result<usize, ConfigError> {
         .map_err(|_| ConfigError(format!("{name} is too large")))
 }
 
+/// The browser origins allowed to call the API with credentials (`CORS_ALLOWED_ORIGINS`:
+/// comma-separated exact origins, `scheme://host[:port]`; unset or empty: none). Read on its own
+/// by `cors.rs` before a request is routed, so that even a misconfigured answer carries CORS
+/// headers; checked again by [`Config::from_env`] so a bad list is a 503 `misconfigured`.
+pub fn cors_allowed_origins(env: &Env) -> Result<Origins, ConfigError> {
+    Origins::parse(&var(env, "CORS_ALLOWED_ORIGINS").unwrap_or_default())
+        .map_err(|e| ConfigError(format!("CORS_ALLOWED_ORIGINS: {e}")))
+}
+
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        cors_allowed_origins(env)?;
         let public_base_url = required(env, "PUBLIC_BASE_URL")?
             .trim_end_matches('/')
             .to_owned();
@@ -109,8 +120,6 @@ impl Config {
             events_queue_name: var(env, "EVENTS_QUEUE_NAME")
                 .unwrap_or_else(|| "edgeline-events".into()),
             chaos_duplicate_sends: var(env, "CHAOS_DUPLICATE_SENDS").as_deref() == Some("true"),
-            catalog: shared::catalog::Catalog::parse(&required(env, "CATALOG")?)
-                .map_err(ConfigError)?,
             creem_base_url: required(env, "CREEM_BASE_URL")?
                 .trim_end_matches('/')
                 .to_owned(),

@@ -2,14 +2,26 @@
 //! enqueues work; it never waits on a provider.
 
 mod admin;
+mod admin_stats;
+mod admin_tasks;
+mod admin_users;
 mod app;
+mod audit;
+mod audit_log;
 mod auth;
+mod catalog;
 mod config;
+mod cors;
 mod error;
 mod files;
+mod history;
+mod links;
+mod me;
 mod openapi;
 mod ops;
 mod orders;
+mod settings;
+mod shares;
 mod tasks;
 mod webhooks;
 

@@ -3,6 +3,7 @@
 //! `admin_audit` with who did it.
 
 use crate::app::{json, json_body, query, App, Ctx};
+use crate::audit_log::{actor, audit};
 use crate::auth;
 use crate::error::{ApiError, ApiResult};
 use crate::tasks::{enqueue_submit, hold_and_insert, Created, TaskRow, TASK_COLUMNS};
@@ -18,43 +19,10 @@ use shared::submit::TaskInput;
 use shared::task::TaskStatus;
 use worker::{Queue, Request};
 
-const MAX_PAGE: i64 = 200;
+pub const MAX_PAGE: i64 = 200;
 const MAX_BULK: i64 = 500;
 
-/// Who is acting: the `X-Actor` header (an operator's name), else "admin".
-fn actor(req: &Request) -> Result<String, ApiError> {
-    match req.headers().get("x-actor").ok().flatten() {
-        None => Ok("admin".into()),
-        Some(a)
-            if !a.is_empty()
-                && a.len() <= 64
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c)) =>
-        {
-            Ok(a)
-        }
-        Some(_) => Err(ApiError::bad_request(
-            "invalid_actor",
-            "X-Actor must be 1-64 characters of [A-Za-z0-9._@-]",
-        )),
-    }
-}
-
-fn audit(actor: &str, action: &str, target: &str, detail: &Value) -> Stmt {
-    Stmt::new(
-        "INSERT INTO admin_audit (id, actor, action, target, detail, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        vec![
-            format!("aud_{}", uuid::Uuid::new_v4().simple()).into(),
-            actor.into(),
-            action.into(),
-            target.into(),
-            detail.to_string().into(),
-            now().into(),
-        ],
-    )
-}
-
-fn limit_param(req: &Request, default: i64, max: i64) -> Result<i64, ApiError> {
+pub fn limit_param(req: &Request, default: i64, max: i64) -> Result<i64, ApiError> {
     match query(req, "limit") {
         None => Ok(default),
         Some(v) => v

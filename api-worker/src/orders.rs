@@ -1,11 +1,16 @@
 //! Orders and subscriptions for end users: create an order for a catalogue product (with a
 //! checkout at the payment provider), list and read them, read the current subscription.
+//! An order row records the terms it was sold on (price, currency, credits, product kind, how
+//! long a pack's credits last, a plan's plan and cycle) from the catalogue of that moment
+//! (`settings::catalog`); payments grant from the row, and later catalogue changes never alter
+//! an existing order.
 
 use crate::app::{json, json_body, query, App, Ctx};
 use crate::auth;
 use crate::error::{ApiError, ApiResult};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use shared::catalog::Product;
 use shared::edge::{now, IoError, StepExt};
 use shared::ids::UserId;
 use shared::ledger::{Param, Stmt};
@@ -67,13 +72,20 @@ pub async fn create(mut req: Request, app: &App) -> ApiResult {
         .get("product_id")
         .and_then(Value::as_str)
         .ok_or_else(|| field("product_id", "required", "is required"))?;
-    let product = app.cfg.catalog.product(product_id).ok_or_else(|| {
+    let (catalog, _version) = crate::settings::catalog(app).await?;
+    let product = catalog.product(product_id).ok_or_else(|| {
         field(
             "product_id",
             "unknown_product",
             "no such product in the catalogue",
         )
     })?;
+    // The order keeps its terms: a payment grants what the row says, whatever the catalogue
+    // says by then.
+    let (kind, expire_days, plan, cycle) = match product {
+        Product::Pack(p) => ("pack", p.expires_in_days, None, None),
+        Product::Plan(p) => ("plan", None, Some(p.plan.clone()), Some(p.cycle.clone())),
+    };
     let order_id = format!("ord_{}", uuid::Uuid::new_v4().simple());
     let at = now();
     let email: Option<String> = app
@@ -91,8 +103,9 @@ pub async fn create(mut req: Request, app: &App) -> ApiResult {
         .run(
             "insert order",
             &Stmt::new(
-                "INSERT INTO orders (id, user_id, amount, currency, status, payment_provider, credits, product_id, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, 'pending', 'creem', ?5, ?6, ?7, ?7)",
+                "INSERT INTO orders (id, user_id, amount, currency, status, payment_provider, credits, product_id,
+                                     product_kind, credits_expire_days, plan_type, billing_cycle, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', 'creem', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
                 vec![
                     order_id.clone().into(),
                     user.to_string().into(),
@@ -100,6 +113,10 @@ pub async fn create(mut req: Request, app: &App) -> ApiResult {
                     product.currency().into(),
                     product.credits().into(),
                     product.id().into(),
+                    kind.into(),
+                    expire_days.into(),
+                    plan.into(),
+                    cycle.into(),
                     at.into(),
                 ],
             ),

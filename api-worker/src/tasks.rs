@@ -61,6 +61,8 @@ impl TaskRow {
                     "index": n,
                     "url": format!("/api/tasks/{}/results/{n}", self.id),
                     "signed_url": signed_file_url(&app.cfg.public_base_url, app.cfg.files_signing_key.as_bytes(), key, expires),
+                    // lasts as long as the result: for <img> tags and history caches
+                    "link": shared::sharing::lasting_link(&app.cfg.public_base_url, app.cfg.files_signing_key.as_bytes(), &self.id, n),
                 })
             })
             .collect();
@@ -403,7 +405,7 @@ async fn owned_task(app: &App, user: &UserId, task: &TaskId) -> Result<TaskRow, 
         .first(
             "task by id and owner",
             &Stmt::new(
-                format!("SELECT {TASK_COLUMNS} FROM ai_tasks WHERE id = ?1 AND user_id = ?2"),
+                format!("SELECT {TASK_COLUMNS} FROM ai_tasks WHERE id = ?1 AND user_id = ?2 AND deleted_at IS NULL"),
                 vec![task.to_string().into(), user.to_string().into()],
             ),
         )
@@ -420,9 +422,13 @@ pub async fn get(req: &Request, ctx: &Ctx) -> ApiResult {
     json(&row.view(app), 200)
 }
 
-/// `GET /api/tasks?limit=&cursor=`: newest first; `next_cursor` continues the list.
+/// `GET /api/tasks?limit=&cursor=`: newest first; `next_cursor` continues the list. With
+/// `updated_since` (or a sync cursor), the sync feed instead (`history::sync`).
 pub async fn list(req: &Request, app: &App) -> ApiResult {
     let user = auth::user(req, app).await?;
+    if let Some(from) = crate::history::sync_start(req)? {
+        return crate::history::sync(req, app, &user, from).await;
+    }
     let limit = match query(req, "limit") {
         None => 20,
         Some(v) => v
@@ -446,7 +452,8 @@ pub async fn list(req: &Request, app: &App) -> ApiResult {
             &Stmt::new(
                 format!(
                     "SELECT {TASK_COLUMNS} FROM ai_tasks
-                     WHERE user_id = ?1 AND (created_at < ?2 OR (created_at = ?2 AND id < ?3) OR ?4 = 1)
+                     WHERE user_id = ?1 AND deleted_at IS NULL
+                       AND (created_at < ?2 OR (created_at = ?2 AND id < ?3) OR ?4 = 1)
                      ORDER BY created_at DESC, id DESC LIMIT ?5"
                 ),
                 vec![

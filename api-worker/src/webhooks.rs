@@ -7,7 +7,7 @@ use crate::error::{ApiError, ApiResult};
 use serde::Deserialize;
 use serde_json::json;
 use shared::edge::{now, StepExt};
-use shared::ids::{Credits, TaskId, UserId};
+use shared::ids::TaskId;
 use shared::kie;
 use shared::ledger::Stmt;
 use shared::messages::{TaskMessage, VERSION};
@@ -21,11 +21,9 @@ const SIGNATURE_TOLERANCE_SECS: i64 = 300;
 
 #[derive(Deserialize)]
 struct CallbackTask {
-    user_id: String,
     status: String,
     external_provider: Option<String>,
     external_task_id: Option<String>,
-    cost: i64,
     deadline_at: Option<i64>,
 }
 
@@ -75,7 +73,7 @@ pub async fn ai_callback(mut req: Request, ctx: &Ctx) -> ApiResult {
         .first(
             "task for callback",
             &Stmt::new(
-                "SELECT user_id, status, external_provider, external_task_id, cost, deadline_at FROM ai_tasks WHERE id = ?1",
+                "SELECT status, external_provider, external_task_id, deadline_at FROM ai_tasks WHERE id = ?1",
                 vec![task.to_string().into()],
             ),
         )
@@ -97,23 +95,19 @@ pub async fn ai_callback(mut req: Request, ctx: &Ctx) -> ApiResult {
     if TaskStatus::parse(&row.status).is_some_and(TaskStatus::is_terminal) {
         return json(&json!({"received": true, "status": row.status}), 200);
     }
-    let user = UserId::parse(&row.user_id).map_err(|e| {
-        ApiError::Unavailable(shared::edge::IoError {
-            step: "task owner".into(),
-            cause: e.to_string(),
-        })
-    })?;
+    // A task whose id D1 does not know yet (its create call's outcome was unknown) learns it
+    // from this callback: the token proved the callback is for this task.
     let poll = TaskMessage::Poll {
         v: VERSION,
         task_id: task,
-        user_id: user,
         model,
         external_id,
-        cost: Credits(row.cost),
         deadline_at: row.deadline_at.unwrap_or(i64::MAX),
         attempt: 0,
         failures: 0,
         follow_up: false,
+        record: row.external_task_id.is_none(),
+        lease_at: now(),
     };
     app.io.queue_send();
     app.tasks_queue()?
@@ -127,14 +121,18 @@ pub async fn ai_callback(mut req: Request, ctx: &Ctx) -> ApiResult {
 const MAX_WEBHOOK_BYTES: usize = 256 * 1024;
 const STANDARD_WEBHOOK_TOLERANCE_SECS: i64 = 300;
 
-/// `POST /webhooks/creem`: verify the signature over the raw body (Creem's `creem-signature`, or
-/// Standard Webhooks headers), store the event once per (provider, event id), enqueue it, answer
-/// 200. Nothing is applied here; a bad signature stores nothing.
+/// `POST /webhooks/creem`: verify the signature over the raw body (Creem's signature in
+/// `creem-signature` or `x-creem-signature`, hex with or without `sha256=`, as the official SDK
+/// accepts it; or Standard Webhooks headers), store the event once per (provider, event id),
+/// enqueue it, answer 200. Nothing is applied here; a bad signature stores nothing.
 pub async fn creem(mut req: Request, app: &crate::app::App) -> ApiResult {
     let body = body_bytes(&mut req, MAX_WEBHOOK_BYTES).await?;
     let header = |name: &str| req.headers().get(name).ok().flatten();
     let standard_id = header("webhook-id");
-    let verified = if let Some(sig) = header("creem-signature") {
+    let creem_signature = shared::signing::CREEM_SIGNATURE_HEADERS
+        .iter()
+        .find_map(|name| header(name));
+    let verified = if let Some(sig) = creem_signature {
         shared::signing::verify_creem(&body, &sig, &app.cfg.creem_webhook_secrets)
     } else if let (Some(id), Some(ts), Some(sig)) = (
         &standard_id,

@@ -6,6 +6,7 @@ use crate::{dead_letters, tasks};
 use serde_json::{json, Value};
 use shared::edge::{log, now_ms, send_json_batch, Db, IoCounts, IoError, StepExt};
 use shared::messages;
+use shared::budget::{ByteBudget, BATCH_BUDGET_BYTES};
 use std::rc::Rc;
 use worker::{Env, MessageBatch, MessageExt, QueueRetryOptionsBuilder, RawMessage};
 
@@ -15,6 +16,9 @@ pub struct Ctx {
     pub cfg: Rc<Config>,
     pub io: Rc<IoCounts>,
     pub db: Db,
+    /// Result bytes this batch's messages may hold at once (they run concurrently in one
+    /// isolate of 128 MB): shared by every message of the batch.
+    pub downloads: Rc<ByteBudget>,
 }
 
 impl Ctx {
@@ -25,6 +29,13 @@ impl Ctx {
     pub fn bucket(&self) -> Result<worker::Bucket, IoError> {
         self.io.r2();
         self.env.bucket(config::BUCKET).step("binding BUCKET")
+    }
+    pub fn archive(&self) -> dead_letters::Archive<'_> {
+        dead_letters::Archive {
+            env: &self.env,
+            db: &self.db,
+            io: &self.io,
+        }
     }
 }
 
@@ -80,12 +91,35 @@ pub async fn handle(batch: MessageBatch<Value>, env: Env) {
     let queue = batch.queue();
     let cfg = match Config::from_env(&env) {
         Ok(c) => Rc::new(c),
-        Err(e) => {
-            // Nothing can be handled without configuration; hand every message back to the
-            // queue, which dead-letters it after max_retries. Nothing is lost.
-            log(
-                json!({"level": "error", "event": "consumer.misconfigured", "queue": queue, "cause": e.0}),
-            );
+        Err(e) => return misconfigured(batch, &env, &queue, &e.0).await,
+    };
+    let started = now_ms();
+    let messages: Vec<RawMessage> = batch.raw_iter().collect();
+    let downloads = Rc::new(ByteBudget::new(BATCH_BUDGET_BYTES));
+    let work = messages
+        .iter()
+        .map(|m| handle_one(m, &queue, &cfg, &env, &downloads));
+    futures::future::join_all(work).await;
+    // batch sizes and how long the slowest message held the batch: what throughput is made of
+    log(
+        json!({"event": "batch", "queue": queue, "messages": messages.len(), "ms": now_ms().saturating_sub(started)}),
+    );
+}
+
+/// Nothing but archiving can be done without configuration. Task and event messages go back to
+/// their queue with a delay (after its retries, to the dead-letter queue); the dead-letter queue
+/// archives what reaches it in D1, which needs no configuration. Once the configuration is
+/// fixed, the reconcilers find the tasks and events those messages were about (they are still
+/// live in D1) and send them again: nothing is lost.
+async fn misconfigured(batch: MessageBatch<Value>, env: &Env, queue: &str, cause: &str) {
+    log(
+        json!({"level": "error", "event": "consumer.misconfigured", "queue": queue, "cause": cause}),
+    );
+    let queues = config::QueueNames::from_env(env);
+    let io = Rc::new(IoCounts::default());
+    let db = match Db::new(env, config::DB, io.clone()) {
+        Ok(db) if queue == queues.dead_letters => db,
+        _ => {
             batch.retry_all_with_options(
                 &QueueRetryOptionsBuilder::new()
                     .with_delay_seconds(60)
@@ -94,14 +128,24 @@ pub async fn handle(batch: MessageBatch<Value>, env: Env) {
             return;
         }
     };
-    let started = now_ms();
-    let messages: Vec<RawMessage> = batch.raw_iter().collect();
-    let work = messages.iter().map(|m| handle_one(m, &queue, &cfg, &env));
-    futures::future::join_all(work).await;
-    // batch sizes and how long the slowest message held the batch: what throughput is made of
-    log(
-        json!({"event": "batch", "queue": queue, "messages": messages.len(), "ms": now_ms().saturating_sub(started)}),
-    );
+    let archive = dead_letters::Archive {
+        env,
+        db: &db,
+        io: &io,
+    };
+    for msg in batch.raw_iter() {
+        let (body, text) = body_of(&msg);
+        let handled =
+            dead_letters::from_dead_letter_queue(&archive, &queues, &msg.id(), &body, &text).await;
+        match handled.next {
+            Next::Ack => msg.ack(),
+            _ => msg.retry_with_options(
+                &QueueRetryOptionsBuilder::new()
+                    .with_delay_seconds(30)
+                    .build(),
+            ),
+        }
+    }
 }
 
 fn body_of(msg: &RawMessage) -> (Value, String) {
@@ -114,7 +158,13 @@ fn body_of(msg: &RawMessage) -> (Value, String) {
     (value, text)
 }
 
-async fn handle_one(msg: &RawMessage, queue: &str, cfg: &Rc<Config>, env: &Env) {
+async fn handle_one(
+    msg: &RawMessage,
+    queue: &str,
+    cfg: &Rc<Config>,
+    env: &Env,
+    downloads: &Rc<ByteBudget>,
+) {
     let started = now_ms();
     let io = Rc::new(IoCounts::default());
     let (body, text) = body_of(msg);
@@ -129,13 +179,21 @@ async fn handle_one(msg: &RawMessage, queue: &str, cfg: &Rc<Config>, env: &Env) 
                 cfg: cfg.clone(),
                 io: io.clone(),
                 db,
+                downloads: downloads.clone(),
             };
-            if queue == cfg.tasks_queue {
+            if queue == cfg.queues.tasks {
                 tasks::handle(&ctx, &body).await
-            } else if queue == cfg.events_queue {
+            } else if queue == cfg.queues.events {
                 crate::events::handle(&ctx, &body).await
-            } else if queue == cfg.dead_letter_queue {
-                dead_letters::from_dead_letter_queue(&ctx, &msg.id(), &body, &text).await
+            } else if queue == cfg.queues.dead_letters {
+                dead_letters::from_dead_letter_queue(
+                    &ctx.archive(),
+                    &cfg.queues,
+                    &msg.id(),
+                    &body,
+                    &text,
+                )
+                .await
             } else {
                 Handled::dead("unknown_queue", format!("no handler for queue {queue}"))
             }
@@ -206,7 +264,7 @@ impl Handled {
             }
             Next::DeadLetter { class, reason } => {
                 let archived = dead_letters::archive(
-                    ctx,
+                    &ctx.archive(),
                     dead_letters::Dead {
                         queue,
                         message_id: &msg.id(),

@@ -14,14 +14,34 @@ pub struct Config {
     pub poll: Policy,
     pub transient: Policy,
     /// Queue names as bound in wrangler.toml, to tell which queue a batch came from.
-    pub tasks_queue: String,
-    pub events_queue: String,
-    pub dead_letter_queue: String,
+    pub queues: QueueNames,
+    /// How long a task may go without a sign of life before the reconciler re-sends its step
+    /// (`TASK_LEASE_SECS`, the cron worker's setting of the same name): a poll chain renews it.
+    pub task_lease_secs: i64,
     /// Fault injection for tests: send every follow-up message twice, as an at-least-once
     /// queue may deliver it. Off unless CHAOS_DUPLICATE_SENDS is "true".
     pub chaos_duplicate_sends: bool,
-    /// What users can buy: how payment events map to packs and plans.
-    pub catalog: shared::catalog::Catalog,
+}
+
+/// The queues this worker consumes, by name. Read without the rest of the configuration, so a
+/// misconfigured consumer still knows its dead-letter queue and archives what reaches it.
+pub struct QueueNames {
+    pub tasks: String,
+    pub events: String,
+    pub dead_letters: String,
+}
+
+impl QueueNames {
+    pub fn from_env(env: &Env) -> Self {
+        let name = |var: &str, default: &str| {
+            shared::edge::var(env, var).unwrap_or_else(|| default.to_owned())
+        };
+        QueueNames {
+            tasks: name("TASKS_QUEUE_NAME", "edgeline-tasks"),
+            events: name("EVENTS_QUEUE_NAME", "edgeline-events"),
+            dead_letters: name("DEAD_LETTER_QUEUE_NAME", "edgeline-dead-letters"),
+        }
+    }
 }
 
 fn secs(env: &Env, name: &str, default: u64) -> Result<Duration, ConfigError> {
@@ -67,13 +87,13 @@ impl Config {
                     .ok_or_else(|| ConfigError("MAX_TRANSIENT_ATTEMPTS must be positive".into()))?,
                 ..Policy::TRANSIENT
             },
-            tasks_queue: required(env, "TASKS_QUEUE_NAME")?,
-            events_queue: required(env, "EVENTS_QUEUE_NAME")?,
-            dead_letter_queue: required(env, "DEAD_LETTER_QUEUE_NAME")?,
+            queues: QueueNames::from_env(env),
+            task_lease_secs: secs(env, "TASK_LEASE_SECS", 300)?
+                .as_secs()
+                .try_into()
+                .unwrap_or(300),
             chaos_duplicate_sends: shared::edge::var(env, "CHAOS_DUPLICATE_SENDS").as_deref()
                 == Some("true"),
-            catalog: shared::catalog::Catalog::parse(&required(env, "CATALOG")?)
-                .map_err(ConfigError)?,
         })
     }
 }

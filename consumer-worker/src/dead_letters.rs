@@ -1,9 +1,10 @@
 //! The dead-letter archive: every message we gave up on, in D1 (large bodies in R2), once per
 //! (source queue, message id).
 
-use crate::batch::{Ctx, Handled, Next};
+use crate::batch::{Handled, Next};
+use crate::config::QueueNames;
 use serde_json::Value;
-use shared::edge::{now, IoError, StepExt};
+use shared::edge::{now, Db, IoCounts, IoError, StepExt};
 use shared::keys::dead_letter_body_key;
 use shared::ledger::Stmt;
 use shared::messages;
@@ -22,8 +23,16 @@ pub struct Dead<'a> {
     pub reason: &'a str,
 }
 
+/// What archiving needs: D1, and R2 for large bodies. Not the rest of the configuration, so a
+/// consumer whose configuration is broken still archives what reaches its dead-letter queue.
+pub struct Archive<'a> {
+    pub env: &'a worker::Env,
+    pub db: &'a Db,
+    pub io: &'a IoCounts,
+}
+
 /// Archives one dead message. Redelivery updates the same row instead of adding one.
-pub async fn archive(ctx: &Ctx, dead: Dead<'_>) -> Result<(), IoError> {
+pub async fn archive(ctx: &Archive<'_>, dead: Dead<'_>) -> Result<(), IoError> {
     let id = format!(
         "dl_{}",
         &token_digest(&format!("{}\n{}", dead.queue, dead.message_id))[..32]
@@ -34,7 +43,10 @@ pub async fn archive(ctx: &Ctx, dead: Dead<'_>) -> Result<(), IoError> {
             content_type: Some("application/json".into()),
             ..Default::default()
         };
-        ctx.bucket()?
+        ctx.io.r2();
+        ctx.env
+            .bucket(crate::config::BUCKET)
+            .step("binding BUCKET")?
             .put(key.clone(), dead.text.as_bytes().to_vec())
             .http_metadata(meta)
             .execute()
@@ -83,14 +95,15 @@ pub async fn archive(ctx: &Ctx, dead: Dead<'_>) -> Result<(), IoError> {
 /// A message the queue gave up on (its retries ran out): archive it under the queue it came
 /// from, which its type tells.
 pub async fn from_dead_letter_queue(
-    ctx: &Ctx,
+    ctx: &Archive<'_>,
+    queues: &QueueNames,
     message_id: &str,
     body: &Value,
     text: &str,
 ) -> Handled {
     let source = match messages::type_of(body) {
-        Some(t) if t.starts_with("task.") => ctx.cfg.tasks_queue.clone(),
-        Some(t) if t.starts_with("webhook.") => ctx.cfg.events_queue.clone(),
+        Some(t) if t.starts_with("task.") => queues.tasks.clone(),
+        Some(t) if t.starts_with("webhook.") => queues.events.clone(),
         _ => "unknown".to_owned(),
     };
     let dead = Dead {

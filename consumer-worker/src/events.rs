@@ -1,6 +1,11 @@
 //! Applying stored payment events. The planning is `shared::payments`; here we read what an
 //! event refers to, run the plan and the event's own status change in one D1 batch, and decide
-//! what happens to the message.
+//! what happens to the message. The amounts come from the order and subscription rows, never
+//! from configuration: the consumer needs no catalogue. An event whose subject is not known yet
+//! is retried with a delay, then dead-lettered (`unresolved_reference`); one the plan holds
+//! (`Plan::Hold`: what was paid does not match the order, a refund says no amount) is
+//! dead-lettered at once (`payment_mismatch`). Both stay `received`, with the reason as their
+//! note, for the event reconciler and the operators.
 
 use crate::batch::{Ctx, Handled, Next};
 use crate::config;
@@ -9,11 +14,24 @@ use serde_json::Value;
 use shared::edge::now;
 use shared::ledger::Stmt;
 use shared::messages::{self, EventMessage};
-use shared::payments::{self, OrderRow, Plan, SubscriptionRow};
+use shared::payments::{self, Plan, Subjects};
 use shared::retry::Failure;
 
 /// How many times an event whose subject is not known yet is tried before it is dead-lettered.
 const MAX_WAITS: u32 = 6;
+
+/// The dead-letter class of an event held for an operator (`Plan::Hold`).
+const HELD_CLASS: &str = "payment_mismatch";
+
+/// What became of an event.
+enum Outcome {
+    /// Applied, ignored or rejected (or already was): nothing more to do.
+    Done,
+    /// Its subject is not known yet: try again later.
+    Wait(String),
+    /// It cannot be applied as it stands: an operator must look at it.
+    Hold(String),
+}
 
 #[derive(Deserialize)]
 struct StoredEvent {
@@ -38,62 +56,79 @@ pub async fn handle(ctx: &Ctx, body: &Value) -> Handled {
     let EventMessage::Apply {
         event_row, attempt, ..
     } = &msg;
+    let again = |delay: u32| Next::Send {
+        binding: config::EVENTS,
+        message: serde_json::to_string(&EventMessage::Apply {
+            v: messages::VERSION,
+            event_row: event_row.clone(),
+            attempt: attempt + 1,
+        })
+        .unwrap_or_default(),
+        delay,
+    };
+    let dead_letter = |class: &str, reason: String| Handled {
+        next: Next::DeadLetter {
+            class: class.into(),
+            reason: reason.clone(),
+        },
+        task_id: Some(event_row.clone()),
+        error: Some((class.into(), reason)),
+    };
     match apply(ctx, event_row).await {
-        Ok(None) => done(event_row),
-        Ok(Some(waiting_for)) if attempt + 1 < MAX_WAITS => {
-            let next = EventMessage::Apply {
-                v: messages::VERSION,
-                event_row: event_row.clone(),
-                attempt: attempt + 1,
-            };
-            Handled {
-                next: Next::Send {
-                    binding: config::EVENTS,
-                    message: serde_json::to_string(&next).unwrap_or_default(),
-                    delay: ctx.cfg.transient.delay_secs(*attempt),
-                },
-                task_id: Some(event_row.clone()),
-                error: Some(("waiting".into(), waiting_for)),
-            }
-        }
-        Ok(Some(waiting_for)) => {
+        Ok(Outcome::Done) => done(event_row),
+        Ok(Outcome::Wait(waiting_for)) if attempt + 1 < MAX_WAITS => Handled {
+            next: again(ctx.cfg.transient.delay_secs(*attempt)),
+            task_id: Some(event_row.clone()),
+            error: Some(("waiting".into(), waiting_for)),
+        },
+        Ok(Outcome::Wait(waiting_for)) => {
+            // The event stays `received` (only its note changes): the provider's redelivery
+            // re-queues it, the event reconciler finds it, and replaying the dead letter
+            // applies it once its subject is known. Nothing marks it done that was not done.
             let reason = format!("gave up after {MAX_WAITS} tries: {waiting_for}");
-            let _ = ctx
-                .db
-                .run(
-                    "reject event",
-                    &payments::mark_event(event_row, "rejected", Some(&reason), now()),
-                )
-                .await;
-            Handled::dead("unresolved_reference", reason)
+            note(ctx, event_row, &reason).await;
+            dead_letter("unresolved_reference", reason)
+        }
+        Ok(Outcome::Hold(why)) => {
+            // Waiting would not change it (what was paid does not match the order, or a refund
+            // says no amount): the event stays `received` with the reason, and goes to the
+            // operators at once. Like a waiting event, it is never marked done.
+            let reason = format!("held for an operator ({HELD_CLASS}): {why}");
+            note(ctx, event_row, &reason).await;
+            dead_letter(HELD_CLASS, reason)
         }
         Err(failure) => {
             let error = Some((failure.class().to_owned(), failure.detail().to_owned()));
-            match shared::retry::decide(&failure, *attempt, &ctx.cfg.transient) {
-                shared::retry::Decision::RetryAfter { seconds } => {
-                    let next = EventMessage::Apply {
-                        v: messages::VERSION,
-                        event_row: event_row.clone(),
-                        attempt: attempt + 1,
-                    };
-                    Handled {
-                        next: Next::Send {
-                            binding: config::EVENTS,
-                            message: serde_json::to_string(&next).unwrap_or_default(),
-                            delay: seconds,
-                        },
-                        task_id: Some(event_row.clone()),
-                        error,
-                    }
+            let next = match shared::retry::decide(&failure, *attempt, &ctx.cfg.transient) {
+                shared::retry::Decision::RetryAfter { seconds } => again(seconds),
+                shared::retry::Decision::DeadLetter { class, reason } => {
+                    Next::DeadLetter { class, reason }
                 }
-                shared::retry::Decision::DeadLetter { class, reason } => Handled {
-                    next: Next::DeadLetter { class, reason },
-                    task_id: Some(event_row.clone()),
-                    error,
-                },
-                shared::retry::Decision::Ack => done(event_row),
+                shared::retry::Decision::Ack => Next::Ack,
+            };
+            Handled {
+                next,
+                task_id: Some(event_row.clone()),
+                error,
             }
         }
+    }
+}
+
+/// Notes on a `received` event why it is not applied; a failure to note is logged, not fatal
+/// (the dead letter carries the same reason).
+async fn note(ctx: &Ctx, event_row: &str, reason: &str) {
+    if let Err(e) = ctx
+        .db
+        .run(
+            "note waiting event",
+            &payments::note_waiting(event_row, reason),
+        )
+        .await
+    {
+        shared::edge::log(
+            serde_json::json!({"level": "warn", "event": "event_note_failed", "event_row": event_row, "cause": e.to_string()}),
+        );
     }
 }
 
@@ -101,8 +136,8 @@ fn storage(e: shared::edge::IoError) -> Failure {
     Failure::transient("storage", e.to_string())
 }
 
-/// Applies one stored event. `Ok(Some(why))`: its subject is not known yet, try again later.
-async fn apply(ctx: &Ctx, event_row: &str) -> Result<Option<String>, Failure> {
+/// Applies one stored event.
+async fn apply(ctx: &Ctx, event_row: &str) -> Result<Outcome, Failure> {
     let stored: Option<StoredEvent> = ctx
         .db
         .first(
@@ -121,7 +156,7 @@ async fn apply(ctx: &Ctx, event_row: &str) -> Result<Option<String>, Failure> {
         ));
     };
     if stored.status != "received" {
-        return Ok(None); // applied, ignored or rejected already: a redelivery changes nothing
+        return Ok(Outcome::Done); // applied, ignored or rejected already: a redelivery changes nothing
     }
     let at = now();
     let event = match payments::parse_event(stored.payload.as_bytes()) {
@@ -134,55 +169,47 @@ async fn apply(ctx: &Ctx, event_row: &str) -> Result<Option<String>, Failure> {
                 )
                 .await
                 .map_err(storage)?;
-            return Ok(None);
+            return Ok(Outcome::Done);
         }
     };
-    let refs = payments::refs(&event);
     let lookups = ctx
         .db
-        .batch(
-            "event subjects",
-            &[
-                Stmt::new(
-                    "SELECT id, user_id, status, product_id, credits FROM orders
-                     WHERE (?1 IS NOT NULL AND id = ?1) OR (?2 IS NOT NULL AND payment_id = ?2) OR (?3 IS NOT NULL AND provider_order_id = ?3)
-                     LIMIT 1",
-                    vec![refs.order_id.clone().into(), refs.checkout_id.clone().into(), refs.provider_order_id.clone().into()],
-                ),
-                Stmt::new(
-                    "SELECT id, user_id FROM subscriptions WHERE third_party_subscription_id = ?1",
-                    vec![refs.subscription_id.clone().unwrap_or_default().into()],
-                ),
-            ],
-        )
+        .batch("event subjects", &payments::subject_lookups(&event))
         .await
         .map_err(storage)?;
-    let order: Option<OrderRow> = lookups
-        .first()
-        .map(shared::edge::rows::<OrderRow>)
-        .transpose()
-        .map_err(storage)?
-        .and_then(|r| r.into_iter().next());
-    let sub: Option<SubscriptionRow> = lookups
-        .get(1)
-        .map(shared::edge::rows::<SubscriptionRow>)
-        .transpose()
-        .map_err(storage)?
-        .and_then(|r| r.into_iter().next());
+    let read = |i: usize| -> Result<Vec<Value>, Failure> {
+        lookups
+            .get(i)
+            .map(shared::edge::rows::<Value>)
+            .transpose()
+            .map_err(storage)
+            .map(Option::unwrap_or_default)
+    };
+    let subjects = Subjects {
+        order: read(0)?.into_iter().next().map(parse).transpose()?,
+        subscription: read(1)?.into_iter().next().map(parse).transpose()?,
+        payment_grants: read(2)?.into_iter().map(parse).collect::<Result<_, _>>()?,
+        // a stored payload that is not an event is a rejected one: it says nothing
+        refunds: read(3)?
+            .into_iter()
+            .filter_map(|row| row["payload"].as_str().and_then(payments::stored_refund))
+            .collect(),
+    };
 
-    match payments::plan(&event, &ctx.cfg.catalog, order.as_ref(), sub.as_ref(), at) {
+    match payments::plan(&event, &subjects, at) {
         Plan::Apply { mut stmts, note } => {
             // The event's own status goes in the same batch: applied exactly when its effects are.
-            let mark = payments::mark_event(&stored.id, "applied", note.as_deref(), at);
-            stmts.push(Stmt::new(
-                format!("{} AND status = 'received'", mark.sql),
-                mark.params,
+            stmts.push(payments::mark_event(
+                &stored.id,
+                "applied",
+                note.as_deref(),
+                at,
             ));
             ctx.db
                 .batch(&format!("apply {}", event.event_type), &stmts)
                 .await
                 .map_err(storage)?;
-            Ok(None)
+            Ok(Outcome::Done)
         }
         Plan::Ignore(why) => {
             ctx.db
@@ -192,8 +219,14 @@ async fn apply(ctx: &Ctx, event_row: &str) -> Result<Option<String>, Failure> {
                 )
                 .await
                 .map_err(storage)?;
-            Ok(None)
+            Ok(Outcome::Done)
         }
-        Plan::Wait(why) => Ok(Some(why)),
+        Plan::Wait(why) => Ok(Outcome::Wait(why)),
+        Plan::Hold(why) => Ok(Outcome::Hold(why)),
     }
+}
+
+/// A row as its type; a row that does not fit is our fault and no retry mends it.
+fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Failure> {
+    serde_json::from_value(v).map_err(|e| Failure::permanent("corrupt_row", e.to_string()))
 }

@@ -3,6 +3,8 @@
 
 use crate::batch::Ctx;
 use futures::future::{select, Either};
+use futures::StreamExt;
+use shared::budget::{ByteBudget, Permit};
 use shared::ids::TaskId;
 use shared::keys::image_extension;
 use shared::kie::{self, Progress};
@@ -118,14 +120,24 @@ pub async fn record(ctx: &Ctx, model: Model, external_id: &str) -> Result<Progre
 }
 
 /// A downloaded result image: bytes and their real content type.
-pub struct Image {
+pub struct Image<'b> {
     pub bytes: Vec<u8>,
     pub content_type: &'static str,
     pub extension: &'static str,
+    /// The batch's budget held for these bytes, given back when the image is dropped: keep the
+    /// image (moving only `bytes` out of it) until the bytes are written to R2.
+    _permit: Permit<'b>,
 }
 
-/// Downloads a result, checked by `shared::retry::check_result_*`.
-pub async fn download(ctx: &Ctx, url: &str) -> Result<Image, Failure> {
+/// Downloads a result, checked by `shared::retry::check_result_*`. Before reading the body it
+/// holds, from the batch's `budget`, the bytes the body may take (its Content-Length, else the
+/// size cap), waiting while the batch's other downloads hold too much: a batch's messages run
+/// at once, and ten bodies at the cap would not fit in the isolate's memory.
+pub async fn download<'b>(
+    ctx: &Ctx,
+    budget: &'b ByteBudget,
+    url: &str,
+) -> Result<Image<'b>, Failure> {
     let req = Request::new(url, Method::Get)
         .map_err(|e| Failure::permanent("bad_result_url", e.to_string()))?;
     let mut resp = send(ctx, req, DOWNLOAD_TIMEOUT).await?;
@@ -146,15 +158,79 @@ pub async fn download(ctx: &Ctx, url: &str) -> Result<Image, Failure> {
         discard(&resp).await;
         return Err(f);
     }
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| Failure::transient("download_failed", e.to_string()))?;
+    // A compressed body is decoded on the way in, so its Content-Length (of the encoded bytes)
+    // says nothing about what it takes in memory: hold the cap for it instead.
+    let encoded = resp
+        .headers()
+        .get("content-encoding")
+        .ok()
+        .flatten()
+        .is_some_and(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"));
+    let sized = if encoded { None } else { declared };
+    let mut permit = budget.acquire(sized.map_or(max, |n| n.min(max))).await;
+    let bytes = read_bounded(&mut resp, sized, max).await?;
+    permit.shrink_to(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
     let content_type = check_result_body(&bytes, max)?;
     let extension = image_extension(content_type).unwrap_or("bin");
     Ok(Image {
         bytes,
         content_type,
         extension,
+        _permit: permit,
     })
+}
+
+/// Reads a body of at most its declared length `sized` (else the cap `max`) without ever
+/// holding more: the read stops, and the rest of the body is cancelled, as soon as it passes
+/// the limit. A body longer than the cap is permanent (`result_too_large`); one that disagrees
+/// with its own Content-Length is a broken response, transient.
+async fn read_bounded(
+    resp: &mut Response,
+    sized: Option<u64>,
+    max: u64,
+) -> Result<Vec<u8>, Failure> {
+    let failed = |e: worker::Error| Failure::transient("download_failed", e.to_string());
+    if !matches!(resp.body(), ResponseBody::Stream(_)) {
+        return resp.bytes().await.map_err(failed);
+    }
+    let limit = sized.map_or(max, |n| n.min(max));
+    let limit_len = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut stream = resp.stream().map_err(failed)?;
+    // a declared length is allocated at once; otherwise grow, never past the limit
+    let mut bytes: Vec<u8> = Vec::with_capacity(if sized.is_some() { limit_len } else { 0 });
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(failed)?;
+        let len = bytes.len().saturating_add(chunk.len());
+        if len > limit_len {
+            // dropping the stream cancels the rest of the body
+            drop(stream);
+            return Err(if limit >= max {
+                Failure::permanent(
+                    "result_too_large",
+                    format!("result is larger than {max} bytes"),
+                )
+            } else {
+                Failure::transient(
+                    "download_failed",
+                    format!("result body is longer than its Content-Length ({limit})"),
+                )
+            });
+        }
+        if len > bytes.capacity() {
+            let target = bytes.capacity().saturating_mul(2).max(len).min(limit_len);
+            bytes.reserve_exact(target - bytes.len());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    if sized.is_some_and(|n| u64::try_from(bytes.len()).unwrap_or(u64::MAX) < n) {
+        return Err(Failure::transient(
+            "download_failed",
+            format!(
+                "result body ended after {} of its {limit} bytes",
+                bytes.len()
+            ),
+        ));
+    }
+    bytes.shrink_to_fit();
+    Ok(bytes)
 }

@@ -3,8 +3,8 @@
 
 use crate::batch::Ctx;
 use serde::Deserialize;
-use shared::edge::{cache_final_status, changes, now, CachedStatus, IoError};
-use shared::ids::{Credits, TaskId, UserId};
+use shared::edge::{cache_final_status, now, CachedStatus, IoError};
+use shared::ids::TaskId;
 use shared::keys::task_status_key;
 use shared::ledger::{self, classify_conflict, SettleConflict, Stmt};
 use shared::retry::Failure;
@@ -13,32 +13,26 @@ use shared::task::{TaskStatus, Transition};
 /// What a claim returns: the task as the submit step needs it.
 #[derive(Debug, Deserialize)]
 pub struct Claimed {
-    pub user_id: String,
     pub input_params: String,
-    pub cost: i64,
     pub deadline_at: Option<i64>,
-}
-
-/// Who pays for a task and how much: enough to end it.
-pub struct Ending {
-    pub task: TaskId,
-    pub user: UserId,
-    pub cost: Credits,
 }
 
 pub fn storage(e: IoError) -> Failure {
     Failure::transient("storage", e.to_string())
 }
 
-/// `pending -> submitted`, returning the task; `None` if another delivery got there first.
+/// `pending -> submitted`, returning the task; `None` if another delivery got there first. The
+/// claim counts a create call that may reach the provider (`provider_submissions`).
 pub async fn claim(ctx: &Ctx, task: &TaskId) -> Result<Option<Claimed>, IoError> {
     ctx.db
         .first(
             "claim task",
             &Stmt::new(
                 format!(
-                    "{} RETURNING user_id, input_params, cost, deadline_at",
-                    Transition::Claim.update_sql("updated_at = ?2")
+                    "{} RETURNING input_params, deadline_at",
+                    Transition::Claim.update_sql(
+                        "updated_at = ?2, provider_submissions = provider_submissions + 1"
+                    )
                 ),
                 vec![task.to_string().into(), now().into()],
             ),
@@ -46,7 +40,8 @@ pub async fn claim(ctx: &Ctx, task: &TaskId) -> Result<Option<Claimed>, IoError>
         .await
 }
 
-/// `submitted -> pending`: the provider did not take the task; let the retry claim it again.
+/// `submitted -> pending`: the provider answered that it did not take the task; let the retry
+/// claim it again. That create call is no longer counted.
 pub async fn unclaim(ctx: &Ctx, task: &TaskId) -> Result<(), IoError> {
     ctx.db
         .run(
@@ -54,7 +49,9 @@ pub async fn unclaim(ctx: &Ctx, task: &TaskId) -> Result<(), IoError> {
             &Stmt::new(
                 format!(
                     "{} AND external_task_id IS NULL",
-                    Transition::Unclaim.update_sql("updated_at = ?2")
+                    Transition::Unclaim.update_sql(
+                        "updated_at = ?2, provider_submissions = MAX(provider_submissions - 1, 0)"
+                    )
                 ),
                 vec![task.to_string().into(), now().into()],
             ),
@@ -63,9 +60,8 @@ pub async fn unclaim(ctx: &Ctx, task: &TaskId) -> Result<(), IoError> {
         .map(|_| ())
 }
 
-/// `submitted -> processing` with the provider's task id, once the provider reports the task as
-/// generating. A task that finishes before its first poll skips this write: completing it
-/// records the id.
+/// `submitted -> processing` with the provider's task id, written as soon as the provider
+/// returns it: from here on recovery polls this id and never creates the task again.
 pub async fn accept(ctx: &Ctx, task: &TaskId, external_id: &str) -> Result<(), IoError> {
     let at = now();
     ctx.db
@@ -81,39 +77,57 @@ pub async fn accept(ctx: &Ctx, task: &TaskId, external_id: &str) -> Result<(), I
         .map(|_| ())
 }
 
+/// Tells D1 a poll chain is alive for this task (its lease): the reconciler leaves tasks with a
+/// live chain alone. Not a state change; one write per half lease, not per poll.
+pub async fn renew_lease(ctx: &Ctx, task: &TaskId) -> Result<(), IoError> {
+    ctx.db
+        .run(
+            "renew task lease",
+            &Stmt::new(
+                "UPDATE ai_tasks SET updated_at = ?2 WHERE id = ?1 AND status = 'processing'",
+                vec![task.to_string().into(), now().into()],
+            ),
+        )
+        .await
+        .map(|_| ())
+}
+
 /// Marks the task completed with its results and settles its hold, in one batch. Returns
 /// whether this call did it (false: it was already ended, by a duplicate or another path).
 pub async fn complete(
     ctx: &Ctx,
-    end: &Ending,
+    task: &TaskId,
     external_id: &str,
     urls: &[String],
     keys: &[String],
 ) -> Result<bool, Failure> {
     let at = now();
     let mut stmts = vec![Stmt::new(
-        Transition::Succeeded.update_sql(
-            "result_urls = ?2, result_keys = ?3, external_task_id = COALESCE(external_task_id, ?4),
+        format!(
+            "{} RETURNING user_id",
+            Transition::Succeeded.update_sql(
+                "result_urls = ?2, result_keys = ?3, external_task_id = COALESCE(external_task_id, ?4),
              completed_at = ?5, updated_at = ?5, submitted_at = COALESCE(submitted_at, ?5)",
+            )
         ),
         vec![
-            end.task.to_string().into(),
+            task.to_string().into(),
             serde_json::to_string(urls).unwrap_or_default().into(),
             serde_json::to_string(keys).unwrap_or_default().into(),
             external_id.into(),
             at.into(),
         ],
     )];
-    stmts.extend(ledger::settle(&end.task, &end.user, end.cost, at));
-    finish(ctx, end, stmts, TaskStatus::Completed, None, keys).await
+    stmts.extend(ledger::settle(task, at));
+    finish(ctx, task, stmts, TaskStatus::Completed, None, keys).await
 }
 
 /// Marks the task failed and releases its hold, in one batch. Returns whether this call did it.
-pub async fn fail(ctx: &Ctx, end: &Ending, reason: &str) -> Result<bool, Failure> {
-    let stmts = ledger::fail_task(&end.task, &end.user, end.cost, reason, now());
+pub async fn fail(ctx: &Ctx, task: &TaskId, reason: &str) -> Result<bool, Failure> {
+    let stmts = ledger::fail_task(task, reason, now());
     finish(
         ctx,
-        end,
+        task,
         stmts.to_vec(),
         TaskStatus::Failed,
         Some(reason.chars().take(500).collect()),
@@ -122,36 +136,47 @@ pub async fn fail(ctx: &Ctx, end: &Ending, reason: &str) -> Result<bool, Failure
     .await
 }
 
+#[derive(Deserialize)]
+struct Owner {
+    user_id: String,
+}
+
 async fn finish(
     ctx: &Ctx,
-    end: &Ending,
+    task: &TaskId,
     stmts: Vec<Stmt>,
     status: TaskStatus,
     reason: Option<String>,
     keys: &[String],
 ) -> Result<bool, Failure> {
-    let won = match ctx.db.batch(&format!("end task as {status}"), &stmts).await {
-        Ok(results) => results.first().map(changes) == Some(1),
+    let owner = match ctx.db.batch(&format!("end task as {status}"), &stmts).await {
+        // the transition's RETURNING row: present only when this call moved the task
+        Ok(results) => match results.first().map(shared::edge::rows::<Owner>) {
+            Some(Ok(rows)) => rows.into_iter().next(),
+            _ => None,
+        },
         Err(e) => match classify_conflict(&e.cause) {
-            Some(SettleConflict::AlreadyResolved) => false,
+            Some(SettleConflict::AlreadyResolved) => None,
             Some(SettleConflict::GrantRaced) => {
                 return Err(Failure::transient("grant_raced", e.to_string()))
             }
             None => return Err(storage(e)),
         },
     };
-    if won {
-        // Only the delivery that ended the task writes the cache: one KV write per task.
-        let cached = CachedStatus {
-            user_id: end.user.to_string(),
-            status: status.as_str().into(),
-            failure_reason: reason,
-            result_keys: keys.to_vec(),
-            completed_at: now(),
-        };
-        cache_final_status(&ctx.env, &ctx.io, &end.task, &cached).await;
-    }
-    Ok(won)
+    let Some(owner) = owner else {
+        return Ok(false);
+    };
+    // Only the delivery that ended the task writes the cache: one KV write per task. The owner
+    // comes from the row, never from the message.
+    let cached = CachedStatus {
+        user_id: owner.user_id,
+        status: status.as_str().into(),
+        failure_reason: reason,
+        result_keys: keys.to_vec(),
+        completed_at: now(),
+    };
+    cache_final_status(&ctx.env, &ctx.io, task, &cached).await;
+    Ok(true)
 }
 
 /// Whether KV already knows this task ended (a duplicate poll can stop early).

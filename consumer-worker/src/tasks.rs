@@ -4,13 +4,13 @@
 
 use crate::batch::{Ctx, Handled, Next};
 use crate::provider;
-use crate::store::{self, storage, Ending};
+use crate::store::{self, storage};
 use serde_json::Value;
 use shared::edge::{now, StepExt};
-use shared::ids::{Credits, TaskId, UserId};
+use shared::ids::TaskId;
 use shared::keys::result_key;
 use shared::kie::Progress;
-use shared::messages::{self, TaskMessage, VERSION};
+use shared::messages::{self, TaskMessage};
 use shared::model::Model;
 use shared::retry::{decide, Decision, Failure};
 use shared::signing::signed_file_url;
@@ -74,21 +74,15 @@ async fn submit(ctx: &Ctx, task: &TaskId) -> Result<Step, Failure> {
         // Another delivery claimed it, or it already ended: nothing to do.
         return Ok(Step::Done);
     };
-    let end = Ending {
-        task: *task,
-        user: UserId::parse(&claimed.user_id)
-            .map_err(|e| Failure::permanent("corrupt_task", e.to_string()))?,
-        cost: Credits(claimed.cost),
-    };
     let deadline_at = claimed.deadline_at.unwrap_or(i64::MAX);
     if now() >= deadline_at {
-        store::fail(ctx, &end, "deadline_exceeded").await?;
+        store::fail(ctx, task, "deadline_exceeded").await?;
         return Ok(Step::Done);
     }
     let input: TaskInput = match serde_json::from_str(&claimed.input_params) {
         Ok(i) => i,
         Err(e) => {
-            store::fail(ctx, &end, &format!("invalid_input: {e}")).await?;
+            store::fail(ctx, task, &format!("invalid_input: {e}")).await?;
             return Ok(Step::Done);
         }
     };
@@ -108,24 +102,34 @@ async fn submit(ctx: &Ctx, task: &TaskId) -> Result<Step, Failure> {
         .collect();
     match provider::create(ctx, task, model, &input.prompt, &input.size, &urls).await {
         Ok(external_id) => {
-            // The provider's id rides in the poll; D1 learns it from the first poll that finds
-            // the task generating, or from completion (one round trip fewer per fast task).
-            let first_poll = TaskMessage::Poll {
-                v: VERSION,
-                task_id: *task,
-                user_id: end.user,
-                model,
-                external_id,
-                cost: end.cost,
-                deadline_at,
-                attempt: 0,
-                failures: 0,
-                follow_up: true,
+            // D1 learns the provider's id now: from here on, recovery polls it and nothing
+            // creates the task at the provider again. If this write fails, the poll carries the
+            // id and records it first.
+            let recorded = match store::accept(ctx, task, &external_id).await {
+                Ok(()) => true,
+                Err(e) => {
+                    shared::edge::log(
+                        serde_json::json!({"level": "warn", "event": "accept_write_failed", "task_id": task.to_string(), "cause": e.to_string()}),
+                    );
+                    false
+                }
             };
+            let first_poll =
+                TaskMessage::first_poll(*task, model, external_id, deadline_at, !recorded, now());
             Ok(Step::Then(first_poll, ctx.cfg.poll.delay_secs(0)))
         }
         Err(Failure::Permanent { class, detail }) => {
-            store::fail(ctx, &end, &format!("{class}: {detail}")).await?;
+            store::fail(ctx, task, &format!("{class}: {detail}")).await?;
+            Ok(Step::Done)
+        }
+        Err(uncertain) if shared::kie::create_may_have_reached_provider(&uncertain) => {
+            // The provider may have taken it (no answer, or an answer we could not read):
+            // creating it again could pay for it twice. The task stays `submitted`; the
+            // provider's callback names its id, or the deadline fails it and releases the hold.
+            shared::edge::log(
+                serde_json::json!({"level": "warn", "event": "create_outcome_unknown", "task_id": task.to_string(),
+                                   "error_class": uncertain.class(), "error": uncertain.detail()}),
+            );
             Ok(Step::Done)
         }
         Err(transient) => {
@@ -138,46 +142,59 @@ async fn submit(ctx: &Ctx, task: &TaskId) -> Result<Step, Failure> {
 async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     let TaskMessage::Poll {
         task_id,
-        user_id,
         model,
         external_id,
-        cost,
         deadline_at,
         attempt,
         follow_up,
+        record,
         ..
     } = msg
     else {
         return Ok(Step::Done);
     };
-    let end = Ending {
-        task: *task_id,
-        user: *user_id,
-        cost: *cost,
-    };
     if now() >= *deadline_at {
-        store::fail(ctx, &end, "deadline_exceeded").await?;
+        store::fail(ctx, task_id, "deadline_exceeded").await?;
         return Ok(Step::Done);
     }
-    match provider::record(ctx, *model, external_id).await? {
+    if *record {
+        // D1 does not know the id yet: record it before anything else, or retry this poll.
+        store::accept(ctx, task_id, external_id)
+            .await
+            .map_err(storage)?;
+    }
+    let progress = match provider::record(ctx, *model, external_id).await {
+        Ok(p) => p,
+        // The provider says it cannot answer for this task, ever: it ends now.
+        Err(Failure::Permanent { class, detail }) => Progress::Failed { class, reason: detail },
+        Err(transient) => return Err(transient),
+    };
+    match progress {
         // a callback-prompted poll leaves the waiting to the chain that was already running
         Progress::Generating if !follow_up => Ok(Step::Done),
         Progress::Generating => {
-            if *attempt == 0 {
-                if let Err(e) = store::accept(ctx, task_id, external_id).await {
-                    // Completion records the external id too, so losing this write loses nothing.
-                    shared::edge::log(
-                        serde_json::json!({"level": "warn", "event": "accept_write_failed", "task_id": task_id.to_string(), "cause": e.to_string()}),
-                    );
+            let at = now();
+            let renewed = if msg.lease_due(at, ctx.cfg.task_lease_secs) {
+                match store::renew_lease(ctx, task_id).await {
+                    Ok(()) => Some(at),
+                    Err(e) => {
+                        // the next poll tries again; the worst case is a second chain
+                        shared::edge::log(
+                            serde_json::json!({"level": "warn", "event": "lease_renewal_failed", "task_id": task_id.to_string(), "cause": e.to_string()}),
+                        );
+                        None
+                    }
                 }
-            }
+            } else {
+                None
+            };
             Ok(Step::Then(
-                msg.next_poll(),
+                msg.next_poll(renewed),
                 ctx.cfg.poll.delay_secs(attempt + 1),
             ))
         }
         Progress::Failed { class, reason } => {
-            store::fail(ctx, &end, &format!("{class}: {reason}")).await?;
+            store::fail(ctx, task_id, &format!("{class}: {reason}")).await?;
             Ok(Step::Done)
         }
         Progress::Succeeded { urls } => {
@@ -204,10 +221,8 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
 async fn store(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     let TaskMessage::Store {
         task_id,
-        user_id,
         model,
         external_id,
-        cost,
         deadline_at,
         urls,
         ..
@@ -215,27 +230,22 @@ async fn store(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     else {
         return Ok(Step::Done);
     };
-    let end = Ending {
-        task: *task_id,
-        user: *user_id,
-        cost: *cost,
-    };
     if store::known_ended(ctx, task_id).await {
         return Ok(Step::Done);
     }
     if now() >= *deadline_at {
-        store::fail(ctx, &end, "deadline_exceeded").await?;
+        store::fail(ctx, task_id, "deadline_exceeded").await?;
         return Ok(Step::Done);
     }
     let keys = match store_results(ctx, *model, task_id, urls).await {
         Ok(keys) => keys,
         Err(Failure::Permanent { class, detail }) => {
-            store::fail(ctx, &end, &format!("{class}: {detail}")).await?;
+            store::fail(ctx, task_id, &format!("{class}: {detail}")).await?;
             return Ok(Step::Done);
         }
         Err(transient) => return Err(transient),
     };
-    store::complete(ctx, &end, external_id, urls, &keys).await?;
+    store::complete(ctx, task_id, external_id, urls, &keys).await?;
     Ok(Step::Done)
 }
 
@@ -249,7 +259,7 @@ async fn store_results(
 ) -> Result<Vec<String>, Failure> {
     let mut keys = Vec::with_capacity(urls.len());
     for (n, url) in urls.iter().enumerate() {
-        let image = match provider::download(ctx, url).await {
+        let image = match provider::download(ctx, &ctx.downloads, url).await {
             Ok(i) => i,
             Err(Failure::Permanent { class, detail }) => {
                 return Err(Failure::permanent(class, format!("result {n}: {detail}")));

@@ -4,11 +4,14 @@
 use crate::runner::{Budget, Summary};
 use serde::Deserialize;
 use shared::edge::{
-    cache_final_status, changes, number, send_json_batch, CachedStatus, Db, IoCounts, StepExt,
+    cache_final_status, changes, number, rows, send_json_batch, CachedStatus, Db, IoCounts,
+    StepExt,
 };
-use shared::ids::{Credits, TaskId, UserId};
+use shared::history;
+use shared::ids::TaskId;
 use shared::ledger::{self, Stmt};
-use shared::messages::{TaskMessage, VERSION};
+use shared::messages::{EventMessage, TaskMessage};
+use shared::task::{recovery, Recovery, TaskStatus};
 use shared::model::Model;
 use worker::Env;
 
@@ -52,7 +55,7 @@ pub async fn run(
                 Stmt::new(
                     "UPDATE subscriptions SET status = 'expired', updated_at = ?1
                      WHERE id IN (SELECT id FROM subscriptions
-                                  WHERE status IN ('active','cancelled','past_due','trialing','paused')
+                                  WHERE status IN ('active','cancelled','past_due','trialing','paused','unpaid')
                                     AND expires_at IS NOT NULL AND expires_at < ?1 LIMIT ?2)",
                     vec![ctx.now.into(), n.into()],
                 )
@@ -60,6 +63,8 @@ pub async fn run(
             .await;
         }
         "reconcile_tasks" => reconcile_tasks(ctx, budget, summary).await,
+        "reconcile_events" => reconcile_events(ctx, budget, summary).await,
+        "audit_ledger" => crate::audit::audit_ledger(ctx, budget, summary).await,
         "clean_r2_cache" => clean_r2_cache(ctx, budget, cursor, summary).await,
         "retention" => retention(ctx, budget, summary).await,
         other => summary.error_text = Some(format!("no job named {other}")),
@@ -97,8 +102,6 @@ async fn chunked_update(
 #[derive(Deserialize)]
 struct LiveTask {
     id: String,
-    user_id: String,
-    cost: i64,
     status: String,
     external_provider: Option<String>,
     external_task_id: Option<String>,
@@ -106,13 +109,22 @@ struct LiveTask {
     dead_lettered: i64,
 }
 
+#[derive(Deserialize)]
+struct Owner {
+    user_id: String,
+}
+
 const LIVE: &str = "'pending','submitted','processing'";
 
 /// Tasks past their deadline fail (reason `dead_lettered` if their message died, else
-/// `deadline_exceeded`) and their hold is released; tasks without progress beyond the lease are
-/// re-enqueued once per lease (a lost or dead message is how they got stuck).
+/// `deadline_exceeded`) and their hold is released; tasks without a sign of life beyond the lease
+/// get the step `shared::task::recovery` names, once per lease: `task.submit` for one never
+/// claimed, a poll of the provider's id for one the provider has, nothing for one whose create
+/// call's outcome is unknown (the provider's callback or the deadline ends it). Nothing here
+/// writes a status by hand: failing is the `Fail` transition, and re-sent steps move the task
+/// through the table like any other delivery.
 async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary) {
-    let columns = "id, user_id, cost, status, external_provider, external_task_id, deadline_at,
+    let columns = "id, status, external_provider, external_task_id, deadline_at,
          EXISTS (SELECT 1 FROM dead_letters d WHERE d.status = 'dead' AND d.body LIKE '%' || ai_tasks.id || '%') AS dead_lettered";
     // 1. past the deadline
     while budget.time_left() && budget.room(summary.examined) > 0 {
@@ -138,7 +150,7 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
         let mut stmts = Vec::new();
         let mut ends = Vec::new();
         for t in &overdue {
-            let (Ok(task), Ok(user)) = (TaskId::parse(&t.id), UserId::parse(&t.user_id)) else {
+            let Ok(task) = TaskId::parse(&t.id) else {
                 continue;
             };
             let reason = if t.dead_lettered == 1 {
@@ -146,24 +158,23 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
             } else {
                 "deadline_exceeded"
             };
-            stmts.extend(ledger::fail_task(
-                &task,
-                &user,
-                Credits(t.cost),
-                reason,
-                ctx.now,
-            ));
-            ends.push((task, user, reason));
+            stmts.extend(ledger::fail_task(&task, reason, ctx.now));
+            ends.push((task, reason));
         }
         let results = match ctx.db.batch("fail overdue tasks", &stmts).await {
             Ok(r) => r,
             Err(e) => return summary.failed(&e),
         };
-        for (i, (task, user, reason)) in ends.iter().enumerate() {
-            if results.get(i * 2).map(changes) == Some(1) {
+        for (i, (task, reason)) in ends.iter().enumerate() {
+            // the transition returns the owner only when this run ended the task
+            let owner = results
+                .get(i * 2)
+                .and_then(|r| rows::<Owner>(r).ok())
+                .and_then(|r| r.into_iter().next());
+            if let Some(owner) = owner {
                 summary.changed += 1;
                 let cached = CachedStatus {
-                    user_id: user.to_string(),
+                    user_id: owner.user_id,
                     status: "failed".into(),
                     failure_reason: Some((*reason).into()),
                     result_keys: vec![],
@@ -181,7 +192,7 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
         return;
     }
 
-    // 2. no progress within the lease
+    // 2. no sign of life within the lease
     let lease = setting(ctx, "TASK_LEASE_SECS", 300);
     let stale_before = ctx.now - lease;
     let n = 100.min(budget.room(summary.examined));
@@ -207,14 +218,14 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
     if stalled.is_empty() {
         return;
     }
-    // Claim each for this lease first, so two runs never both re-enqueue it.
+    // Mark each as seen for this lease first (not a state change), so two runs never both
+    // re-send its step.
     let claims: Vec<Stmt> = stalled
         .iter()
         .map(|t| {
             Stmt::new(
                 format!(
-                    "UPDATE ai_tasks SET reconciled_at = ?2,
-                            status = CASE WHEN status = 'submitted' AND external_task_id IS NULL THEN 'pending' ELSE status END
+                    "UPDATE ai_tasks SET reconciled_at = ?2
                      WHERE id = ?1 AND status IN ({LIVE}) AND (reconciled_at IS NULL OR reconciled_at < ?3)"
                 ),
                 vec![t.id.clone().into(), ctx.now.into(), stale_before.into()],
@@ -230,24 +241,23 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
         if changes(r) != 1 {
             continue;
         }
-        let (Ok(task), Ok(user)) = (TaskId::parse(&t.id), UserId::parse(&t.user_id)) else {
+        let (Ok(task), Some(status)) = (TaskId::parse(&t.id), TaskStatus::parse(&t.status)) else {
             continue;
         };
         let model = t.external_provider.as_deref().and_then(Model::parse);
-        let msg = match (&t.external_task_id, model) {
-            (Some(external_id), Some(model)) if t.status != "pending" => TaskMessage::Poll {
-                v: VERSION,
-                task_id: task,
-                user_id: user,
-                model,
-                external_id: external_id.clone(),
-                cost: Credits(t.cost),
-                deadline_at: t.deadline_at.unwrap_or(i64::MAX),
-                attempt: 0,
-                failures: 0,
-                follow_up: true,
-            },
-            _ => TaskMessage::submit(task),
+        let msg = match (recovery(status, t.external_task_id.is_some()), &t.external_task_id, model) {
+            (Some(Recovery::Resubmit), _, _) => TaskMessage::submit(task),
+            (Some(Recovery::ResumePolling), Some(external_id), Some(model)) => {
+                TaskMessage::first_poll(
+                    task,
+                    model,
+                    external_id.clone(),
+                    t.deadline_at.unwrap_or(i64::MAX),
+                    false,
+                    ctx.now,
+                )
+            }
+            _ => continue, // awaiting the provider's callback, or its deadline
         };
         bodies.push(serde_json::to_string(&msg).unwrap_or_default());
     }
@@ -262,6 +272,76 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
         Ok(()) => summary.changed += u64::try_from(bodies.len()).unwrap_or(0),
         Err(e) => summary.failed(&e),
     }
+}
+
+#[derive(Deserialize)]
+struct StuckEvent {
+    id: String,
+}
+
+/// Payment events still `received` after `EVENT_LEASE_SECS` (default 10 minutes) are queued
+/// again, once per lease: their message was lost, dead-lettered while their subject was unknown,
+/// or never sent because the consumer was misconfigured. Applying is idempotent, so a repeat
+/// changes nothing.
+async fn reconcile_events(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary) {
+    let stale_before = ctx.now - setting(ctx, "EVENT_LEASE_SECS", 600);
+    while budget.time_left() && budget.room(summary.examined) > 0 {
+        let n = 100.min(budget.room(summary.examined));
+        let stuck: Vec<StuckEvent> = match ctx
+            .db
+            .all(
+                "stuck events",
+                &Stmt::new(
+                    "SELECT id FROM webhook_events
+                     WHERE status = 'received' AND received_at < ?1 AND (reconciled_at IS NULL OR reconciled_at < ?1)
+                     ORDER BY received_at LIMIT ?2",
+                    vec![stale_before.into(), i64::try_from(n).unwrap_or(0).into()],
+                ),
+            )
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return summary.failed(&e),
+        };
+        if stuck.is_empty() {
+            return;
+        }
+        summary.examined += u64::try_from(stuck.len()).unwrap_or(0);
+        let claims: Vec<Stmt> = stuck
+            .iter()
+            .map(|e| {
+                Stmt::new(
+                    "UPDATE webhook_events SET reconciled_at = ?2
+                     WHERE id = ?1 AND status = 'received' AND (reconciled_at IS NULL OR reconciled_at < ?3)",
+                    vec![e.id.clone().into(), ctx.now.into(), stale_before.into()],
+                )
+            })
+            .collect();
+        let results = match ctx.db.batch("claim stuck events", &claims).await {
+            Ok(r) => r,
+            Err(e) => return summary.failed(&e),
+        };
+        let bodies: Vec<String> = stuck
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| changes(r) == 1)
+            .map(|(e, _)| serde_json::to_string(&EventMessage::apply(&e.id)).unwrap_or_default())
+            .collect();
+        if !bodies.is_empty() {
+            let sent = match ctx.env.queue("EVENTS").step("binding EVENTS") {
+                Ok(q) => send_json_batch(ctx.io, &q, &bodies, 0).await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(()) => summary.changed += u64::try_from(bodies.len()).unwrap_or(0),
+                Err(e) => return summary.failed(&e),
+            }
+        }
+        if stuck.len() < usize::try_from(n).unwrap_or(0) {
+            return;
+        }
+    }
+    summary.stopped_early = true;
 }
 
 /// Deletes objects under `cache/` older than `CACHE_MAX_AGE_SECS` (default 7 days), listing with
@@ -326,7 +406,8 @@ async fn clean_r2_cache(
 }
 
 /// Deletes what is past its retention, in chunks: webhook events that were handled, dead letters
-/// already replayed or discarded, sign-in logs, and old cron runs.
+/// already replayed or discarded (with their bodies in R2), sign-in logs, and old cron runs; then
+/// removes what is left in R2 of tasks their users deleted (`purge_deleted_tasks`).
 async fn retention(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary) {
     let days = |name: &str, default: i64| ctx.now - setting(ctx, name, default) * 86_400;
     let rules: [(&str, String, i64); 4] = [
@@ -352,6 +433,13 @@ async fn retention(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary) {
         ),
     ];
     for (table, condition, cutoff) in rules {
+        if table == "dead_letters" {
+            expire_dead_letters(ctx, budget, summary, &condition, cutoff).await;
+            if summary.stopped_early || summary.errors > 0 {
+                return;
+            }
+            continue;
+        }
         chunked_update(ctx, budget, summary, &format!("retention {table}"), |n| {
             Stmt::new(
                 format!("DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {condition} LIMIT ?2)"),
@@ -360,6 +448,150 @@ async fn retention(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary) {
         })
         .await;
         if summary.stopped_early || summary.errors > 0 {
+            return;
+        }
+    }
+    purge_deleted_tasks(ctx, budget, summary).await;
+}
+
+#[derive(Deserialize)]
+struct ExpiredDeadLetter {
+    id: String,
+    body_r2_key: Option<String>,
+}
+
+/// Dead letters past retention go with their bodies: a chunk's R2 bodies are deleted first, then
+/// its rows (a failed R2 delete leaves the rows for the next run, so no body is ever orphaned).
+async fn expire_dead_letters(
+    ctx: &JobCtx<'_>,
+    budget: Budget,
+    summary: &mut Summary,
+    condition: &str,
+    cutoff: i64,
+) {
+    loop {
+        let n = CHUNK.min(budget.room(summary.changed));
+        if n == 0 || !budget.time_left() {
+            summary.stopped_early = true;
+            return;
+        }
+        let found: Vec<ExpiredDeadLetter> = match ctx
+            .db
+            .all(
+                "expired dead letters",
+                &Stmt::new(
+                    format!("SELECT id, body_r2_key FROM dead_letters WHERE {condition} LIMIT ?2"),
+                    vec![cutoff.into(), i64::try_from(n).unwrap_or(0).into()],
+                ),
+            )
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return summary.failed(&e),
+        };
+        if found.is_empty() {
+            return;
+        }
+        let bodies: Vec<String> = found.iter().filter_map(|d| d.body_r2_key.clone()).collect();
+        if !bodies.is_empty() {
+            let bucket = match ctx.env.bucket("BUCKET").step("binding BUCKET") {
+                Ok(b) => b,
+                Err(e) => return summary.failed(&e),
+            };
+            ctx.io.r2();
+            if let Err(e) = bucket
+                .delete_multiple(bodies)
+                .await
+                .step("r2 delete dead letter bodies")
+            {
+                return summary.failed(&e);
+            }
+        }
+        let ids =
+            serde_json::json!(found.iter().map(|d| d.id.as_str()).collect::<Vec<_>>()).to_string();
+        match ctx
+            .db
+            .run(
+                "retention dead_letters",
+                &Stmt::new(
+                    format!("DELETE FROM dead_letters WHERE id IN (SELECT value FROM json_each(?2)) AND {condition}"),
+                    vec![cutoff.into(), ids.into()],
+                ),
+            )
+            .await
+        {
+            Ok(changed) => {
+                let changed = u64::try_from(changed).unwrap_or(0);
+                summary.examined += changed;
+                summary.changed += changed;
+            }
+            Err(e) => return summary.failed(&e),
+        }
+        if found.len() < usize::try_from(n).unwrap_or(0) {
+            return;
+        }
+    }
+}
+
+/// What a user's delete left in R2 (a failed R2 call during the request), removed: deleted tasks
+/// not yet confirmed purged get their results and freed uploads deleted again (deleting a missing
+/// key is a no-op), then are marked purged. Ledger rows and the task rows themselves stay.
+async fn purge_deleted_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary) {
+    loop {
+        let n = 100.min(budget.room(summary.changed));
+        if n == 0 || !budget.time_left() {
+            summary.stopped_early = true;
+            return;
+        }
+        let found: Vec<history::DeletedTask> = match ctx
+            .db
+            .all(
+                "deleted tasks to purge",
+                &history::purge_candidates(i64::try_from(n).unwrap_or(0)),
+            )
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return summary.failed(&e),
+        };
+        if found.is_empty() {
+            return;
+        }
+        let keys = history::objects_to_remove(&found, &[]);
+        if !keys.is_empty() {
+            let bucket = match ctx.env.bucket("BUCKET").step("binding BUCKET") {
+                Ok(b) => b,
+                Err(e) => return summary.failed(&e),
+            };
+            for chunk in keys.chunks(1000) {
+                ctx.io.r2();
+                if let Err(e) = bucket
+                    .delete_multiple(chunk.to_vec())
+                    .await
+                    .step("r2 delete deleted tasks' objects")
+                {
+                    return summary.failed(&e);
+                }
+            }
+        }
+        let ids =
+            serde_json::json!(found.iter().map(|d| d.id.as_str()).collect::<Vec<_>>()).to_string();
+        match ctx
+            .db
+            .run(
+                "mark deleted tasks purged",
+                &history::mark_purged(&ids, ctx.now),
+            )
+            .await
+        {
+            Ok(changed) => {
+                let changed = u64::try_from(changed).unwrap_or(0);
+                summary.examined += changed;
+                summary.changed += changed;
+            }
+            Err(e) => return summary.failed(&e),
+        }
+        if found.len() < usize::try_from(n).unwrap_or(0) {
             return;
         }
     }

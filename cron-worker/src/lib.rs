@@ -3,6 +3,7 @@
 //! api's `POST /admin/cron/{job}` over a service binding (this worker has no public route).
 //! Every run is recorded in `cron_runs` and logged; no job's error is lost.
 
+mod audit;
 mod jobs;
 mod runner;
 

@@ -1,6 +1,8 @@
 //! Runs jobs: gives each a time budget and a work limit, records the run in `cron_runs` (start,
-//! finish, counts, errors, whether it stopped early and where the next run continues) and logs
-//! the summary. Whatever happens, the error is recorded, never returned into the void.
+//! finish, counts, errors, whether it stopped early, where the next run continues, and what it
+//! found in `detail`) and logs the summary. Whatever happens, the error is recorded, never
+//! returned into the void. Findings (the auditor's violations) are not errors: the run still
+//! succeeded, but its log line is an error-level `audit.violations` so they are not missed.
 
 use crate::jobs;
 use serde::Serialize;
@@ -37,6 +39,17 @@ pub struct Summary {
     pub stopped_early: bool,
     /// Where the next run continues (jobs that walk a listing).
     pub cursor: Option<String>,
+    /// What the run found, as JSON, stored in `cron_runs.detail` (the auditor's report). Kept
+    /// out of the log line, which carries only the count below.
+    #[serde(skip)]
+    pub detail: Option<String>,
+    /// Invariant violations the run found (the auditor); not errors.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub violations: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Summary {
@@ -117,7 +130,8 @@ pub async fn run_job(env: &Env, name: &str, schedule: &str, cadence: Cadence) ->
         .run(
             "record cron finish",
             &Stmt::new(
-                "UPDATE cron_runs SET finished_at = ?2, examined = ?3, changed = ?4, errors = ?5, error_text = ?6, stopped_early = ?7, cursor = ?8
+                "UPDATE cron_runs SET finished_at = ?2, examined = ?3, changed = ?4, errors = ?5, error_text = ?6, stopped_early = ?7, cursor = ?8,
+                        detail = ?9
                  WHERE id = ?1",
                 vec![
                     run_id.clone().into(),
@@ -128,6 +142,7 @@ pub async fn run_job(env: &Env, name: &str, schedule: &str, cadence: Cadence) ->
                     summary.error_text.clone().into(),
                     i64::from(summary.stopped_early).into(),
                     summary.cursor.clone().into(),
+                    summary.detail.clone().into(),
                 ],
             ),
         )
@@ -141,14 +156,27 @@ pub async fn run_job(env: &Env, name: &str, schedule: &str, cadence: Cadence) ->
         "summary": summary,
         "io": io.to_json(),
     });
-    if summary.errors > 0 || stored.is_err() {
+    if summary.violations > 0 {
+        line["event"] = "audit.violations".into();
+        line["violations"] = summary.violations.into();
+    }
+    if summary.errors > 0 || summary.violations > 0 || stored.is_err() {
         line["level"] = "error".into();
         if let Err(e) = stored {
             line["record_error"] = e.to_string().into();
         }
     }
     log(line.clone());
+    // The caller (a manual run) also gets what the run found.
+    if let Some(detail) = &summary.detail {
+        line["detail"] = parse_detail(detail);
+    }
     line
+}
+
+/// A stored `detail` as JSON (it is written as JSON; anything else stays text).
+fn parse_detail(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| text.into())
 }
 
 /// The cursor the job's previous run left, if it stopped early.
@@ -173,11 +201,21 @@ pub async fn recent_runs(env: &Env) -> serde_json::Value {
             .all::<serde_json::Value>(
                 "recent cron runs",
                 &Stmt::new(
-                    "SELECT job, schedule, started_at, finished_at, examined, changed, errors, stopped_early FROM cron_runs ORDER BY started_at DESC LIMIT 50",
+                    "SELECT job, schedule, started_at, finished_at, examined, changed, errors, stopped_early, detail FROM cron_runs ORDER BY started_at DESC LIMIT 50",
                     vec![],
                 ),
             )
             .await
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|mut r| {
+                        if let Some(d) = r["detail"].as_str().map(parse_detail) {
+                            r["detail"] = d;
+                        }
+                        r
+                    })
+                    .collect::<Vec<_>>()
+            })
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The TOML reader the stack derives the committed wrangler configs with (`cargo xtask deploy`
+/// reads the same configs).
+pub use toml;
+
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 pub const FILES_SIGNING_KEY: &str = "e2e-files-signing-key-0123456789";
 /// Signs users' session tokens (HS256).
@@ -121,6 +125,7 @@ pub struct Stack {
     child: Option<Child>,
     keep_state: std::sync::atomic::AtomicBool,
     own_group: bool,
+    launch: Launch,
 }
 
 pub(crate) fn wrangler() -> PathBuf {
@@ -134,13 +139,38 @@ pub(crate) fn quiet(cmd: &mut Command) -> &mut Command {
         .env("FORCE_COLOR", "0")
 }
 
-/// Writes a copy of a committed wrangler config with absolute paths and the given variables, so
-/// the stack runs the committed bindings against its own state, ports and simulator.
-fn derive_config(
+/// Ids for the bindings the committed configs leave without one: they carry no account's ids.
+/// Locally any fixed value works as long as all three workers name the same one; a deploy
+/// (`cargo xtask deploy`) puts the account's ids here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingIds {
+    /// `database_id` of the `[[d1_databases]]` entries.
+    pub d1: String,
+    /// `id` of the `[[kv_namespaces]]` entries.
+    pub kv: String,
+}
+
+impl BindingIds {
+    /// The ids local state is kept under: the placeholders the configs carried before they lost
+    /// their ids, so a `.state/` made before keeps its data.
+    pub fn local() -> Self {
+        BindingIds {
+            d1: "6f1c2b0e-4d0a-4c4e-9f59-6c1f0e2d7a11".into(),
+            kv: "3b1f6a0c9d2e4f5a8b7c6d5e4f3a2b1c".into(),
+        }
+    }
+}
+
+/// Writes a copy of a committed wrangler config with absolute paths (`main`, `migrations_dir`,
+/// `assets.directory`), the given variables and rate limits, and `ids` for the D1 and KV bindings
+/// that have none, so wrangler runs the committed bindings from anywhere: the stack against its
+/// own state, ports and simulator, a deploy against the account's resources.
+pub fn derive_config(
     source: &Path,
     dest: &Path,
     vars: &BTreeMap<String, String>,
     limits: &BTreeMap<String, i64>,
+    ids: &BindingIds,
 ) -> Result<(), String> {
     let text =
         fs::read_to_string(source).map_err(|e| format!("reading {}: {e}", source.display()))?;
@@ -160,6 +190,19 @@ fn derive_config(
             if let Some(m) = db.get("migrations_dir").and_then(absolute) {
                 db.insert("migrations_dir".into(), m);
             }
+            db.entry("database_id")
+                .or_insert_with(|| toml::Value::String(ids.d1.clone()));
+        }
+    }
+    if let Some(toml::Value::Array(kvs)) = doc.get_mut("kv_namespaces") {
+        for kv in kvs.iter_mut().filter_map(toml::Value::as_table_mut) {
+            kv.entry("id")
+                .or_insert_with(|| toml::Value::String(ids.kv.clone()));
+        }
+    }
+    if let Some(toml::Value::Table(assets)) = doc.get_mut("assets") {
+        if let Some(d) = assets.get("directory").and_then(absolute) {
+            assets.insert("directory".into(), d);
         }
     }
     if let Some(toml::Value::Array(rls)) = doc.get_mut("ratelimits") {
@@ -269,6 +312,125 @@ impl Seed {
     }
 }
 
+/// Everything needed to (re)spawn `wrangler dev` on one stack's state, ports and configs.
+#[derive(Debug, Clone)]
+struct Launch {
+    state_dir: PathBuf,
+    config_dir: PathBuf,
+    persist: PathBuf,
+    port: u16,
+    inspector: u16,
+    /// The variables every start derives the configs with (before a restart's overrides).
+    vars: BTreeMap<String, String>,
+    rate_limits: BTreeMap<String, i64>,
+    cron_only: bool,
+    expect_healthy: bool,
+    own_group: bool,
+}
+
+impl Launch {
+    /// (committed config, derived copy) for the api, consumer and cron workers.
+    fn configs(&self) -> [(PathBuf, PathBuf); 3] {
+        let root = root();
+        [
+            (root.join("wrangler.toml"), self.config_dir.join("api.toml")),
+            (
+                root.join("consumer-worker/wrangler.toml"),
+                self.config_dir.join("consumer.toml"),
+            ),
+            (
+                root.join("cron-worker/wrangler.toml"),
+                self.config_dir.join("cron.toml"),
+            ),
+        ]
+    }
+
+    /// Writes the derived configs: the base variables, then `overrides` on top.
+    fn derive(&self, overrides: &BTreeMap<String, String>) -> Result<(), String> {
+        let mut vars = self.vars.clone();
+        vars.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for (src, dest) in &self.configs() {
+            derive_config(src, dest, &vars, &self.rate_limits, &BindingIds::local())?;
+        }
+        Ok(())
+    }
+
+    fn health_path(&self) -> &'static str {
+        if self.cron_only {
+            "/runs"
+        } else {
+            "/api/health"
+        }
+    }
+
+    /// Spawns `wrangler dev` on the derived configs; its output goes to `wrangler.log` (appended
+    /// to on a restart, so the log keeps every run of the stack).
+    fn spawn(&self, append_log: bool) -> Result<Child, String> {
+        let log_path = self.state_dir.join("wrangler.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append_log)
+            .truncate(!append_log)
+            .open(&log_path)
+            .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
+        let mut cmd = Command::new(wrangler());
+        quiet(&mut cmd)
+            .current_dir(&self.config_dir)
+            .arg("dev")
+            .args(
+                self.configs()
+                    .iter()
+                    .filter(|(src, _)| {
+                        !self.cron_only || src.ends_with("cron-worker/wrangler.toml")
+                    })
+                    .flat_map(|(_, d)| [PathBuf::from("-c"), d.clone()]),
+            )
+            .args([
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--inspector-port",
+                &self.inspector.to_string(),
+            ])
+            .arg("--persist-to")
+            .arg(&self.persist)
+            .args([
+                "--test-scheduled",
+                "--show-interactive-dev-session=false",
+                "--log-level",
+                "log",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
+            .stderr(Stdio::from(log));
+        if self.own_group {
+            cmd.process_group(0);
+        }
+        cmd.spawn()
+            .map_err(|e| format!("starting wrangler dev: {e}"))
+    }
+}
+
+/// Waits until nothing listens on `port` any more (a killed workerd lets go of it at once, but
+/// its children may take a moment to die).
+pub fn wait_port_free(port: u16, limit: Duration) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            return Err(format!(
+                "port {port} is still in use {}s after the stack was killed",
+                limit.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl Stack {
     pub fn start(opts: StackOptions) -> Result<Stack, String> {
         let root = root();
@@ -317,21 +479,21 @@ impl Stack {
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         vars.extend(opts.vars.clone());
-        let configs = [
-            (root.join("wrangler.toml"), config_dir.join("api.toml")),
-            (
-                root.join("consumer-worker/wrangler.toml"),
-                config_dir.join("consumer.toml"),
-            ),
-            (
-                root.join("cron-worker/wrangler.toml"),
-                config_dir.join("cron.toml"),
-            ),
-        ];
-        for (src, dest) in &configs {
-            derive_config(src, dest, &vars, &opts.rate_limits)?;
-        }
-        let persist = state_dir.join("wrangler");
+        let launch = Launch {
+            persist: state_dir.join("wrangler"),
+            state_dir: state_dir.clone(),
+            config_dir: config_dir.clone(),
+            port,
+            inspector,
+            vars,
+            rate_limits: opts.rate_limits.clone(),
+            cron_only: opts.cron_only,
+            expect_healthy: opts.expect_healthy,
+            own_group: opts.own_process_group,
+        };
+        launch.derive(&BTreeMap::new())?;
+        let configs = launch.configs();
+        let persist = launch.persist.clone();
 
         let migrate_log = state_dir.join("migrate.log");
         let status = quiet(Command::new(wrangler()).current_dir(&config_dir))
@@ -366,45 +528,8 @@ impl Stack {
             })?;
         }
 
-        let log = fs::File::create(state_dir.join("wrangler.log")).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(wrangler());
-        quiet(&mut cmd)
-            .current_dir(&config_dir)
-            .arg("dev")
-            .args(
-                configs
-                    .iter()
-                    .filter(|(src, _)| {
-                        !opts.cron_only || src.ends_with("cron-worker/wrangler.toml")
-                    })
-                    .flat_map(|(_, d)| [PathBuf::from("-c"), d.clone()]),
-            )
-            .args([
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--inspector-port",
-                &inspector.to_string(),
-            ])
-            .arg("--persist-to")
-            .arg(&persist)
-            .args([
-                "--test-scheduled",
-                "--show-interactive-dev-session=false",
-                "--log-level",
-                "log",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
-            .stderr(Stdio::from(log));
-        if opts.own_process_group {
-            cmd.process_group(0);
-        }
         let spawned = Instant::now();
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("starting wrangler dev: {e}"))?;
+        let child = launch.spawn(false)?;
         let mut stack = Stack {
             api: format!("http://127.0.0.1:{port}"),
             sim,
@@ -413,18 +538,55 @@ impl Stack {
             child: Some(child),
             keep_state: opts.keep_state.into(),
             own_group: opts.own_process_group,
+            launch,
         };
         stack.wait_healthy(
-            if opts.cron_only {
-                "/runs"
-            } else {
-                "/api/health"
-            },
-            opts.expect_healthy,
+            stack.launch.health_path(),
+            stack.launch.expect_healthy,
             Duration::from_secs(90),
         )?;
         stack.started_in = spawned.elapsed();
         Ok(stack)
+    }
+
+    /// Crashes the stack and starts it again: wrangler and its workerd are killed with SIGKILL
+    /// (no clean shutdown: in-flight requests, batches and queued messages are cut off), then
+    /// `wrangler dev` starts again on the same state directory, ports and configs, re-derived
+    /// with `overrides` on top of the variables the stack started with (an empty map restores
+    /// them), and is waited for like at the start. Migrations and seeds are not run again. The
+    /// simulator keeps running: the provider does not restart when we do. `started_in` becomes
+    /// the time from this spawn to healthy.
+    pub fn restart(&mut self, overrides: BTreeMap<String, String>) -> Result<(), String> {
+        if !self.own_group {
+            return Err("restart needs a stack in a process group of its own".into());
+        }
+        if let Some(child) = self.child.take() {
+            kill_process(child, true);
+        }
+        wait_port_free(self.launch.port, Duration::from_secs(20))?;
+        wait_port_free(self.launch.inspector, Duration::from_secs(20))?;
+        self.launch.derive(&overrides)?;
+        {
+            use std::io::Write;
+            let mut log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.state_dir.join("wrangler.log"))
+                .map_err(|e| e.to_string())?;
+            let _ = writeln!(
+                log,
+                "=== e2e: stack killed (SIGKILL) and restarted with overrides {overrides:?} ==="
+            );
+        }
+        let spawned = Instant::now();
+        self.child = Some(self.launch.spawn(true)?);
+        self.wait_healthy(
+            self.launch.health_path(),
+            self.launch.expect_healthy,
+            Duration::from_secs(90),
+        )?;
+        self.started_in = spawned.elapsed();
+        Ok(())
     }
 
     fn wait_healthy(&mut self, path: &str, need_200: bool, limit: Duration) -> Result<(), String> {
@@ -533,6 +695,13 @@ impl Stack {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether wrangler has exited (`cargo xtask dev` watches it).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| !matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Blocks until wrangler exits (for `cargo xtask dev`).
     pub fn wait(&mut self) {
         if let Some(child) = self.child.as_mut() {
@@ -569,6 +738,20 @@ pub(crate) fn stop_process(mut child: Child, own_group: bool) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let _ = Command::new("kill")
+        .args(["-s", "KILL", "--", &group])
+        .status();
+    let _ = child.wait();
+}
+
+/// Kills a `wrangler dev` at once (SIGKILL), with the workerd it started when it leads its own
+/// process group: a crash, not a clean stop.
+pub(crate) fn kill_process(mut child: Child, own_group: bool) {
+    let group = if own_group {
+        format!("-{}", child.id())
+    } else {
+        child.id().to_string()
+    };
     let _ = Command::new("kill")
         .args(["-s", "KILL", "--", &group])
         .status();

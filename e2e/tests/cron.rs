@@ -16,6 +16,12 @@ const TASKS_USER: &str = "22222222-2222-4222-8222-222222222222";
 const LOST: &str = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
 const OVERDUE: &str = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb";
 const DEAD: &str = "cccccccc-cccc-4ccc-8ccc-cccccccccccc";
+/// Completed without its settlement: a violation the auditor must report.
+const BROKEN: &str = "eeeeeeee-eeee-4eee-8eee-eeeeeeeeeeee";
+/// Owns the broken task, so no other case's balance sees it.
+const AUDIT_USER: &str = "33333333-3333-4333-8333-333333333333";
+/// Claimed, but whether the provider took it is unknown (no provider id in D1).
+const UNKNOWN: &str = "dddddddd-dddd-4ddd-8ddd-dddddddddddd";
 const CACHE_MAX_AGE_SECS: u64 = 25;
 
 fn seed(s: &Seed) -> Result<(), String> {
@@ -31,7 +37,8 @@ fn seed(s: &Seed) -> Result<(), String> {
     };
     let sql = format!(
         "INSERT INTO users (id, email, name, credits, created_at, updated_at) VALUES
-           ('{ORDERS_USER}', 'cron-orders@e2e.test', 'Orders', 0, 0, 0), ('{TASKS_USER}', 'cron-tasks@e2e.test', 'Tasks', 0, 0, 0);
+           ('{ORDERS_USER}', 'cron-orders@e2e.test', 'Orders', 0, 0, 0), ('{TASKS_USER}', 'cron-tasks@e2e.test', 'Tasks', 0, 0, 0),
+           ('{AUDIT_USER}', 'cron-audit@e2e.test', 'Audit', 0, 0, 0);
          INSERT INTO orders (id, user_id, amount, currency, status, payment_provider, credits, product_id, created_at, updated_at)
            WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000)
            SELECT 'ord_seed_' || i, '{ORDERS_USER}', 499, 'USD', CASE WHEN i <= 7000 THEN 'pending' ELSE 'completed' END,
@@ -40,6 +47,7 @@ fn seed(s: &Seed) -> Result<(), String> {
          UPDATE orders SET payment_id = 'ch_seed_late' WHERE id = 'ord_seed_1';
          INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, created_at)
            VALUES ('gift:seed', '{TASKS_USER}', 10, 'gift', 'signup', '{TASKS_USER}', 0);
+         {}
          {}
          {}
          {}
@@ -60,12 +68,21 @@ fn seed(s: &Seed) -> Result<(), String> {
          INSERT INTO signin_logs (id, user_id, ip_address, created_at)
            WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50)
            SELECT 'sl_' || i, '{ORDERS_USER}', '127.0.0.1', {now} - 200 * 86400 FROM n;
+         INSERT INTO webhook_events (id, provider, event_id, event_type, payload, status, received_at) VALUES
+           ('whe_stuck_1', 'creem', 'evt_stuck_1', 'dispute.created',
+            '{{\"id\":\"evt_stuck_1\",\"eventType\":\"dispute.created\",\"created_at\":1700000000000,\"object\":{{\"object\":\"dispute\",\"id\":\"dp_stuck\"}}}}',
+            'received', {now} - 7200);
+         INSERT INTO ai_tasks (id, task_no, user_id, status, input_params, external_provider, external_task_id, cost, deadline_at, created_at, updated_at)
+           VALUES ('{BROKEN}', 'T-{BROKEN}', '{AUDIT_USER}', 'completed', '{{}}', 'kie_4o', 'x', 2, {now}, {now}, {now});
+         INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, created_at)
+           VALUES ('reserve:{BROKEN}', '{AUDIT_USER}', -2, 'reserve', 'task', '{BROKEN}', {now});
          INSERT INTO cron_runs (id, job, schedule, started_at, finished_at)
            WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20)
            SELECT 'run_old_' || i, 'retention', '17 3 * * *', ({now} - 40 * 86400) * 1000, ({now} - 40 * 86400) * 1000 FROM n;",
         task(LOST, "pending", &format!("{now} + 600"), "NULL"),
         task(OVERDUE, "processing", &format!("{now} - 10"), "'stale-x'"),
         task(DEAD, "pending", &format!("{now} - 10"), "NULL"),
+        task(UNKNOWN, "submitted", &format!("{now} + 600"), "NULL"),
     );
     s.d1(&sql)?;
     let png = sim::result_png("cached", 0);
@@ -215,12 +232,12 @@ fn clean_r2_cache_in_bounded_runs(stack: &Stack) -> Result<(), Failed> {
 fn reconcile_recovers_and_fails_stuck_tasks(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let token = c.session(ADMIN_TOKEN, TASKS_USER);
-    eq(c.balance(&token), 4, "three holds of 2 on a gift of 10")?;
+    eq(c.balance(&token), 2, "four holds of 2 on a gift of 10")?;
     let first = run_job(&c, "reconcile_tasks")?["summary"].clone();
     eq(
         first["changed"].as_u64(),
         Some(3),
-        &format!("two failed, one re-enqueued: {first}"),
+        &format!("two failed, one re-enqueued, the uncertain one left alone: {first}"),
     )?;
     let overdue = c.get(&format!("/api/tasks/{OVERDUE}"), Some(&token)).json();
     eq(
@@ -242,11 +259,20 @@ fn reconcile_recovers_and_fails_stuck_tasks(stack: &Stack) -> Result<(), Failed>
     )?;
     eq(
         c.balance(&token),
-        8,
-        "failed holds released, the completed task charged once",
+        6,
+        "failed holds released, the completed task charged once, the uncertain one still held",
     )?;
     let again = run_job(&c, "reconcile_tasks")?["summary"].clone();
     eq(again["changed"].as_u64(), Some(0), "nothing left to do")?;
+    // a task the provider may have taken is never created there again: it waits for the
+    // provider's callback or its deadline
+    let unknown = c.get(&format!("/api/tasks/{UNKNOWN}"), Some(&token)).json();
+    eq(unknown["status"].as_str(), Some("submitted"), "left as it is")?;
+    eq(
+        stack.sim.stats().creates_by_prompt.get(&format!("reconcile {UNKNOWN}")).copied(),
+        None,
+        "not submitted again",
+    )?;
     Ok(())
 }
 
@@ -304,6 +330,52 @@ fn expire_subscriptions_and_retention(stack: &Stack) -> Result<(), Failed> {
     Ok(())
 }
 
+/// An event whose message was lost is found and applied by the event reconciler; the auditor
+/// reports a task that completed without its settlement, with its rows, through the route, the
+/// CLI and the scheduled job.
+fn stuck_events_are_requeued_and_the_auditor_reports_violations(
+    stack: &Stack,
+) -> Result<(), Failed> {
+    let c = stack.client();
+    let first = run_job(&c, "reconcile_events")?["summary"].clone();
+    eq(first["changed"].as_u64(), Some(1), &format!("one stuck event re-queued: {first}"))?;
+    let applied = || {
+        c.get("/admin/webhook-events?status=applied&limit=200", Some(ADMIN_TOKEN)).json()["webhook_events"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["event_id"] == "evt_stuck_1"))
+    };
+    let started = std::time::Instant::now();
+    while !applied() {
+        ensure(started.elapsed() < Duration::from_secs(30), "the stuck event is applied")?;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let again = run_job(&c, "reconcile_events")?["summary"].clone();
+    eq(again["changed"].as_u64(), Some(0), "nothing left to re-queue")?;
+
+    let report = c.get("/admin/audit", Some(ADMIN_TOKEN));
+    eq(report.status, 200, &report.text())?;
+    let report = report.json();
+    eq(report["ok"].as_bool(), Some(false), "a violation is reported")?;
+    let found = report["violations"].as_array().cloned().unwrap_or_default();
+    ensure(
+        found.iter().any(|v| v["check"] == "completed_tasks_settled" && v["subject"] == BROKEN),
+        format!("the broken task, with its rows: {found:?}"),
+    )?;
+    ensure(
+        !found.iter().any(|v| v["check"] == "no_event_stuck"),
+        format!("no stuck event once reconciled: {found:?}"),
+    )?;
+    ensure(report["ledger_rows"].as_i64().is_some_and(|n| n > 0), "ledger rows counted")?;
+    let (ok, out) = stack.cli(&["audit"]);
+    ensure(!ok && out.contains(BROKEN), format!("the CLI fails and names it: {out}"))?;
+    let run = run_job(&c, "audit_ledger")?;
+    ensure(
+        run["summary"]["violations"].as_u64().is_some_and(|n| n >= 1),
+        format!("the scheduled auditor records it: {run}"),
+    )?;
+    Ok(())
+}
+
 fn main() {
     let mut options = StackOptions::default();
     for (k, v) in [
@@ -333,6 +405,10 @@ fn main() {
             (
                 "expire_subscriptions_and_retention",
                 expire_subscriptions_and_retention,
+            ),
+            (
+                "stuck_events_are_requeued_and_the_auditor_reports_violations",
+                stuck_events_are_requeued_and_the_auditor_reports_violations,
             ),
         ],
     )

@@ -526,6 +526,66 @@ fn every_message_logs_one_structured_line(stack: &Stack) -> Result<(), Failed> {
     Ok(())
 }
 
+/// A provider that says it cannot answer for a task (record-info 404) ends it at once: failed
+/// with the provider's word, hold released, not dead-lettered to wait for an operator.
+fn a_permanent_record_error_fails_the_task_at_once(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let (_, token) = c.new_user(ADMIN_TOKEN, 10);
+    let id = submit(&c, &token, "waits forever [sim:stuck]");
+    let started = Instant::now();
+    while c.get(&format!("/api/tasks/{id}"), Some(&token)).json()["status"] != "processing" {
+        ensure(started.elapsed() < WAIT, "the task reaches processing")?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eq(c.balance(&token), 8, "held")?;
+    let r = c.post_json(
+        "/admin/queues/tasks/messages",
+        Some(ADMIN_TOKEN),
+        &json!({"messages": [{"v": 1, "type": "task.poll", "task_id": id, "model": "kie_4o",
+                              "external_id": "no-such-provider-task", "deadline_at": 9_999_999_999i64,
+                              "attempt": 0, "failures": 0, "follow_up": false}]}),
+    );
+    eq(r.status, 202, &format!("inject: {}", r.text()))?;
+    let task = c.wait_task(&token, &id, Duration::from_secs(30));
+    eq(task["status"].as_str(), Some("failed"), &format!("{task}"))?;
+    ensure(
+        task["failure_reason"].as_str().is_some_and(|r| r.contains("404")),
+        format!("the provider's answer is the reason: {task}"),
+    )?;
+    eq(c.balance(&token), 10, "hold released")?;
+    Ok(())
+}
+
+/// Who pays and how much come from the task row, never from a message: a hand-made message
+/// carrying a user and an amount is refused as malformed, and settles nothing.
+fn money_never_rides_in_a_message(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let (victim, v_token) = c.new_user(ADMIN_TOKEN, 10);
+    let (_, token) = c.new_user(ADMIN_TOKEN, 10);
+    let id = submit(&c, &token, "settled once");
+    let task = c.wait_task(&token, &id, WAIT);
+    eq(task["status"].as_str(), Some("completed"), "completed")?;
+    let r = c.post_json(
+        "/admin/queues/tasks/messages",
+        Some(ADMIN_TOKEN),
+        &json!({"messages": [
+            {"v": 1, "type": "task.store", "task_id": id, "user_id": victim, "cost": 1_000, "model": "kie_4o",
+             "external_id": "x", "deadline_at": 9_999_999_999i64, "urls": [], "attempt": 0},
+            {"v": 1, "type": "task.store", "task_id": id, "model": "kie_4o",
+             "external_id": "x", "deadline_at": 9_999_999_999i64, "urls": [], "attempt": 0},
+        ]}),
+    );
+    eq(r.status, 202, &format!("inject: {}", r.text()))?;
+    ensure(
+        dead_letter_for(&c, "error_class=parse_error", &id, Duration::from_secs(30)).is_some(),
+        "the message with money in it is refused",
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    eq(c.balance(&v_token), 10, "nobody else pays")?;
+    eq(c.balance(&token), 8, "and the owner once")?;
+    Ok(())
+}
+
 fn main() {
     let mut options = StackOptions::default();
     for (k, v) in [
@@ -565,6 +625,14 @@ fn main() {
                 garbage_is_archived_and_neighbours_complete,
             ),
             ("failed_tasks_can_be_retried", failed_tasks_can_be_retried),
+            (
+                "a_permanent_record_error_fails_the_task_at_once",
+                a_permanent_record_error_fails_the_task_at_once,
+            ),
+            (
+                "money_never_rides_in_a_message",
+                money_never_rides_in_a_message,
+            ),
             (
                 "every_message_logs_one_structured_line",
                 every_message_logs_one_structured_line,

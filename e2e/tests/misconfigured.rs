@@ -1,5 +1,7 @@
 //! A worker with invalid configuration answers every request with one JSON 503 `misconfigured`
-//! and logs what is wrong once per request; it never panics or serves with a bad catalogue.
+//! and logs what is wrong once per request; it never panics or serves with a bad configuration.
+//! The broken setting here is a `JWT_SECRET` too short to sign sessions safely (the catalogue is
+//! no longer configuration: it lives in D1).
 
 use e2e::check::{ensure, eq};
 use e2e::stack::{Stack, StackOptions};
@@ -7,7 +9,12 @@ use libtest_mimic::Failed;
 
 fn misconfiguration_is_a_503_with_a_clear_log_line(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
-    for path in ["/api/balance", "/api/tasks/anything", "/admin/users"] {
+    for path in [
+        "/api/balance",
+        "/api/tasks/anything",
+        "/admin/users",
+        "/api/catalog",
+    ] {
         let r = c.get(path, Some("whatever"));
         eq(
             (r.status, r.code()),
@@ -15,15 +22,17 @@ fn misconfiguration_is_a_503_with_a_clear_log_line(stack: &Stack) -> Result<(), 
             path,
         )?;
         ensure(
-            !r.text().contains("CATALOG"),
+            !r.text().contains("JWT_SECRET"),
             "the cause is not shown to clients",
         )?;
     }
     let lines = stack.events(Some("api.misconfigured"));
     ensure(
-        lines
-            .iter()
-            .any(|l| l["cause"].as_str().is_some_and(|c| c.contains("CATALOG"))),
+        lines.iter().any(|l| {
+            l["cause"]
+                .as_str()
+                .is_some_and(|c| c.contains("JWT_SECRET"))
+        }),
         format!("the log names the problem: {lines:?}"),
     )?;
     Ok(())
@@ -34,10 +43,10 @@ fn main() {
         expect_healthy: false,
         ..StackOptions::default()
     };
-    options.vars.insert(
-        "CATALOG".into(),
-        r#"{"packs": [{"id": "broken"}], "plans": []}"#.into(),
-    );
+    // shorter than the 32 characters the api requires
+    options
+        .vars
+        .insert("JWT_SECRET".into(), "too-short-secret".into());
     e2e::suite::run(
         options,
         |_| {},

@@ -15,6 +15,16 @@ fn submit(c: &Client, token: &str, body: Value) -> e2e::client::Reply {
     c.post_json("/api/tasks", Some(token), &body)
 }
 
+/// The simulator refuses what the real kie.ai would refuse: our code must have sent nothing of it.
+fn nothing_refused_by_the_provider(stack: &Stack) -> Result<(), Failed> {
+    let refused = stack.sim.stats().refused;
+    ensure(
+        refused.is_empty(),
+        format!("the provider refused our requests: {refused:?}"),
+    )?;
+    Ok(())
+}
+
 fn golden_path_4o(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 10);
@@ -132,7 +142,7 @@ fn golden_path_4o(stack: &Stack) -> Result<(), Failed> {
         Some(1),
         "one provider submission",
     )?;
-    Ok(())
+    nothing_refused_by_the_provider(stack)
 }
 
 fn kontext_with_upload(stack: &Stack) -> Result<(), Failed> {
@@ -170,7 +180,136 @@ fn kontext_with_upload(stack: &Stack) -> Result<(), Failed> {
     let fetched = c.get(&inputs[0], None);
     eq(fetched.status, 200, "provider can fetch the upload")?;
     ensure(fetched.body == input, "upload bytes round-trip")?;
-    Ok(())
+    nothing_refused_by_the_provider(stack)
+}
+
+/// Each model takes the sizes its provider API accepts: a size it does not is a 422 naming
+/// `size` and listing that model's sizes, never changed into another, and nothing is held or
+/// sent. A size it accepts goes through to the provider as it is.
+fn sizes_are_checked_per_model(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let (_, token) = c.new_user(ADMIN_TOKEN, 10);
+    let kontext_sizes = "21:9, 16:9, 4:3, 1:1, 3:4, 9:16";
+    for (model, size, listed) in [
+        ("kie_kontext", "3:2", kontext_sizes),
+        ("kie_kontext", "2:3", kontext_sizes),
+        ("kie_4o", "16:9", "1:1, 3:2, 2:3"),
+    ] {
+        let prompt = format!("sizes: {model} at {size}");
+        let r = submit(
+            &c,
+            &token,
+            json!({"prompt": prompt, "model": model, "size": size}),
+        );
+        let err = r.json();
+        eq(
+            (
+                r.status,
+                err.pointer("/error/field").and_then(Value::as_str),
+            ),
+            (422, Some("size")),
+            &format!("{model} {size}: {}", r.text()),
+        )?;
+        let message = err
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        ensure(
+            message.contains(model) && message.contains(listed),
+            format!("{model} {size}: the message lists what {model} accepts: {message}"),
+        )?;
+        eq(
+            stack.sim.stats().creates_by_prompt.get(&prompt).copied(),
+            None,
+            "nothing sent to the provider",
+        )?;
+    }
+    // the same through a multipart submission
+    let (ct, body) = multipart(
+        &[
+            ("prompt", "sizes: multipart"),
+            ("model", "kie_kontext"),
+            ("size", "3:2"),
+        ],
+        &[],
+    );
+    let r = c.send("POST", "/api/tasks", Some(&token), &[], Some((&ct, &body)));
+    eq(
+        (
+            r.status,
+            r.json()
+                .pointer("/error/field")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        ),
+        (422, Some("size".to_owned())),
+        &format!("multipart kontext 3:2: {}", r.text()),
+    )?;
+    eq(c.balance(&token), 10, "refused submissions hold nothing")?;
+
+    // sizes only one model has go through for that model, unchanged
+    let mut ids = Vec::new();
+    for (model, size) in [("kie_kontext", "9:16"), ("kie_4o", "3:2")] {
+        let prompt = format!("sizes: {model} at {size}");
+        let r = submit(
+            &c,
+            &token,
+            json!({"prompt": prompt, "model": model, "size": size}),
+        );
+        eq(r.status, 202, &format!("{model} {size}: {}", r.text()))?;
+        ids.push((
+            prompt,
+            size,
+            r.json()["id"].as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    for (prompt, size, id) in &ids {
+        let task = c.wait_task(&token, id, WAIT);
+        eq(
+            task["status"].as_str(),
+            Some("completed"),
+            &format!("final {task}"),
+        )?;
+        eq(
+            stack.sim.stats().sizes_by_prompt.get(prompt).cloned(),
+            Some((*size).to_owned()),
+            &format!("{prompt}: the provider got the size asked for"),
+        )?;
+    }
+    eq(c.balance(&token), 5, "kontext 3 + 4o 2")?;
+
+    // and the contract says the same, per model
+    let doc = c.get("/api/openapi.json", None).json();
+    let documented: Vec<(String, Value)> = doc
+        .pointer("/components/schemas/NewTask/oneOf")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|v| {
+            (
+                v.pointer("/properties/model/const")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                v.pointer("/properties/size/enum")
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    eq(
+        documented,
+        vec![
+            ("kie_4o".to_owned(), json!(["1:1", "3:2", "2:3"])),
+            (
+                "kie_kontext".to_owned(),
+                json!(["21:9", "16:9", "4:3", "1:1", "3:4", "9:16"]),
+            ),
+        ],
+        "NewTask documents each model's sizes",
+    )?;
+    nothing_refused_by_the_provider(stack)
 }
 
 fn failed_generation_restores_balance(stack: &Stack) -> Result<(), Failed> {
@@ -1014,6 +1153,7 @@ fn main() {
         vec![
             ("golden_path_4o", golden_path_4o),
             ("kontext_with_upload", kontext_with_upload),
+            ("sizes_are_checked_per_model", sizes_are_checked_per_model),
             (
                 "failed_generation_restores_balance",
                 failed_generation_restores_balance,

@@ -8,9 +8,14 @@ use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN, FILES_SIGNING_KEY};
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
 use shared::signing::{callback_token, kie_callback_signature};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(60);
+/// How long replayed messages may take to be handled (delivered in the queue's next batch).
+const REPLAY_WAIT: Duration = Duration::from_secs(30);
+/// The attempt the replayed poll carries, so its log line is its own.
+const REPLAYED_POLL_ATTEMPT: u64 = 100;
 const WEBHOOK_SECRET: &str = "e2e-kie-webhook-secret";
 
 fn submit(c: &Client, token: &str, prompt: &str, model: &str) -> String {
@@ -29,6 +34,15 @@ fn count(stack: &Stack, event: &str, task: &str) -> usize {
         .iter()
         .filter(|e| e["task_id"] == task)
         .count()
+}
+
+/// The ids of every queue message handled so far.
+fn message_ids(stack: &Stack) -> HashSet<String> {
+    stack
+        .events(Some("message"))
+        .iter()
+        .filter_map(|m| m["message_id"].as_str().map(str::to_owned))
+        .collect()
 }
 
 fn now() -> u64 {
@@ -136,16 +150,66 @@ fn duplicates_change_nothing_twice(stack: &Stack) -> Result<(), Failed> {
     let detail = c
         .get(&format!("/admin/tasks/{id}"), Some(ADMIN_TOKEN))
         .json();
-    let poll = json!({"v": 1, "type": "task.poll", "task_id": id, "user_id": detail["user_id"], "model": "kie_4o",
-        "external_id": detail["external_task_id"], "cost": 2, "deadline_at": now() + 600, "attempt": 0});
+    // The replayed polls carry an attempt no poll of the task's own chain reaches (it completed
+    // by callback, before its first 12 s poll), so their log lines are told apart from a late
+    // poll of that chain; the replayed submits are the only submits handled from here on.
+    // (A poll carries no user and no cost: those come from the task row.)
+    let poll = json!({"v": 1, "type": "task.poll", "task_id": id, "model": "kie_4o",
+        "external_id": detail["external_task_id"], "deadline_at": now() + 600, "attempt": REPLAYED_POLL_ATTEMPT});
     let submit_again = json!({"v": 1, "type": "task.submit", "task_id": id, "attempt": 0});
+    let handled_before = message_ids(stack);
     let r = c.post_json(
         "/admin/queues/tasks/messages",
         Some(ADMIN_TOKEN),
         &json!({"messages": [submit_again, submit_again, poll, poll]}),
     );
     eq(r.status, 202, "inject")?;
-    std::thread::sleep(Duration::from_secs(4));
+    // every replayed message handled (its log line is written once it is acked) before the
+    // balance is compared: otherwise "charged nothing" holds just as well if nothing ran
+    let replayed = |kind: &str| -> usize {
+        stack
+            .events(Some("message"))
+            .iter()
+            .filter(|m| {
+                m["task_id"] == id.as_str()
+                    && m["type"] == kind
+                    && m["message_id"]
+                        .as_str()
+                        .is_some_and(|mid| !handled_before.contains(mid))
+                    && (kind != "task.poll" || m["attempt"] == REPLAYED_POLL_ATTEMPT)
+            })
+            .count()
+    };
+    let started = Instant::now();
+    while (replayed("task.submit") < 2 || replayed("task.poll") < 2)
+        && started.elapsed() < REPLAY_WAIT
+    {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (submits, polls) = (replayed("task.submit"), replayed("task.poll"));
+    if submits < 2 || polls < 2 {
+        // what did happen to the messages handled since: a replay that does not parse is
+        // dead-lettered without a task id
+        let since: Vec<String> = stack
+            .events(Some("message"))
+            .iter()
+            .filter(|m| {
+                m["message_id"]
+                    .as_str()
+                    .is_some_and(|mid| !handled_before.contains(mid))
+            })
+            .map(|m| {
+                format!(
+                    "{} {} attempt {} -> {} {}",
+                    m["type"], m["task_id"], m["attempt"], m["decision"], m["error"]
+                )
+            })
+            .collect();
+        return Err(format!(
+            "replayed messages handled within {REPLAY_WAIT:?}: {submits} of 2 submits, {polls} of 2 polls; handled since: {since:#?}"
+        )
+        .into());
+    }
     eq(c.balance(&token), 13, "replayed messages charged nothing")?;
     eq(
         stack.sim.stats().creates_by_prompt.get(*prompt).copied(),

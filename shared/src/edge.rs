@@ -19,6 +19,10 @@ use worker::{
 pub struct IoCounts {
     pub d1_round_trips: Cell<u32>,
     pub d1_statements: Cell<u32>,
+    /// Rows D1 read and wrote (`meta.rows_read` / `rows_written`; index updates count as rows
+    /// written): what D1 bills.
+    pub d1_rows_read: Cell<u32>,
+    pub d1_rows_written: Cell<u32>,
     pub r2: Cell<u32>,
     pub kv: Cell<u32>,
     pub fetch: Cell<u32>,
@@ -58,6 +62,8 @@ impl IoCounts {
         serde_json::json!({
             "d1_round_trips": self.d1_round_trips.get(),
             "d1_statements": self.d1_statements.get(),
+            "d1_rows_read": self.d1_rows_read.get(),
+            "d1_rows_written": self.d1_rows_written.get(),
             "r2": self.r2.get(),
             "kv": self.kv.get(),
             "fetch": self.fetch.get(),
@@ -148,6 +154,15 @@ impl Db {
             .step("bind statement")
     }
 
+    /// Adds a result's billed rows to the counts.
+    fn rows_billed(&self, result: &D1Result) {
+        if let Ok(Some(meta)) = result.meta() {
+            let n = |v: Option<usize>| u32::try_from(v.unwrap_or(0)).unwrap_or(u32::MAX);
+            bump(&self.io.d1_rows_read, n(meta.rows_read));
+            bump(&self.io.d1_rows_written, n(meta.rows_written));
+        }
+    }
+
     fn count(&self, statements: usize) {
         bump(&self.io.d1_round_trips, 1);
         bump(
@@ -167,6 +182,7 @@ impl Db {
         let result = self.prepare(stmt)?.all().await.step(format!("d1 {what}"));
         IoCounts::add_ms(&self.io.d1_ms, started);
         let result = result?;
+        self.rows_billed(&result);
         result
             .results::<T>()
             .step(format!("d1 {what}: decode rows"))
@@ -187,7 +203,9 @@ impl Db {
         let started = now_ms();
         let result = self.prepare(stmt)?.run().await.step(format!("d1 {what}"));
         IoCounts::add_ms(&self.io.d1_ms, started);
-        Ok(changes(&result?))
+        let result = result?;
+        self.rows_billed(&result);
+        Ok(changes(&result))
     }
 
     /// Runs statements as one transaction (all or nothing) in one round trip.
@@ -200,6 +218,9 @@ impl Db {
         let started = now_ms();
         let result = self.db.batch(prepared).await.step(format!("d1 {what}"));
         IoCounts::add_ms(&self.io.d1_ms, started);
+        if let Ok(results) = &result {
+            results.iter().for_each(|r| self.rows_billed(r));
+        }
         result
     }
 }

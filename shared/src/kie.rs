@@ -1,11 +1,41 @@
-//! kie.ai's API as the pipeline uses it: what we send and how we read what comes back.
-//! Shapes follow kie.ai's public docs (see `../shared/PLATFORM.md`); the local simulator in
-//! `sim/` speaks the same shapes.
+//! kie.ai's API as the pipeline uses it: what we send and how we read what comes back, and the
+//! one table of what each model accepts. Shapes follow kie.ai's public docs (docs.kie.ai: "4o
+//! Image API" and "Flux Kontext API"); `docs/PROVIDERS.md` lists what the integration relies on
+//! that those docs do not confirm. The local simulator in `sim/` checks every request against
+//! the documented schemas on its own (it does not use this table) and refuses what kie.ai would.
 
 use crate::model::Model;
 use crate::retry::Failure;
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+/// GPT-4o image `size`: required, one of these.
+pub const GPT4O_SIZES: &[&str] = &["1:1", "3:2", "2:3"];
+/// Flux Kontext `aspectRatio`: one of these. Not 3:2 or 2:3.
+pub const KONTEXT_ASPECT_RATIOS: &[&str] = &["21:9", "16:9", "4:3", "1:1", "3:4", "9:16"];
+/// Flux Kontext `model`: `flux-kontext-pro` or `flux-kontext-max`.
+pub const KONTEXT_MODEL: &str = "flux-kontext-pro";
+/// Flux Kontext `outputFormat`: `jpeg` or `png`.
+pub const KONTEXT_OUTPUT_FORMAT: &str = "png";
+/// GPT-4o image `nVariants`: 1, 2 or 4. One result per task.
+pub const GPT4O_VARIANTS: u8 = 1;
+
+/// The sizes a model accepts. A task's `size` is sent to the provider as it is (GPT-4o `size`,
+/// Flux Kontext `aspectRatio`), so a submission with any other size is refused
+/// (`submit::parse`), never mapped onto another.
+pub fn sizes(model: Model) -> &'static [&'static str] {
+    match model {
+        Model::Kie4o => GPT4O_SIZES,
+        Model::KieKontext => KONTEXT_ASPECT_RATIOS,
+    }
+}
+
+/// The size of a submission that names none: one the model accepts.
+pub fn default_size(model: Model) -> &'static str {
+    match model {
+        Model::Kie4o | Model::KieKontext => "1:1",
+    }
+}
 
 /// Where to create a task and where to ask about it.
 pub fn endpoints(model: Model) -> (&'static str, &'static str) {
@@ -21,7 +51,10 @@ pub fn endpoints(model: Model) -> (&'static str, &'static str) {
     }
 }
 
-/// The create-task body. `image_urls` are already URLs the provider can fetch.
+/// The create-task body: only documented fields. `size` is one of [`sizes`] for the model
+/// (checked when the task was submitted); `image_urls` are already URLs the provider can fetch
+/// (GPT-4o `filesUrl`, at most 5, left out when there are none; Flux Kontext `inputImage`, the
+/// first).
 pub fn create_body(
     model: Model,
     prompt: &str,
@@ -31,17 +64,19 @@ pub fn create_body(
 ) -> Value {
     let mut body = match model {
         Model::Kie4o => {
-            json!({ "prompt": prompt, "size": size, "nVariants": 1, "filesUrl": image_urls })
+            json!({ "prompt": prompt, "size": size, "nVariants": GPT4O_VARIANTS })
         }
         Model::KieKontext => json!({
             "prompt": prompt,
-            "model": "flux-kontext-pro",
+            "model": KONTEXT_MODEL,
             "aspectRatio": size,
-            "outputFormat": "png",
+            "outputFormat": KONTEXT_OUTPUT_FORMAT,
         }),
     };
-    if let (Model::KieKontext, Some(first)) = (model, image_urls.first()) {
-        body["inputImage"] = json!(first);
+    match (model, image_urls.first()) {
+        (_, None) => {}
+        (Model::Kie4o, Some(_)) => body["filesUrl"] = json!(image_urls),
+        (Model::KieKontext, Some(first)) => body["inputImage"] = json!(first),
     }
     if let Some(url) = callback {
         body["callBackUrl"] = json!(url);
@@ -105,6 +140,20 @@ pub fn parse_created(body: &[u8]) -> Result<String, Failure> {
         .ok_or_else(|| {
             Failure::transient("malformed_response", "create response has no data.taskId")
         })
+}
+
+/// Whether a failed create call may still have created the task at the provider: no answer
+/// (a timeout or a network error after sending), or an answer we could not read. Creating it
+/// again could pay the provider twice, so such a task is never re-submitted. Any other failure
+/// is an answer that says the task was not taken.
+pub fn create_may_have_reached_provider(f: &Failure) -> bool {
+    matches!(
+        f,
+        Failure::Transient {
+            class: "timeout" | "network" | "malformed_response",
+            ..
+        }
+    )
 }
 
 /// Where a provider task stands.
@@ -200,7 +249,6 @@ fn string_list(v: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Where kie.ai should post when a task finishes: our webhook route with the task and its token.
 /// record-info's URL for a provider task (the id percent-encoded: it is the provider's text).
 pub fn record_url(base: &str, model: Model, external_id: &str) -> String {
     let mut id = String::with_capacity(external_id.len());
@@ -214,6 +262,9 @@ pub fn record_url(base: &str, model: Model, external_id: &str) -> String {
     format!("{base}{}?taskId={id}", endpoints(model).1)
 }
 
+/// Where kie.ai should post when a task finishes: our webhook route with the task and its token.
+/// This relies on kie.ai keeping the query string (not confirmed by its docs: see
+/// `docs/PROVIDERS.md`); without it the callback is refused and polling still finishes the task.
 pub fn callback_url(base: &str, model: Model, task_id: &str, token: &str) -> String {
     format!(
         "{base}/webhooks/ai/{}?task={task_id}&token={token}",
@@ -238,8 +289,14 @@ mod tests {
 
     #[test]
     fn record_urls_encode_the_provider_id() {
-        assert_eq!(record_url("http://k", Model::Kie4o, "4o-abc_1.2~x"), "http://k/api/v1/gpt4o-image/record-info?taskId=4o-abc_1.2~x");
-        assert_eq!(record_url("http://k", Model::KieKontext, "a b&c=é"), "http://k/api/v1/flux/kontext/record-info?taskId=a%20b%26c%3D%C3%A9");
+        assert_eq!(
+            record_url("http://k", Model::Kie4o, "4o-abc_1.2~x"),
+            "http://k/api/v1/gpt4o-image/record-info?taskId=4o-abc_1.2~x"
+        );
+        assert_eq!(
+            record_url("http://k", Model::KieKontext, "a b&c=é"),
+            "http://k/api/v1/flux/kontext/record-info?taskId=a%20b%26c%3D%C3%A9"
+        );
     }
 
     use super::*;
@@ -250,10 +307,83 @@ mod tests {
         let b = create_body(Model::Kie4o, "a cat", "1:1", &urls, Some("https://cb"));
         assert_eq!(b["filesUrl"][0], "https://x/a.png");
         assert_eq!(b["callBackUrl"], "https://cb");
+        assert_eq!(b["nVariants"], 1);
         let k = create_body(Model::KieKontext, "a cat", "16:9", &urls, None);
         assert_eq!(k["inputImage"], "https://x/a.png");
         assert_eq!(k["aspectRatio"], "16:9");
         assert!(k.get("callBackUrl").is_none());
+        // no images: no filesUrl, no inputImage
+        let bare = create_body(Model::Kie4o, "a cat", "2:3", &[], None);
+        assert!(bare.get("filesUrl").is_none());
+        assert!(create_body(Model::KieKontext, "a", "1:1", &[], None)
+            .get("inputImage")
+            .is_none());
+    }
+
+    /// Only the documented fields, each with a documented value, for every size of every model;
+    /// the size goes through unchanged.
+    #[test]
+    fn create_bodies_use_only_documented_fields_and_values() {
+        let urls = vec!["https://x/a.png".to_owned()];
+        for model in Model::ALL {
+            for size in sizes(model) {
+                let body =
+                    create_body(model, "p", size, &urls, Some("https://cb/x?task=t&token=k"));
+                let obj = body.as_object().unwrap();
+                let (allowed, size_field): (&[&str], &str) = match model {
+                    Model::Kie4o => (
+                        &["prompt", "size", "nVariants", "filesUrl", "callBackUrl"],
+                        "size",
+                    ),
+                    Model::KieKontext => (
+                        &[
+                            "prompt",
+                            "model",
+                            "aspectRatio",
+                            "outputFormat",
+                            "inputImage",
+                            "callBackUrl",
+                        ],
+                        "aspectRatio",
+                    ),
+                };
+                assert!(
+                    obj.keys().all(|k| allowed.contains(&k.as_str())),
+                    "{model}: {body}"
+                );
+                assert_eq!(
+                    body[size_field], *size,
+                    "{model} {size} goes through as it is"
+                );
+                if model == Model::KieKontext {
+                    assert!(["flux-kontext-pro", "flux-kontext-max"]
+                        .contains(&body["model"].as_str().unwrap()));
+                    assert!(["jpeg", "png"].contains(&body["outputFormat"].as_str().unwrap()));
+                } else {
+                    assert!([1, 2, 4].contains(&body["nVariants"].as_u64().unwrap()));
+                    assert!(body["filesUrl"].as_array().unwrap().len() <= 5);
+                }
+            }
+        }
+    }
+
+    /// The documented values, written out here rather than taken from the table they check.
+    #[test]
+    fn each_model_accepts_its_documented_sizes() {
+        assert_eq!(sizes(Model::Kie4o), ["1:1", "3:2", "2:3"]);
+        assert_eq!(
+            sizes(Model::KieKontext),
+            ["21:9", "16:9", "4:3", "1:1", "3:4", "9:16"]
+        );
+        for model in Model::ALL {
+            assert!(
+                sizes(model).contains(&default_size(model)),
+                "{model}'s default size must be one it accepts"
+            );
+        }
+        // the two sizes Flux Kontext does not take
+        assert!(!sizes(Model::KieKontext).contains(&"3:2"));
+        assert!(!sizes(Model::KieKontext).contains(&"2:3"));
     }
 
     #[test]
@@ -291,6 +421,26 @@ mod tests {
     }
 
     #[test]
+    fn only_an_answer_that_refuses_proves_the_task_was_not_created() {
+        assert!(create_may_have_reached_provider(&Failure::transient(
+            "timeout", ""
+        )));
+        assert!(create_may_have_reached_provider(&Failure::transient(
+            "network", ""
+        )));
+        assert!(create_may_have_reached_provider(
+            &parse_created(b"<html>").unwrap_err()
+        ));
+        assert!(!create_may_have_reached_provider(
+            &parse_created(br#"{"code": 455, "msg": "busy"}"#).unwrap_err()
+        ));
+        assert!(!create_may_have_reached_provider(&Failure::transient(
+            "server_error",
+            "503"
+        )));
+    }
+
+    #[test]
     fn gpt4o_records() {
         let gen = br#"{"code":200,"data":{"taskId":"t","status":"GENERATING","progress":"0.40"}}"#;
         assert_eq!(
@@ -323,12 +473,88 @@ mod tests {
             .unwrap(),
             "4o1"
         );
+        // Flux Kontext's documented success, and the documented minimal failures of both APIs
+        // (`info` only on success; whether it is absent or null is not documented: both read)
+        for (body, id) in [
+            (&br#"{"code":200,"msg":"BFL image generated successfully.","data":{"taskId":"kx1","info":{"originImageUrl":"https://o","resultImageUrl":"https://r"}}}"#[..], "kx1"),
+            (br#"{"code":501,"msg":"Image generation task failed","data":{"taskId":"kx2"}}"#, "kx2"),
+            (br#"{"code":400,"msg":"flagged","data":{"taskId":"kx3","info":null}}"#, "kx3"),
+            (br#"{"code":451,"msg":"download failed","data":{"taskId":"4o2"}}"#, "4o2"),
+            (br#"{"code":500,"msg":"failed","data":{"taskId":"4o3","info":null}}"#, "4o3"),
+        ] {
+            assert_eq!(parse_callback(body).unwrap(), id);
+        }
         assert!(parse_callback(b"{").is_err());
         assert!(parse_callback(br#"{"code":200,"data":{}}"#).is_err());
         assert_eq!(
             callback_url("https://api", Model::Kie4o, "t1", "abc"),
             "https://api/webhooks/ai/kie_4o?task=t1&token=abc"
         );
+    }
+
+    /// record-info as kie.ai's docs show it, every field included (nulls where it has none).
+    #[test]
+    fn documented_record_info_examples() {
+        let gen_4o = br#"{"code":200,"msg":"success","data":{"taskId":"task_4o_abc123","paramJson":"{\"prompt\":\"x\",\"size\":\"1:1\"}","completeTime":null,"response":null,"successFlag":0,"status":"GENERATING","errorCode":null,"errorMessage":null,"createTime":1755572609000,"progress":"0.48"}}"#;
+        assert_eq!(
+            parse_record(Model::Kie4o, gen_4o).unwrap(),
+            Progress::Generating
+        );
+        let ok_4o = br#"{"code":200,"msg":"success","data":{"taskId":"task_4o_abc123","paramJson":"{}","completeTime":1755572709000,"response":{"resultUrls":["https://example.com/r1.png"]},"successFlag":1,"status":"SUCCESS","errorCode":null,"errorMessage":null,"createTime":1755572609000,"progress":"1.00"}}"#;
+        assert_eq!(
+            parse_record(Model::Kie4o, ok_4o).unwrap(),
+            Progress::Succeeded {
+                urls: vec!["https://example.com/r1.png".into()]
+            }
+        );
+        let create_failed_4o = br#"{"code":200,"msg":"success","data":{"taskId":"t","response":null,"successFlag":2,"status":"CREATE_TASK_FAILED","errorCode":400,"errorMessage":"bad input"}}"#;
+        assert!(matches!(
+            parse_record(Model::Kie4o, create_failed_4o).unwrap(),
+            Progress::Failed {
+                class: "create_task_failed",
+                ..
+            }
+        ));
+        let gen_kx = br#"{"code":200,"msg":"success","data":{"taskId":"task12345","paramJson":"{}","completeTime":null,"response":null,"successFlag":0,"errorCode":null,"errorMessage":"","createTime":"2024-03-20T10:29:00Z"}}"#;
+        assert_eq!(
+            parse_record(Model::KieKontext, gen_kx).unwrap(),
+            Progress::Generating
+        );
+        let ok_kx = br#"{"code":200,"msg":"success","data":{"taskId":"task12345","paramJson":"{\"prompt\":\"A serene mountain landscape\",\"aspectRatio\":\"16:9\"}","completeTime":"2024-03-20T10:30:00Z","response":{"originImageUrl":"https://example.com/original.jpg","resultImageUrl":"https://example.com/result.jpg"},"successFlag":1,"errorCode":null,"errorMessage":"","createTime":"2024-03-20T10:29:00Z"}}"#;
+        assert_eq!(
+            parse_record(Model::KieKontext, ok_kx).unwrap(),
+            Progress::Succeeded {
+                urls: vec!["https://example.com/result.jpg".into()]
+            }
+        );
+        let failed_kx = br#"{"code":200,"msg":"success","data":{"taskId":"t","successFlag":3,"errorCode":501,"errorMessage":"Image generation task failed"}}"#;
+        assert!(matches!(
+            parse_record(Model::KieKontext, failed_kx).unwrap(),
+            Progress::Failed {
+                class: "generate_failed",
+                ..
+            }
+        ));
+        // the documented error envelopes of a create: 401, 402, 422 refused for good, 429, 455 and
+        // 500 worth a retry, 505 (feature disabled) for good
+        for (code, permanent) in [
+            (401, true),
+            (402, true),
+            (404, true),
+            (422, true),
+            (505, true),
+            (429, false),
+            (455, false),
+            (500, false),
+        ] {
+            let body = format!(r#"{{"code":{code},"msg":"m"}}"#);
+            let f = parse_created(body.as_bytes()).unwrap_err();
+            assert_eq!(
+                matches!(f, Failure::Permanent { .. }),
+                permanent,
+                "code {code}"
+            );
+        }
     }
 
     #[test]

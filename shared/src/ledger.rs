@@ -15,10 +15,14 @@
 //!    a replayed settlement changes nothing.
 //! 4. The balance is the sum of all rows minus the unspent part of expired grants
 //!    ([`balance`], [`BALANCE_SQL`]). A trigger stops any grant from being drawn beyond its amount.
-//! 5. A refund claws back what an order granted with one `clawback` row of `-amount` (keyed by
-//!    the order, so once). A clawed-back grant no longer backs consumptions and does not lapse
-//!    again when it expires; what was already spent from it stays spent, so the balance may go
-//!    below zero, and then no hold fits until credits are added.
+//! 5. A refund claws back the refunded share of what a payment granted with one `clawback` row
+//!    per grant, keyed by the grant's entity: at most the grant, and only ever grown by later
+//!    refunds of the same payment, never added twice (see `payments::clawback`). What is left of
+//!    a grant is its amount less its clawback less what consumptions drew from it
+//!    ([`remaining`]): only that backs new consumptions ([`ALLOCATION_SQL`]), and only that lapses
+//!    when the grant expires, so a wholly clawed-back grant neither backs nor lapses. What was
+//!    already spent stays spent, so the balance may go below zero, and then no hold fits until
+//!    credits are added.
 //!
 //! Statements are built here as data ([`Stmt`]) and bound by the workers, so the rule and the
 //! SQL that enforces it sit side by side.
@@ -141,39 +145,45 @@ fn expired(expires_at: Option<i64>, now: i64) -> bool {
     expires_at.is_some_and(|e| e <= now)
 }
 
+/// What is left of a grant of `amount` once `clawed_back` credits were taken back by a refund
+/// and consumptions drew `used`: what it still backs, and what lapses when it expires. Never
+/// below zero (what was spent before a refund stays spent).
+pub fn remaining(amount: i64, clawed_back: i64, used: i64) -> i64 {
+    (amount - clawed_back.max(0) - used).max(0)
+}
+
 /// The spendable balance: every row counts, except what is left unspent of expired grants.
 /// `used(grant_id)` is how much of a grant consumptions have drawn.
 pub fn balance(entries: &[Entry], used: impl Fn(&str) -> i64, now: i64) -> Credits {
-    balance_with_clawbacks(entries, used, |_| false, now)
+    balance_with_clawbacks(entries, used, |_| 0, now)
 }
 
-/// [`balance`] where `clawed_back(grant_id)` says whether a refund took the grant back.
+/// [`balance`] where `clawed_back(grant_id)` is how many credits refunds took back from the grant
+/// (0 when none did): an expired grant lapses only what is left of it ([`remaining`]).
 pub fn balance_with_clawbacks(
     entries: &[Entry],
     used: impl Fn(&str) -> i64,
-    clawed_back: impl Fn(&str) -> bool,
+    clawed_back: impl Fn(&str) -> i64,
     now: i64,
 ) -> Credits {
     let total: i64 = entries.iter().map(|e| e.amount).sum();
     let lapsed: i64 = entries
         .iter()
-        .filter(|e| {
-            e.kind.is_grant() && e.amount > 0 && expired(e.expires_at, now) && !clawed_back(&e.id)
-        })
-        .map(|e| (e.amount - used(&e.id)).max(0))
+        .filter(|e| e.kind.is_grant() && e.amount > 0 && expired(e.expires_at, now))
+        .map(|e| remaining(e.amount, clawed_back(&e.id), used(&e.id)))
         .sum();
     Credits(total - lapsed)
 }
 
-/// The same rule in SQL. `?1` user id, `?2` now. Used inside the reservation statement and by
-/// `GET /api/balance`.
+/// The same rule in SQL. `?1` user id, `?2` now; a grant's clawback is its entity's `clawback`
+/// row (negative). Used inside the reservation statement and by `GET /api/balance`.
 pub const BALANCE_SQL: &str = "(COALESCE((SELECT SUM(amount) FROM credit_records WHERE user_id = ?1), 0)
- - COALESCE((SELECT SUM(g.amount - COALESCE((SELECT SUM(c.amount) FROM credit_consumptions c WHERE c.from_record_id = g.id), 0))
+ - COALESCE((SELECT SUM(MAX(0, g.amount + COALESCE((SELECT SUM(cb.amount) FROM credit_records cb WHERE cb.type = 'clawback'
+                                                     AND cb.entity_type = g.entity_type AND cb.entity_id = g.entity_id), 0)
+                              - COALESCE((SELECT SUM(c.amount) FROM credit_consumptions c WHERE c.from_record_id = g.id), 0)))
              FROM credit_records g
              WHERE g.user_id = ?1 AND g.amount > 0 AND g.type IN ('purchase','gift','subscription')
-               AND g.expires_at IS NOT NULL AND g.expires_at <= ?2
-               AND NOT EXISTS (SELECT 1 FROM credit_records cb WHERE cb.type = 'clawback'
-                               AND cb.entity_type = g.entity_type AND cb.entity_id = g.entity_id)), 0))";
+               AND g.expires_at IS NOT NULL AND g.expires_at <= ?2), 0))";
 
 pub fn balance_query(user: &UserId, now: i64) -> Stmt {
     Stmt::new(
@@ -288,35 +298,29 @@ fn entry_id(kind: &str, task: &TaskId) -> String {
     format!("{kind}:{task}")
 }
 
-/// `WHERE` clause that makes a ledger write for a task happen only if the task is now in
-/// `status`. Settlement and release batches first move the task (a conditional UPDATE), then
-/// write the ledger under this guard: a task that some other path already ended gets no rows.
-fn task_is(status: TaskStatus) -> String {
+/// The task row a settlement or release reads, guarded by the task having reached `status`:
+/// who pays and how much always come from `ai_tasks` (`?4`), never from a message, and a task
+/// that some other path already ended gets no rows.
+fn task_row(status: TaskStatus) -> String {
     format!(
-        "WHERE EXISTS (SELECT 1 FROM ai_tasks WHERE id = ?4 AND status = '{}')",
+        "FROM ai_tasks t WHERE t.id = ?4 AND t.status = '{}'",
         status.as_str()
     )
 }
 
-/// Ends a task's hold (`+cost`), guarded by the task having reached `ended_as`. A second
-/// release for the same task fails on the unique index and aborts its batch.
-pub fn release(
-    task: &TaskId,
-    user: &UserId,
-    cost: Credits,
-    ended_as: TaskStatus,
-    now: i64,
-) -> Stmt {
+/// Ends a task's hold (`+cost` of the task row), guarded by the task having reached
+/// `ended_as`. A second release for the same task fails on the unique index and aborts its batch.
+pub fn release(task: &TaskId, ended_as: TaskStatus, now: i64) -> Stmt {
     Stmt::new(
         format!(
             "INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, note, created_at)
-             SELECT ?1, ?2, ?3, 'release', 'task', ?4, 'hold ended', ?5 {}",
-            task_is(ended_as)
+             SELECT ?1, t.user_id, t.cost, 'release', 'task', t.id, 'hold ended', ?5 {}",
+            task_row(ended_as)
         ),
         vec![
             entry_id("release", task).into(),
-            user.to_string().into(),
-            cost.get().into(),
+            Param::Null,
+            Param::Null,
             task.to_string().into(),
             now.into(),
         ],
@@ -374,69 +378,80 @@ pub fn allocate(cost: Credits, grants: &[Grant], now: i64) -> Allocation {
     }
 }
 
-/// [`allocate`] in SQL: draws `?2` credits for task `?4` from user `?1`'s grants at time `?3`,
-/// one `credit_consumptions` row per grant drawn. Grants are ranked as [`allocate`] ranks them
-/// (live before lapsed; live by earliest expiry, no expiry last; lapsed most recently expired
-/// first; then oldest, then id); each draws the smaller of what it has left and what the grants
-/// before it did not cover. Clawed-back grants back nothing. What no grant covers stays unbacked.
+/// [`allocate`] in SQL: draws completed task `?4`'s cost from its owner's grants at time `?3`,
+/// one `credit_consumptions` row per grant drawn; owner and cost are read from the task row
+/// (`t`), and a task that is not `completed` draws nothing. Grants are ranked as [`allocate`]
+/// ranks them (live before lapsed; live by earliest expiry, no expiry last; lapsed most recently
+/// expired first; then oldest, then id); each draws the smaller of what it has left and what the
+/// grants before it did not cover. What a grant has left is [`remaining`]: its amount less its
+/// clawback less what was drawn, so a partly clawed-back grant backs the rest of it and a wholly
+/// clawed-back one nothing. What no grant covers stays unbacked.
 pub const ALLOCATION_SQL: &str = "INSERT INTO credit_consumptions (id, user_id, amount, from_record_id, entity_type, entity_id, reason, created_at)
- SELECT ?4 || ':' || id, ?1, MIN(remaining, ?2 - drawn_before), id, 'task', ?4, 'generation', ?3
- FROM (SELECT id, remaining,
+ SELECT ?4 || ':' || ranked.id, t.user_id, MIN(ranked.remaining, t.cost - ranked.drawn_before), ranked.id, 'task', ?4, 'generation', ?3
+ FROM ai_tasks t,
+      (SELECT id, remaining,
               COALESCE(SUM(remaining) OVER (ORDER BY lapsed, no_expiry, rank_expiry, created_at, id
                                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS drawn_before
        FROM (SELECT g.id AS id,
-                    g.amount - COALESCE((SELECT SUM(c.amount) FROM credit_consumptions c WHERE c.from_record_id = g.id), 0) AS remaining,
+                    g.amount + COALESCE((SELECT SUM(cb.amount) FROM credit_records cb WHERE cb.type = 'clawback'
+                                         AND cb.entity_type = g.entity_type AND cb.entity_id = g.entity_id), 0)
+                      - COALESCE((SELECT SUM(c.amount) FROM credit_consumptions c WHERE c.from_record_id = g.id), 0) AS remaining,
                     (g.expires_at IS NOT NULL AND g.expires_at <= ?3) AS lapsed,
                     CASE WHEN g.expires_at IS NOT NULL AND g.expires_at <= ?3 THEN 0 ELSE g.expires_at IS NULL END AS no_expiry,
                     CASE WHEN g.expires_at IS NOT NULL AND g.expires_at <= ?3 THEN -g.expires_at ELSE g.expires_at END AS rank_expiry,
                     g.created_at AS created_at
              FROM credit_records g
-             WHERE g.user_id = ?1 AND g.amount > 0 AND g.type IN ('purchase','gift','subscription')
-               AND NOT EXISTS (SELECT 1 FROM credit_records cb WHERE cb.type = 'clawback'
-                               AND cb.entity_type = g.entity_type AND cb.entity_id = g.entity_id))
-       WHERE remaining > 0)
- WHERE drawn_before < ?2";
+             WHERE g.user_id = (SELECT user_id FROM ai_tasks WHERE id = ?4)
+               AND g.amount > 0 AND g.type IN ('purchase','gift','subscription'))
+       WHERE remaining > 0) AS ranked
+ WHERE t.id = ?4 AND t.status = 'completed' AND ranked.drawn_before < t.cost";
 
 /// The settlement of a successful task: ends the hold, records the consumption and allocates it
-/// to grants ([`ALLOCATION_SQL`]), each guarded by the task being `completed`. Put these after
-/// the UPDATE that completes the task, in the same batch. If the task was already settled, the
-/// release fails on the unique index and the whole batch (the UPDATE included) is rolled back.
-pub fn settle(task: &TaskId, user: &UserId, cost: Credits, now: i64) -> [Stmt; 3] {
-    let guard = task_is(TaskStatus::Completed);
+/// to grants ([`ALLOCATION_SQL`]), each reading owner and cost from the task row and guarded by
+/// the task being `completed`. Put these after the UPDATE that completes the task, in the same
+/// batch. If the task was already settled, the release fails on the unique index and the whole
+/// batch (the UPDATE included) is rolled back.
+pub fn settle(task: &TaskId, now: i64) -> [Stmt; 3] {
     [
-        release(task, user, cost, TaskStatus::Completed, now),
+        release(task, TaskStatus::Completed, now),
         Stmt::new(
             format!(
                 "INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, note, created_at)
-                 SELECT ?1, ?2, ?3, 'consumption', 'task', ?4, 'generation', ?5 {guard}"
+                 SELECT ?1, t.user_id, -t.cost, 'consumption', 'task', t.id, 'generation', ?5 {}",
+                task_row(TaskStatus::Completed)
             ),
             vec![
                 entry_id("consumption", task).into(),
-                user.to_string().into(),
-                (-cost.get()).into(),
+                Param::Null,
+                Param::Null,
                 task.to_string().into(),
                 now.into(),
             ],
         ),
         Stmt::new(
-            format!("{ALLOCATION_SQL} AND EXISTS (SELECT 1 FROM ai_tasks WHERE id = ?4 AND status = '{}')", TaskStatus::Completed.as_str()),
-            vec![user.to_string().into(), cost.get().into(), now.into(), task.to_string().into()],
+            ALLOCATION_SQL,
+            vec![Param::Null, Param::Null, now.into(), task.to_string().into()],
         ),
     ]
 }
 
 /// The failure of a task: move it to `failed` (only from a live state) with its reason, and
 /// release its hold under the guard. Used by the consumer and by the reconciler alike; the
-/// first statement's `changes` says whether this call ended the task.
-pub fn fail_task(task: &TaskId, user: &UserId, cost: Credits, reason: &str, now: i64) -> [Stmt; 2] {
+/// first statement's `changes` says whether this call ended the task, and it returns the owner
+/// (for the status cache).
+pub fn fail_task(task: &TaskId, reason: &str, now: i64) -> [Stmt; 2] {
     use crate::task::Transition;
     let reason: String = reason.chars().take(500).collect();
     [
         Stmt::new(
-            Transition::Fail.update_sql("failure_reason = ?2, completed_at = ?3, updated_at = ?3"),
+            format!(
+                "{} RETURNING user_id",
+                Transition::Fail
+                    .update_sql("failure_reason = ?2, completed_at = ?3, updated_at = ?3")
+            ),
             vec![task.to_string().into(), reason.into(), now.into()],
         ),
-        release(task, user, cost, TaskStatus::Failed, now),
+        release(task, TaskStatus::Failed, now),
     ]
 }
 
@@ -546,7 +561,7 @@ mod tests {
             e("clawback:o1", EntryKind::Clawback, -100, None),
         ];
         let used = |id: &str| if id == "purchase:o1" { 30 } else { 0 };
-        let clawed = |id: &str| id == "purchase:o1";
+        let clawed = |id: &str| if id == "purchase:o1" { 100 } else { 0 };
         assert_eq!(
             balance_with_clawbacks(&entries, used, clawed, 10),
             Credits(-30)
@@ -566,6 +581,246 @@ mod tests {
             Credits(20),
             "a new purchase restores service"
         );
+    }
+
+    #[test]
+    fn a_partly_clawed_back_grant_backs_and_lapses_only_what_is_left() {
+        assert_eq!(remaining(100, 30, 50), 20);
+        assert_eq!(
+            remaining(100, 30, 80),
+            0,
+            "spent before the refund stays spent"
+        );
+        assert_eq!(remaining(100, 100, 0), 0, "wholly clawed back");
+        assert_eq!(remaining(100, 0, 40), 60);
+        // 100 granted, 30 clawed back, 50 spent: 20 left, which lapses at expiry, nothing more
+        let entries = [
+            e("purchase:o1", EntryKind::Purchase, 100, Some(500)),
+            e("consumption:t", EntryKind::Consumption, -50, None),
+            e("clawback:o1", EntryKind::Clawback, -30, None),
+            e("gift", EntryKind::Gift, 10, None),
+        ];
+        let used = |id: &str| if id == "purchase:o1" { 50 } else { 0 };
+        let clawed = |id: &str| if id == "purchase:o1" { 30 } else { 0 };
+        assert_eq!(
+            balance_with_clawbacks(&entries, used, clawed, 10),
+            Credits(30)
+        );
+        assert_eq!(
+            balance_with_clawbacks(&entries, used, clawed, 600),
+            Credits(10)
+        );
+        // spent beyond what the refund left: nothing lapses, the balance stays below the gift
+        let spent = |id: &str| if id == "purchase:o1" { 80 } else { 0 };
+        let more = [
+            e("purchase:o1", EntryKind::Purchase, 100, Some(500)),
+            e("consumption:t", EntryKind::Consumption, -80, None),
+            e("clawback:o1", EntryKind::Clawback, -30, None),
+        ];
+        assert_eq!(
+            balance_with_clawbacks(&more, spent, clawed, 600),
+            Credits(-10)
+        );
+        // allocation: what is left of each grant, as `remaining` says, is what it backs
+        let grants = [
+            g("purchase:o1", remaining(100, 30, 50), Some(500), 1),
+            g("gift", remaining(10, 0, 0), None, 2),
+        ];
+        let a = allocate(Credits(25), &grants, 10);
+        assert_eq!(
+            a.draws,
+            vec![("purchase:o1".into(), 20), ("gift".into(), 5)]
+        );
+    }
+
+    // The same rules in SQL, on the real schema (migrations applied to SQLite), for a user with a
+    // grant partly clawed back, one wholly clawed back, and a permanent gift.
+    mod sql {
+        use super::super::*;
+        use crate::audit::tests::{db, exec, user, value};
+        use rusqlite::{params, params_from_iter, Connection};
+
+        const U: &str = "11111111-1111-4111-8111-111111111111";
+
+        fn row(
+            conn: &Connection,
+            id: &str,
+            amount: i64,
+            kind: &str,
+            entity: &str,
+            expires_at: Option<i64>,
+        ) {
+            conn.execute(
+                "INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, expires_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, 'order', ?5, ?6, 0)",
+                params![id, U, amount, kind, entity, expires_at],
+            )
+            .unwrap();
+        }
+
+        fn drawn(conn: &Connection, grant: &str, amount: i64, task: &str) {
+            conn.execute(
+                "INSERT INTO credit_consumptions (id, user_id, amount, from_record_id, entity_type, entity_id)
+                 VALUES (?1 || ':' || ?2, ?3, ?4, ?2, 'task', ?1)",
+                params![task, grant, U, amount],
+            )
+            .unwrap();
+        }
+
+        fn balance_sql(conn: &Connection, now: i64) -> i64 {
+            let q = balance_query(&UserId::parse(U).unwrap(), now);
+            let mut st = conn.prepare(&q.sql).unwrap();
+            st.query_row(params_from_iter(q.params.iter().map(value)), |r| r.get(0))
+                .unwrap()
+        }
+
+        /// o1: 100, 30 clawed back, 50 spent, expires at 500. o2: 40, wholly clawed back, 10
+        /// spent, expires at 500. gift: 20, permanent.
+        fn ledger() -> Connection {
+            let conn = db();
+            user(&conn, U);
+            row(&conn, "purchase:o1", 100, "purchase", "o1", Some(500));
+            row(&conn, "clawback:o1", -30, "clawback", "o1", None);
+            row(&conn, "purchase:o2", 40, "purchase", "o2", Some(500));
+            row(&conn, "clawback:o2", -40, "clawback", "o2", None);
+            conn.execute(
+                "INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, created_at)
+                 VALUES ('gift', ?1, 20, 'gift', 'admin_grant', 'g', 0)",
+                [U],
+            )
+            .unwrap();
+            row(&conn, "consumption:t0", -60, "consumption", "t0", None);
+            drawn(&conn, "purchase:o1", 50, "t0");
+            drawn(&conn, "purchase:o2", 10, "t0");
+            conn
+        }
+
+        #[test]
+        fn the_balance_lapses_only_what_is_left_of_a_partly_clawed_back_grant() {
+            let conn = ledger();
+            let entries = [
+                Entry {
+                    id: "purchase:o1".into(),
+                    kind: EntryKind::Purchase,
+                    amount: 100,
+                    expires_at: Some(500),
+                    created_at: 0,
+                },
+                Entry {
+                    id: "clawback:o1".into(),
+                    kind: EntryKind::Clawback,
+                    amount: -30,
+                    expires_at: None,
+                    created_at: 0,
+                },
+                Entry {
+                    id: "purchase:o2".into(),
+                    kind: EntryKind::Purchase,
+                    amount: 40,
+                    expires_at: Some(500),
+                    created_at: 0,
+                },
+                Entry {
+                    id: "clawback:o2".into(),
+                    kind: EntryKind::Clawback,
+                    amount: -40,
+                    expires_at: None,
+                    created_at: 0,
+                },
+                Entry {
+                    id: "gift".into(),
+                    kind: EntryKind::Gift,
+                    amount: 20,
+                    expires_at: None,
+                    created_at: 0,
+                },
+                Entry {
+                    id: "consumption:t0".into(),
+                    kind: EntryKind::Consumption,
+                    amount: -60,
+                    expires_at: None,
+                    created_at: 0,
+                },
+            ];
+            let used = |id: &str| match id {
+                "purchase:o1" => 50,
+                "purchase:o2" => 10,
+                _ => 0,
+            };
+            let clawed = |id: &str| match id {
+                "purchase:o1" => 30,
+                "purchase:o2" => 40,
+                _ => 0,
+            };
+            for (now, want) in [(10, 30), (600, 10)] {
+                let rust = balance_with_clawbacks(&entries, used, clawed, now).get();
+                assert_eq!((rust, balance_sql(&conn, now)), (want, want), "at {now}");
+            }
+        }
+
+        #[test]
+        fn settlement_draws_what_is_left_of_a_partly_clawed_back_grant() {
+            let conn = ledger();
+            let task = TaskId::new();
+            for s in reserve_task(NewTaskHold {
+                task: &task,
+                task_no: "no-1",
+                user: &UserId::parse(U).unwrap(),
+                model: "kie_4o",
+                input_params: "{}",
+                idempotency_key: None,
+                cost: Credits(25),
+                deadline_at: 900,
+                retry_of: None,
+                now: 10,
+            }) {
+                assert_eq!(exec(&conn, &s), 1, "the balance of 30 covers 25: {}", s.sql);
+            }
+            conn.execute(
+                "UPDATE ai_tasks SET status = 'completed' WHERE id = ?1",
+                [task.to_string()],
+            )
+            .unwrap();
+            for s in settle(&task, 20) {
+                exec(&conn, &s);
+            }
+            let mut st = conn
+                .prepare("SELECT from_record_id, amount FROM credit_consumptions WHERE entity_id = ?1 ORDER BY amount DESC")
+                .unwrap();
+            let draws: Vec<(String, i64)> = st
+                .query_map([task.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            // the Rust rule on the same grants: o1 has 20 left, o2 nothing, the gift 20
+            let grants = [
+                Grant {
+                    id: "purchase:o1".into(),
+                    remaining: remaining(100, 30, 50),
+                    expires_at: Some(500),
+                    created_at: 0,
+                },
+                Grant {
+                    id: "purchase:o2".into(),
+                    remaining: remaining(40, 40, 10),
+                    expires_at: Some(500),
+                    created_at: 0,
+                },
+                Grant {
+                    id: "gift".into(),
+                    remaining: remaining(20, 0, 0),
+                    expires_at: None,
+                    created_at: 0,
+                },
+            ];
+            let rust = allocate(Credits(25), &grants, 20);
+            assert_eq!(draws, rust.draws);
+            assert_eq!(
+                draws,
+                vec![("purchase:o1".to_owned(), 20), ("gift".to_owned(), 5)]
+            );
+            assert_eq!(rust.unbacked, 0);
+        }
     }
 
     #[test]
@@ -600,14 +855,13 @@ mod tests {
     #[test]
     fn settlement_statements_start_with_the_release_guard_and_use_stable_ids() {
         let task = TaskId::new();
-        let user = UserId::new();
-        let stmts = settle(&task, &user, Credits(2), 7);
+        let stmts = settle(&task, 7);
         assert!(stmts[0].sql.contains("'release'"));
         assert_eq!(stmts[0].params[0], Param::Text(format!("release:{task}")));
         assert!(stmts[1].sql.contains("'consumption'"));
         assert!(
             stmts[2].sql.starts_with("INSERT INTO credit_consumptions")
-                && stmts[2].sql.contains("?4 || ':' || id"),
+                && stmts[2].sql.contains("?4 || ':' || ranked.id"),
             "allocation ids are task:grant"
         );
         assert_eq!(stmts[2].params[3], Param::Text(task.to_string()));
@@ -615,28 +869,39 @@ mod tests {
             stmts.iter().all(|s| s.sql.contains("status = 'completed'")),
             "every row is guarded"
         );
-        let rel = release(&task, &user, Credits(2), TaskStatus::Failed, 7);
+        let rel = release(&task, TaskStatus::Failed, 7);
         assert!(rel.sql.contains("status = 'failed'"));
-        assert_eq!(
-            settle(&task, &user, Credits(2), 99),
-            settle(&task, &user, Credits(2), 99)
-        );
-        // the guard is appended to the allocation's outer WHERE
-        assert!(stmts[2].sql.contains("WHERE drawn_before < ?2 AND EXISTS"));
+        assert_eq!(settle(&task, 99), settle(&task, 99));
+    }
+
+    #[test]
+    fn who_pays_and_how_much_come_from_the_task_row() {
+        let task = TaskId::new();
+        for stmt in settle(&task, 7)
+            .iter()
+            .chain(fail_task(&task, "x", 7).iter().skip(1))
+        {
+            assert!(
+                stmt.sql.contains("t.user_id") && stmt.sql.contains("t.cost"),
+                "{}",
+                stmt.sql
+            );
+            // nothing but ids, the task and the time is bound: no amount, no user
+            for p in &stmt.params {
+                if let Param::Int(n) = p {
+                    assert_eq!(*n, 7, "only the time is a number: {}", stmt.sql);
+                }
+            }
+        }
     }
 
     #[test]
     fn failing_a_task_moves_it_and_releases_under_guard() {
-        let [update, rel] = fail_task(
-            &TaskId::new(),
-            &UserId::new(),
-            Credits(3),
-            &"x".repeat(600),
-            9,
-        );
+        let [update, rel] = fail_task(&TaskId::new(), &"x".repeat(600), 9);
         assert!(update
             .sql
             .contains("status IN ('pending','submitted','processing')"));
+        assert!(update.sql.ends_with("RETURNING user_id"));
         assert_eq!(
             update.params[1],
             Param::Text("x".repeat(500)),

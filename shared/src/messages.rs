@@ -2,7 +2,7 @@
 //! does not parse, or has a version we do not know, is a [`MessageError`] and goes straight to
 //! the dead-letter path instead of being retried.
 
-use crate::ids::{Credits, TaskId, UserId};
+use crate::ids::TaskId;
 use crate::model::Model;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -22,15 +22,14 @@ pub enum TaskMessage {
         attempt: u32,
     },
     /// Ask the provider how the task is doing. Carries what the poll needs so that a poll where
-    /// nothing changed reads and writes nothing in D1.
+    /// nothing changed reads and writes nothing in D1. It carries no amount and no user: who
+    /// pays and how much are read from the task row when the task ends.
     #[serde(rename = "task.poll")]
     Poll {
         v: u32,
         task_id: TaskId,
-        user_id: UserId,
         model: Model,
         external_id: String,
-        cost: Credits,
         deadline_at: i64,
         /// Polls so far: drives the poll backoff.
         attempt: u32,
@@ -42,6 +41,15 @@ pub enum TaskMessage {
         /// provider callback does not, so callbacks never start a second chain of polls.
         #[serde(default = "yes")]
         follow_up: bool,
+        /// D1 does not know `external_id` yet (the write after create failed, or a callback
+        /// named it): the poll records it (`submitted -> processing`) before anything else.
+        #[serde(default)]
+        record: bool,
+        /// When this chain last told D1 it is alive (unix seconds). A poll that finds the task
+        /// still generating renews the task's lease (`updated_at`) once half a lease has passed,
+        /// so the reconciler never starts a second chain for a long generation.
+        #[serde(default)]
+        lease_at: i64,
     },
     /// Download a finished task's results and settle it. Sent when the provider reported success
     /// but a download failed: it retries the downloads alone, never the generation.
@@ -49,10 +57,8 @@ pub enum TaskMessage {
     Store {
         v: u32,
         task_id: TaskId,
-        user_id: UserId,
         model: Model,
         external_id: String,
-        cost: Credits,
         deadline_at: i64,
         urls: Vec<String>,
         /// Consecutive failed attempts to store.
@@ -174,19 +180,15 @@ impl TaskMessage {
         match self {
             TaskMessage::Poll {
                 task_id,
-                user_id,
                 model,
                 external_id,
-                cost,
                 deadline_at,
                 ..
             } => Some(TaskMessage::Store {
                 v: VERSION,
                 task_id: *task_id,
-                user_id: *user_id,
                 model: *model,
                 external_id: external_id.clone(),
-                cost: *cost,
                 deadline_at: *deadline_at,
                 urls,
                 attempt: 0,
@@ -215,17 +217,48 @@ impl TaskMessage {
         next
     }
 
-    /// The next poll after an answer that says "still generating".
-    pub fn next_poll(&self) -> Self {
+    /// The first poll of a task the provider accepted as `external_id`.
+    pub fn first_poll(task_id: TaskId, model: Model, external_id: String, deadline_at: i64, record: bool, now: i64) -> Self {
+        TaskMessage::Poll {
+            v: VERSION,
+            task_id,
+            model,
+            external_id,
+            deadline_at,
+            attempt: 0,
+            failures: 0,
+            follow_up: true,
+            record,
+            lease_at: now,
+        }
+    }
+
+    /// The next poll after an answer that says "still generating"; `renewed_at` is set when
+    /// this poll renewed the task's lease.
+    pub fn next_poll(&self, renewed_at: Option<i64>) -> Self {
         let mut next = self.clone();
         if let TaskMessage::Poll {
-            attempt, failures, ..
+            attempt,
+            failures,
+            record,
+            lease_at,
+            ..
         } = &mut next
         {
             *attempt += 1;
             *failures = 0;
+            *record = false;
+            if let Some(at) = renewed_at {
+                *lease_at = at;
+            }
         }
         next
+    }
+
+    /// Whether a poll at `now` should renew the task's lease (half of `lease_secs` has passed
+    /// since the chain last did).
+    pub fn lease_due(&self, now: i64, lease_secs: i64) -> bool {
+        matches!(self, TaskMessage::Poll { lease_at, .. } if now - *lease_at >= lease_secs / 2)
     }
 }
 
@@ -239,14 +272,14 @@ mod tests {
         let poll = TaskMessage::Poll {
             v: VERSION,
             task_id: TaskId::new(),
-            user_id: UserId::new(),
             model: Model::KieKontext,
             external_id: "ext-1".into(),
-            cost: Credits(3),
             deadline_at: 1000,
             attempt: 2,
             failures: 0,
             follow_up: true,
+            record: false,
+            lease_at: 5,
         };
         for m in [TaskMessage::submit(TaskId::new()), poll] {
             let body = serde_json::to_value(&m).unwrap();
@@ -265,19 +298,21 @@ mod tests {
         let poll = TaskMessage::Poll {
             v: VERSION,
             task_id: TaskId::new(),
-            user_id: UserId::new(),
             model: Model::Kie4o,
             external_id: "e".into(),
-            cost: Credits(2),
             deadline_at: 0,
             attempt: 4,
             failures: 0,
             follow_up: true,
+            record: false,
+            lease_at: 0,
         };
         let failed = poll.after_failure().after_failure();
         assert_eq!((failed.attempt(), failed.failures()), (4, 2));
-        let next = failed.next_poll();
+        let next = failed.next_poll(None);
         assert_eq!((next.attempt(), next.failures()), (5, 0));
+        assert!(next.lease_due(150, 300) && !next.lease_due(149, 300));
+        assert!(!failed.next_poll(Some(149)).lease_due(200, 300), "renewed");
         let store = failed.store(vec!["u".into()]).unwrap();
         assert_eq!((store.kind(), store.failures()), ("task.store", 0));
         assert_eq!(store.after_failure().failures(), 1);
@@ -289,7 +324,13 @@ mod tests {
         let mut body = serde_json::to_value(&poll).unwrap();
         body.as_object_mut().unwrap().remove("failures");
         body.as_object_mut().unwrap().remove("follow_up");
+        body.as_object_mut().unwrap().remove("record");
+        body.as_object_mut().unwrap().remove("lease_at");
         assert_eq!(parse::<TaskMessage>(&body).unwrap(), poll);
+        // money never rides in a message: a body that carries a cost is refused
+        let mut with_cost = serde_json::to_value(&poll).unwrap();
+        with_cost["cost"] = 1_000_000.into();
+        assert!(parse::<TaskMessage>(&with_cost).is_err());
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub enum Decision {
     DeadLetter { class: String, reason: String },
 }
 
+/// The longest delay Cloudflare Queues accepts (`delay_seconds`, for a send or a retry): 12 hours.
+/// A longer delay is refused by the queue, so no delay asked of it may exceed this.
+pub const QUEUE_MAX_DELAY_SECS: u32 = 43_200;
+
 /// The exponential policy for one kind of wait.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {
@@ -86,7 +90,15 @@ impl Policy {
         max_attempts: 8,
     };
 
-    /// The wait before attempt `attempt + 1`, in whole seconds (the queue's unit), at least 1.
+    /// The longest wait this policy asks of the queue, in whole seconds: `max`, at least 1 and
+    /// never more than the queue accepts ([`QUEUE_MAX_DELAY_SECS`]).
+    pub fn max_secs(&self) -> u32 {
+        let secs = u32::try_from(self.max.as_secs()).unwrap_or(u32::MAX);
+        secs.clamp(1, QUEUE_MAX_DELAY_SECS)
+    }
+
+    /// The wait before attempt `attempt + 1`, in whole seconds (the queue's unit), at least 1
+    /// and at most [`Policy::max_secs`].
     pub fn delay_secs(&self, attempt: u32) -> u32 {
         let exponent = i32::try_from(attempt.min(64)).unwrap_or(64);
         let grown = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
@@ -106,7 +118,7 @@ impl Policy {
             // bounded by `max` (minutes) and clamped to u32 first: the cast cannot truncate
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let whole = secs.min(f64::from(u32::MAX)) as u32;
-            whole
+            whole.min(self.max_secs())
         }
     }
 }
@@ -125,9 +137,14 @@ pub fn decide(failure: &Failure, attempt: u32, policy: &Policy) -> Decision {
             }
         }
         Failure::Transient { retry_after, .. } => {
+            // A provider's Retry-After is honoured when longer than our backoff, but only up to
+            // the policy's max: a provider asking for a day must not park the task past its
+            // deadline, nor ask the queue for a delay it refuses.
             let backoff = policy.delay_secs(attempt);
             Decision::RetryAfter {
-                seconds: retry_after.map_or(backoff, |r| r.max(backoff)),
+                seconds: retry_after
+                    .map_or(backoff, |r| r.max(backoff))
+                    .min(policy.max_secs()),
             }
         }
     }
@@ -141,7 +158,11 @@ pub fn classify_status(status: u16, retry_after: Option<&str>) -> Option<Failure
         429 => Some(Failure::Transient {
             class: "rate_limited",
             detail: "429 from provider".into(),
-            retry_after: retry_after.and_then(|v| v.trim().parse::<u32>().ok()),
+            // seconds only (an HTTP-date falls back to our backoff); a huge number saturates and
+            // is capped by `decide` like any other long wait
+            retry_after: retry_after
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|secs| u32::try_from(secs).unwrap_or(u32::MAX)),
         }),
         500..=599 => Some(Failure::transient(
             "server_error",
@@ -172,7 +193,13 @@ pub fn check_result_headers(
             format!("result is larger than {max_bytes} bytes"),
         ));
     }
-    if crate::keys::image_extension(content_type).is_none() {
+    // A generic binary type (or none) says nothing either way: the bytes are sniffed after the
+    // download. Only a type that names something else (an HTML error page) is refused early.
+    let generic = matches!(
+        content_type.split(';').next().map(str::trim).unwrap_or(""),
+        "" | "application/octet-stream" | "binary/octet-stream"
+    );
+    if !generic && crate::keys::image_extension(content_type).is_none() {
         return Err(Failure::transient(
             "not_image",
             format!("result content type is {content_type:?}"),
@@ -261,6 +288,63 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_is_capped_at_the_policy_max() {
+        // a day, from the header: the queue is asked for the policy's max, not a day
+        let f = classify_status(429, Some("86400")).unwrap();
+        assert_eq!(
+            decide(&f, 0, &Policy::TRANSIENT),
+            Decision::RetryAfter { seconds: 300 }
+        );
+        // beyond u32: saturates, then capped, rather than ignored
+        let f = classify_status(429, Some("99999999999")).unwrap();
+        assert_eq!(
+            decide(&f, 0, &Policy::TRANSIENT),
+            Decision::RetryAfter { seconds: 300 }
+        );
+        // a shorter policy caps it shorter
+        let f = classify_status(429, Some("120")).unwrap();
+        assert_eq!(
+            decide(&f, 0, &Policy::POLL),
+            Decision::RetryAfter { seconds: 30 }
+        );
+        // below the max it is still honoured as is
+        let f = classify_status(429, Some("299")).unwrap();
+        assert_eq!(
+            decide(&f, 0, &Policy::TRANSIENT),
+            Decision::RetryAfter { seconds: 299 }
+        );
+    }
+
+    #[test]
+    fn no_delay_exceeds_what_the_queue_accepts() {
+        // a configured max beyond the queue's own limit (RETRY_MAX_SECS is an env var)
+        let p = Policy {
+            initial: Duration::from_secs(60),
+            max: Duration::from_secs(7 * 24 * 3600),
+            jitter: 0.0,
+            ..Policy::TRANSIENT
+        };
+        assert_eq!(p.max_secs(), QUEUE_MAX_DELAY_SECS);
+        assert!((0..40).all(|a| p.delay_secs(a) <= QUEUE_MAX_DELAY_SECS));
+        assert_eq!(p.delay_secs(30), QUEUE_MAX_DELAY_SECS);
+        let f = classify_status(429, Some("604800")).unwrap();
+        assert_eq!(
+            decide(&f, 0, &p),
+            Decision::RetryAfter {
+                seconds: QUEUE_MAX_DELAY_SECS
+            }
+        );
+        // and a sub-second max still asks for the queue's unit, never 0
+        let tiny = Policy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(500),
+            ..Policy::POLL
+        };
+        assert_eq!(tiny.max_secs(), 1);
+        assert_eq!(tiny.delay_secs(5), 1);
+    }
+
+    #[test]
     fn result_downloads_are_classified() {
         assert_eq!(
             check_result_headers(200, Some(10), "image/png", 100),
@@ -280,6 +364,11 @@ mod tests {
             check_result_headers(200, Some(101), "image/png", 100),
             Err(Failure::Permanent { .. })
         ));
+        assert_eq!(
+            check_result_headers(200, None, "application/octet-stream", 100),
+            Ok(()),
+            "a generic type is sniffed after the download"
+        );
         assert_eq!(
             check_result_headers(200, None, "text/html", 100)
                 .unwrap_err()

@@ -10,10 +10,12 @@ pub enum Cadence {
     Daily,
 }
 
-pub const JOBS: [&str; 5] = [
+pub const JOBS: [&str; 7] = [
     "expire_orders",
     "expire_subscriptions",
     "reconcile_tasks",
+    "reconcile_events",
+    "audit_ledger",
     "clean_r2_cache",
     "retention",
 ];
@@ -22,7 +24,14 @@ pub const SCHEDULES: [(&str, Cadence, &[&str]); 2] = [
     (
         "*/5 * * * *",
         Cadence::Frequent,
-        &["expire_orders", "expire_subscriptions", "reconcile_tasks"],
+        // The auditor runs last, so it sees what the recovery jobs left.
+        &[
+            "expire_orders",
+            "expire_subscriptions",
+            "reconcile_tasks",
+            "reconcile_events",
+            "audit_ledger",
+        ],
     ),
     (
         "17 3 * * *",
@@ -59,7 +68,12 @@ mod tests {
                 .count();
             assert_eq!(n, 1, "{job}");
         }
-        assert_eq!(for_schedule("*/5 * * * *").map(|s| s.1.len()), Some(3));
+        assert_eq!(for_schedule("*/5 * * * *").map(|s| s.1.len()), Some(5));
+        assert_eq!(
+            for_schedule("*/5 * * * *").and_then(|s| s.1.last().copied()),
+            Some("audit_ledger")
+        );
+        assert_eq!(cadence_of("audit_ledger"), Some(Cadence::Frequent));
         assert_eq!(cadence_of("clean_r2_cache"), Some(Cadence::Daily));
         assert_eq!(for_schedule("* * * * *"), None);
     }

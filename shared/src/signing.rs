@@ -104,12 +104,25 @@ pub fn verify_kie_callback(
     m.verify_slice(&sig).is_ok()
 }
 
-/// Creem's `creem-signature`: hex HMAC-SHA256 of the raw body. Any of `secrets` may have signed
-/// it (rotation); each check is constant-time.
-pub fn verify_creem(body: &[u8], signature_hex: &str, secrets: &[String]) -> bool {
+/// The headers Creem's signature may come in, in the order the official `creem` SDK reads them
+/// (`creem-signature`, else `x-creem-signature`).
+pub const CREEM_SIGNATURE_HEADERS: [&str; 2] = ["creem-signature", "x-creem-signature"];
+
+/// The hex digest of a Creem signature header: trimmed, without the `sha256=` prefix the SDK
+/// also accepts (lowercase, as the SDK strips it).
+pub fn creem_signature_hex(header: &str) -> &str {
+    let trimmed = header.trim();
+    trimmed.strip_prefix("sha256=").unwrap_or(trimmed)
+}
+
+/// Creem's signature (see [`CREEM_SIGNATURE_HEADERS`]): hex HMAC-SHA256 of the raw body, with or
+/// without a `sha256=` prefix, in either case of hex. Any of `secrets` may have signed it
+/// (rotation); each check is constant-time.
+pub fn verify_creem(body: &[u8], signature: &str, secrets: &[String]) -> bool {
+    let hex = creem_signature_hex(signature);
     secrets
         .iter()
-        .any(|s| verify_hmac_hex(s.as_bytes(), body, signature_hex))
+        .any(|s| verify_hmac_hex(s.as_bytes(), body, hex))
 }
 
 /// Why a Standard Webhooks signature was refused.
@@ -241,6 +254,41 @@ mod tests {
             "another secret"
         );
         assert!(!verify_creem(body, "", &secrets));
+    }
+
+    /// What the official `creem` SDK accepts: either header, a `sha256=` prefix or none, hex in
+    /// either case; nothing else.
+    #[test]
+    fn creem_signatures_take_the_sdks_forms() {
+        let body = br#"{"id":"evt_1","eventType":"checkout.completed"}"#;
+        let secrets = vec!["whsec".to_owned()];
+        let sig = hmac_hex(b"whsec", body);
+        for form in [
+            sig.clone(),
+            format!("sha256={sig}"),
+            format!("  sha256={sig} "),
+            sig.to_uppercase(),
+            format!("sha256={}", sig.to_uppercase()),
+        ] {
+            assert!(verify_creem(body, &form, &secrets), "{form}");
+        }
+        for bad in [
+            format!("SHA256={sig}"),
+            format!("sha256:{sig}"),
+            format!("sha1={sig}"),
+            format!("sha256=sha256={sig}"),
+            "sha256=".to_owned(),
+            format!("v1,{sig}"),
+        ] {
+            assert!(!verify_creem(body, &bad, &secrets), "{bad}");
+        }
+        assert_eq!(creem_signature_hex(" sha256=ab "), "ab");
+        assert_eq!(creem_signature_hex("ab"), "ab");
+        assert_eq!(
+            CREEM_SIGNATURE_HEADERS,
+            ["creem-signature", "x-creem-signature"],
+            "the SDK's order: creem-signature wins when both are sent"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A task submission, parsed: whatever the client sent either becomes a [`TaskInput`] or a
 //! [`FieldError`] naming the field and the problem.
 
+use crate::kie;
 use crate::model::Model;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -8,8 +9,6 @@ use std::fmt;
 
 pub const MAX_PROMPT_CHARS: usize = 4000;
 pub const MAX_URL_LEN: usize = 2048;
-/// Aspect ratios both models accept.
-pub const SIZES: [&str; 3] = ["1:1", "3:2", "2:3"];
 const FIELDS: [&str; 4] = ["prompt", "model", "size", "images"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,14 +109,19 @@ pub fn parse(body: &Value, uploads: Vec<String>) -> Result<TaskInput, FieldError
         Some(_) => return Err(err("model", "invalid_type", "must be a string")),
     };
 
+    // each model's own sizes (`kie::sizes`); one it does not accept is refused, never changed
+    let accepted = kie::sizes(model);
     let size = match obj.get("size") {
-        None | Some(Value::Null) => "1:1".to_owned(),
-        Some(Value::String(s)) if SIZES.contains(&s.as_str()) => s.clone(),
-        Some(_) => {
+        None | Some(Value::Null) => kie::default_size(model).to_owned(),
+        Some(Value::String(s)) if accepted.contains(&s.as_str()) => s.clone(),
+        Some(other) => {
             return Err(err(
                 "size",
                 "invalid_value",
-                format!("must be one of {}", SIZES.join(", ")),
+                format!(
+                    "{model} accepts the sizes {}; got {other}",
+                    accepted.join(", ")
+                ),
             ))
         }
     };
@@ -233,6 +237,10 @@ mod tests {
             "size"
         );
         assert_eq!(
+            field(json!({"prompt": "x", "model": "kie_4o", "size": 1})),
+            "size"
+        );
+        assert_eq!(
             field(json!({"prompt": "x", "model": "kie_4o", "images": ["ftp://a"]})),
             "images[0]"
         );
@@ -256,6 +264,46 @@ mod tests {
                 .code,
             "unknown_model"
         );
+    }
+
+    #[test]
+    fn sizes_are_each_models_own() {
+        // every size a model accepts is kept as it is
+        for model in Model::ALL {
+            for size in kie::sizes(model) {
+                let t = parse(
+                    &json!({"prompt": "x", "model": model.as_str(), "size": size}),
+                    vec![],
+                )
+                .unwrap();
+                assert_eq!(t.size, *size);
+            }
+            // and the default is one of them
+            let t = parse(&json!({"prompt": "x", "model": model.as_str()}), vec![]).unwrap();
+            assert!(
+                kie::sizes(model).contains(&t.size.as_str()),
+                "{model}: {}",
+                t.size
+            );
+        }
+        // Flux Kontext has no 3:2 or 2:3; GPT-4o none of Kontext's others
+        for (model, size, listed) in [
+            ("kie_kontext", "3:2", "21:9, 16:9, 4:3, 1:1, 3:4, 9:16"),
+            ("kie_kontext", "2:3", "21:9, 16:9, 4:3, 1:1, 3:4, 9:16"),
+            ("kie_4o", "16:9", "1:1, 3:2, 2:3"),
+            ("kie_4o", "9:16", "1:1, 3:2, 2:3"),
+        ] {
+            let e = parse(
+                &json!({"prompt": "x", "model": model, "size": size}),
+                vec![],
+            )
+            .unwrap_err();
+            assert_eq!((e.field.as_str(), e.code), ("size", "invalid_value"));
+            assert!(
+                e.message.contains(model) && e.message.contains(listed) && e.message.contains(size),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -3,21 +3,25 @@
 //! ```text
 //! pending ──claim──▶ submitted ──accepted──▶ processing ──succeeded──▶ completed
 //!    │                  │  ▲  │                 │                      ▲
-//!    │                  │  │  └──────────────succeeded (done by the first poll)
-//!    │                  │  └──unclaim (transient failure before the provider accepted)
+//!    │                  │  │  └──────────────succeeded (a callback names the id)
+//!    │                  │  └──unclaim (the provider answered that it did not take the task)
 //!    └──────────────────┴──────────fail─────────┴───────────────────▶ failed
 //! ```
 //!
 //! `pending`: credits held, waiting for the consumer. `submitted`: one consumer has claimed the
-//! task and called the provider (the claim is what stops a duplicate message from submitting
-//! twice); the provider's id travels in the poll messages. `processing`: the first poll found the
-//! provider generating, and D1 records the external id. A task already done at its first poll
-//! goes straight to `completed`, which records the id then: one D1 write fewer on the fast path.
+//! task and is calling the provider (the claim is what stops a duplicate message from submitting
+//! twice, and it counts the call in `provider_submissions`). `processing`: the provider accepted
+//! the task and D1 records its id, written as soon as the create call returns it: a task the
+//! provider accepted is never created there again, and recovery resumes polling that id.
+//! A task left `submitted` (the create call's outcome is unknown: a timeout, or a crash between
+//! the call and the write) is never submitted again: a provider callback names its id (the
+//! callback's token proves it is for this task), or its deadline fails it.
 //! `completed` and `failed` are terminal: the hold has been settled or released exactly once.
 //!
 //! Every transition is a row of [`TRANSITIONS`]; the workers apply one with a conditional UPDATE
 //! whose `WHERE status IN (...)` is [`Transition::from_sql`], so a transition that is no longer
-//! allowed changes no row.
+//! allowed changes no row. Recovery ([`recovery`]) decides what to re-send for a stalled task and
+//! never changes its status by hand.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -136,6 +140,29 @@ impl Transition {
     }
 }
 
+/// What the reconciler does for a live task that made no progress within its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Never claimed (its submit message was lost): send `task.submit` again; the claim keeps a
+    /// duplicate from calling the provider twice.
+    Resubmit,
+    /// The provider has it under a known id: resume polling that id.
+    ResumePolling,
+    /// Claimed, but whether the provider took it is unknown: creating it again could pay the
+    /// provider twice, so wait for the provider's callback or the deadline.
+    AwaitCallback,
+}
+
+/// The recovery for a stalled task in `status`, given whether D1 knows its provider id.
+pub fn recovery(status: TaskStatus, external_id_known: bool) -> Option<Recovery> {
+    match (status, external_id_known) {
+        (Completed | Failed, _) => None,
+        (_, true) => Some(Recovery::ResumePolling),
+        (Pending, false) => Some(Recovery::Resubmit),
+        (Submitted | Processing, false) => Some(Recovery::AwaitCallback),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +210,15 @@ mod tests {
         for s in TaskStatus::ALL {
             assert_eq!(TaskStatus::parse(s.as_str()), Some(s));
         }
+    }
+
+    #[test]
+    fn recovery_never_creates_a_task_the_provider_may_have() {
+        assert_eq!(recovery(Pending, false), Some(Recovery::Resubmit));
+        assert_eq!(recovery(Submitted, false), Some(Recovery::AwaitCallback));
+        assert_eq!(recovery(Submitted, true), Some(Recovery::ResumePolling));
+        assert_eq!(recovery(Processing, true), Some(Recovery::ResumePolling));
+        assert_eq!(recovery(Completed, true), None);
+        assert_eq!(recovery(Failed, false), None);
     }
 }

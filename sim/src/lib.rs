@@ -7,8 +7,14 @@
 //! as a content-policy violation), `[sim:stuck]` (never finishes), `[sim:slow=MS]`,
 //! `[sim:flaky=N]` (N% of this task's calls answer 503, evenly spaced so runs are repeatable;
 //! `heal` ends it). When a create names a `callBackUrl`, the simulator posts kie.ai's callback
-//! there once the task ends, signed when `webhook_secret` is set. `GET /_sim/stats` reports
-//! what was called.
+//! there once the task ends, in the documented shape of its API, signed when `webhook_secret` is
+//! set. `GET /_sim/stats` reports what was called.
+//!
+//! It is as strict as the real kie.ai: every create is checked against the documented schema
+//! of its API (required fields, allowed values, types, no unknown fields), a record-info needs
+//! its `taskId`, and every call needs a bearer token. What kie.ai would refuse is answered the
+//! way kie.ai documents it (`{"code": 422 | 401, "msg": ..}`), printed on stderr and recorded
+//! in [`Stats::refused`], so a test can assert that our code sent nothing the provider refuses.
 
 mod png;
 
@@ -38,6 +44,9 @@ pub struct Knobs {
     pub callbacks: bool,
     /// Sign callbacks like kie.ai (`X-Webhook-Timestamp`, `X-Webhook-Signature`).
     pub webhook_secret: Option<String>,
+    /// The kie.ai API key: when set, a bearer token other than this one is refused with code
+    /// 401; when `None`, any non-empty bearer token is accepted.
+    pub api_key: Option<String>,
 }
 
 impl Default for Knobs {
@@ -50,6 +59,7 @@ impl Default for Knobs {
             stuck: false,
             callbacks: true,
             webhook_secret: None,
+            api_key: None,
         }
     }
 }
@@ -63,14 +73,25 @@ pub struct Stats {
     pub injected_failures: u64,
     /// Create calls per prompt: a duplicate submission shows up here as 2.
     pub creates_by_prompt: HashMap<String, u64>,
+    /// Accepted create calls per task of ours: the `task` parameter of the create's
+    /// `callBackUrl` (`?task=<our task id>&token=...`). A task created at the provider twice
+    /// shows up here as 2; creates without a callback URL are not counted here.
+    pub creates_by_task: HashMap<String, u64>,
     /// Input image URLs received per prompt.
     pub inputs_by_prompt: HashMap<String, Vec<String>>,
+    /// The size each accepted create asked for, per prompt: GPT-4o `size`, Flux Kontext
+    /// `aspectRatio` (absent when the create named none).
+    pub sizes_by_prompt: HashMap<String, String>,
     /// Callbacks posted, per prompt: (URL, body, HTTP status the API answered).
     pub callbacks_by_prompt: HashMap<String, Vec<(String, String, u16)>>,
     /// Calls that failed because of a `[sim:flaky=N]` directive, per prompt.
     pub flaky_failures_by_prompt: HashMap<String, u64>,
     /// Creem checkouts created: request id -> `{id, body}` (the checkout id and the create body).
     pub checkouts: HashMap<String, Value>,
+    /// kie.ai requests refused because the real kie.ai would refuse them: (path, reason), in
+    /// order. A missing or wrong bearer token (code 401), a create body that breaks the
+    /// documented schema, a record-info without `taskId` (code 422). Our code should cause none.
+    pub refused: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +105,8 @@ enum Behaviour {
 #[derive(Debug, Clone)]
 struct Job {
     prompt: String,
+    /// Created through the Flux Kontext API (its record-info does not know GPT-4o tasks).
+    kontext: bool,
     started: Instant,
     behaviour: Behaviour,
 }
@@ -98,6 +121,241 @@ struct State {
     /// Calls seen per flaky prompt, to space its failures evenly.
     flaky_calls: HashMap<String, u64>,
     healed: std::collections::HashSet<String>,
+}
+
+/// Decodes `%XX` escapes and `+` in a query component.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Our task id in a create's `callBackUrl`: its `task` query parameter.
+fn callback_task(url: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or(query);
+    query.split('&').find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == "task")
+            .map(|(_, v)| percent_decode(v))
+            .filter(|v| !v.is_empty())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// kie.ai's documented request schemas. Written from kie.ai's public docs, NOT from our code's
+// constants (`shared::kie`): the point is that a request the real provider would refuse fails
+// here too, so a wrong table in our code cannot make the simulator agree with it.
+// ---------------------------------------------------------------------------------------------
+
+/// GPT-4o image `size` (required).
+const GPT4O_SIZES: [&str; 3] = ["1:1", "3:2", "2:3"];
+/// GPT-4o image `nVariants`.
+const GPT4O_VARIANTS: [u64; 3] = [1, 2, 4];
+/// GPT-4o image `fallbackModel`.
+const GPT4O_FALLBACK_MODELS: [&str; 2] = ["GPT_IMAGE_1", "FLUX_MAX"];
+/// GPT-4o image `filesUrl`: at most this many.
+const GPT4O_MAX_FILES: usize = 5;
+/// Flux Kontext `aspectRatio` (not 3:2 or 2:3).
+const KONTEXT_RATIOS: [&str; 6] = ["21:9", "16:9", "4:3", "1:1", "3:4", "9:16"];
+/// Flux Kontext `outputFormat`.
+const KONTEXT_FORMATS: [&str; 2] = ["jpeg", "png"];
+/// Flux Kontext `model`.
+const KONTEXT_MODELS: [&str; 2] = ["flux-kontext-pro", "flux-kontext-max"];
+
+/// Every field the GPT-4o image create documents; anything else is refused.
+const GPT4O_FIELDS: [&str; 11] = [
+    "prompt",
+    "size",
+    "filesUrl",
+    "fileUrl",
+    "maskUrl",
+    "nVariants",
+    "callBackUrl",
+    "isEnhance",
+    "uploadCn",
+    "enableFallback",
+    "fallbackModel",
+];
+/// Every field the Flux Kontext create documents; anything else is refused.
+const KONTEXT_FIELDS: [&str; 11] = [
+    "prompt",
+    "aspectRatio",
+    "model",
+    "outputFormat",
+    "inputImage",
+    "callBackUrl",
+    "enableTranslation",
+    "promptUpsampling",
+    "safetyTolerance",
+    "uploadCn",
+    "watermark",
+];
+
+/// An absolute http(s) URL with a host and no whitespace.
+fn is_url(s: &str) -> bool {
+    let Some(rest) = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    !host.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Reads the optional fields of a create body by type; every mistake is a reason to refuse.
+struct Fields<'a>(&'a serde_json::Map<String, Value>);
+
+impl Fields<'_> {
+    fn string(&self, name: &str) -> Result<Option<&str>, String> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(format!("{name} must be a string, got {other}")),
+        }
+    }
+
+    fn one_of(&self, name: &str, allowed: &[&str]) -> Result<Option<&str>, String> {
+        match self.string(name)? {
+            Some(v) if !allowed.contains(&v) => Err(format!(
+                "{name} {v:?} is not supported; expected one of {}",
+                allowed.join(", ")
+            )),
+            v => Ok(v),
+        }
+    }
+
+    fn url(&self, name: &str) -> Result<Option<&str>, String> {
+        match self.string(name)? {
+            Some(v) if !is_url(v) => Err(format!("{name} must be an http(s) URL, got {v:?}")),
+            v => Ok(v),
+        }
+    }
+
+    fn boolean(&self, name: &str) -> Result<(), String> {
+        match self.0.get(name) {
+            None | Some(Value::Bool(_)) => Ok(()),
+            Some(other) => Err(format!("{name} must be a boolean, got {other}")),
+        }
+    }
+
+    fn integer(&self, name: &str) -> Result<Option<u64>, String> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| format!("{name} must be a non-negative integer, got {v}")),
+        }
+    }
+}
+
+/// Checks a create body against kie.ai's documented schema for the model: the parsed body, or
+/// why kie.ai would refuse it (answered as code 422).
+fn check_create(kontext: bool, body: &str) -> Result<Value, String> {
+    let parsed: Value =
+        serde_json::from_str(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
+    let obj = parsed
+        .as_object()
+        .ok_or_else(|| "body must be a JSON object".to_owned())?;
+    let known: &[&str] = if kontext {
+        &KONTEXT_FIELDS
+    } else {
+        &GPT4O_FIELDS
+    };
+    if let Some(unknown) = obj.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(format!("unknown field {unknown}"));
+    }
+    let f = Fields(obj);
+    f.url("callBackUrl")?;
+    f.boolean("uploadCn")?;
+    if kontext {
+        match f.string("prompt")? {
+            None => return Err("prompt is required".into()),
+            Some(p) if p.trim().is_empty() => return Err("prompt must not be empty".into()),
+            Some(_) => {}
+        }
+        f.one_of("aspectRatio", &KONTEXT_RATIOS)?;
+        f.one_of("outputFormat", &KONTEXT_FORMATS)?;
+        f.one_of("model", &KONTEXT_MODELS)?;
+        let editing = f.url("inputImage")?.is_some();
+        f.boolean("enableTranslation")?;
+        f.boolean("promptUpsampling")?;
+        f.string("watermark")?;
+        // generation 0-6, editing 0-2
+        let max = if editing { 2 } else { 6 };
+        if let Some(t) = f.integer("safetyTolerance")? {
+            if t > max {
+                return Err(format!("safetyTolerance must be 0 to {max}, got {t}"));
+            }
+        }
+    } else {
+        match f.string("size")? {
+            None => return Err("size is required".into()),
+            Some(s) if !GPT4O_SIZES.contains(&s) => {
+                return Err(format!(
+                    "size {s:?} is not supported; expected one of {}",
+                    GPT4O_SIZES.join(", ")
+                ))
+            }
+            Some(_) => {}
+        }
+        let prompt = f.string("prompt")?.is_some_and(|p| !p.trim().is_empty());
+        let files = match obj.get("filesUrl") {
+            None => 0,
+            Some(Value::Array(items)) => {
+                if items.len() > GPT4O_MAX_FILES {
+                    return Err(format!(
+                        "filesUrl takes at most {GPT4O_MAX_FILES} URLs, got {}",
+                        items.len()
+                    ));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    if !item.as_str().is_some_and(is_url) {
+                        return Err(format!("filesUrl[{i}] must be an http(s) URL, got {item}"));
+                    }
+                }
+                items.len()
+            }
+            Some(other) => return Err(format!("filesUrl must be an array of URLs, got {other}")),
+        };
+        let file = f.url("fileUrl")?.is_some();
+        if !prompt && files == 0 && !file {
+            return Err("at least one of prompt or filesUrl is required".into());
+        }
+        f.url("maskUrl")?;
+        if let Some(n) = f.integer("nVariants")? {
+            if !GPT4O_VARIANTS.contains(&n) {
+                return Err(format!("nVariants must be 1, 2 or 4, got {n}"));
+            }
+        }
+        f.boolean("isEnhance")?;
+        f.boolean("enableFallback")?;
+        f.one_of("fallbackModel", &GPT4O_FALLBACK_MODELS)?;
+    }
+    Ok(parsed)
 }
 
 /// The N in a `[sim:flaky=N]` directive.
@@ -229,6 +487,24 @@ fn reply_json(req: Request, status: u16, body: &Value) {
     let _ = req.respond(resp);
 }
 
+/// kie.ai's callback body, in the documented shapes: GPT-4o `{code, msg, data: {taskId, info:
+/// {result_urls: [..]}}}` (snake case), Flux Kontext `{code, msg, data: {taskId, info:
+/// {originImageUrl, resultImageUrl}}}`. A failure is the documented minimal shape, `{code, msg,
+/// data: {taskId}}`: `info` is only there on success. Failure codes are each API's own: GPT-4o
+/// 500 (generation failed), Kontext 501 (generation task failed).
+fn callback_body(id: &str, kontext: bool, failed: bool, result: &str) -> Value {
+    match (failed, kontext) {
+        (true, false) => json!({"code": 500, "msg": "Failed to generate image (simulated)",
+                                "data": {"taskId": id}}),
+        (true, true) => json!({"code": 501, "msg": "Image generation task failed (simulated)",
+                               "data": {"taskId": id}}),
+        (false, false) => json!({"code": 200, "msg": "Gpt4o-image generated successfully.",
+                                 "data": {"taskId": id, "info": {"result_urls": [result]}}}),
+        (false, true) => json!({"code": 200, "msg": "BFL image generated successfully.",
+                                "data": {"taskId": id, "info": {"originImageUrl": result, "resultImageUrl": result}}}),
+    }
+}
+
 /// Posts kie.ai's callback for a finished task after its generation time, as kie.ai does,
 /// and records what the API answered.
 #[allow(clippy::too_many_arguments)]
@@ -244,17 +520,7 @@ fn post_callback(
 ) {
     std::thread::sleep(Duration::from_millis(generation_ms + 50));
     let result = format!("http://127.0.0.1:{port}/results/{id}/0.png");
-    let body = match (failed, kontext) {
-        (true, _) => {
-            json!({"code": 501, "msg": "generation failed (simulated)", "data": {"taskId": id, "info": null}})
-        }
-        (false, false) => {
-            json!({"code": 200, "msg": "success", "data": {"taskId": id, "info": {"result_urls": [result]}}})
-        }
-        (false, true) => {
-            json!({"code": 200, "msg": "success", "data": {"taskId": id, "info": {"resultImageUrl": result}}})
-        }
-    };
+    let body = callback_body(id, kontext, failed, &result);
     let secret = lock(state).knobs.webhook_secret.clone();
     let mut req = ureq::post(url)
         .timeout(Duration::from_secs(10))
@@ -283,6 +549,17 @@ fn post_callback(
         .push((url.to_owned(), body.to_string(), status));
 }
 
+/// Refuses a kie.ai request the way kie.ai documents it (an HTTP 200 carrying `{code, msg}`),
+/// records why in [`Stats::refused`] and says so on stderr, so a test run shows every refusal.
+fn refuse(req: Request, state: &Mutex<State>, path: &str, code: u16, reason: &str) {
+    eprintln!("sim: refused {path}: code {code}: {reason}");
+    lock(state)
+        .stats
+        .refused
+        .push((path.to_owned(), reason.to_owned()));
+    reply_json(req, 200, &json!({"code": code, "msg": reason}));
+}
+
 fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
     let url = req.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
@@ -295,10 +572,25 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
         })
     };
     let method = req.method().clone();
-    let authorized = req.headers().iter().any(|h| {
-        h.field.equiv("authorization")
-            && h.value.as_str().starts_with("Bearer ")
-            && h.value.as_str().len() > 7
+    let header_value = |name: &'static str| {
+        req.headers()
+            .iter()
+            .find(|h| h.field.equiv(name))
+            .map(|h| h.value.as_str().to_owned())
+    };
+    let bearer = header_value("authorization")
+        .and_then(|v| v.strip_prefix("Bearer ").map(|t| t.trim().to_owned()))
+        .filter(|t| !t.is_empty());
+    let api_key = lock(state).knobs.api_key.clone();
+    let authorized = match (&bearer, &api_key) {
+        (None, _) => false,
+        (Some(token), Some(key)) => token == key,
+        (Some(_), None) => true,
+    };
+    let json_body = header_value("content-type").is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
     });
     let mut body = String::new();
     let _ = req.as_reader().take(1 << 20).read_to_string(&mut body);
@@ -360,22 +652,28 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
         | (Method::Post, "/api/v1/flux/kontext/generate") => {
             let kontext = path.contains("kontext");
             if !authorized {
-                return reply_json(
+                return refuse(req, state, &path, 401, "missing or invalid bearer token");
+            }
+            if !json_body {
+                return refuse(
                     req,
-                    200,
-                    &json!({"code": 401, "msg": "You do not have access permissions"}),
+                    state,
+                    &path,
+                    422,
+                    "the body must be sent as Content-Type: application/json",
                 );
             }
-            let mut s = lock(state);
-            let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            let Some(prompt) = parsed
+            let parsed = match check_create(kontext, &body) {
+                Ok(parsed) => parsed,
+                Err(reason) => return refuse(req, state, &path, 422, &reason),
+            };
+            // a GPT-4o create may go without a prompt (images only): its key in the stats is ""
+            let prompt = parsed
                 .get("prompt")
                 .and_then(Value::as_str)
-                .map(str::to_owned)
-            else {
-                drop(s);
-                return reply_json(req, 200, &json!({"code": 422, "msg": "prompt is required"}));
-            };
+                .unwrap_or_default()
+                .to_owned();
+            let mut s = lock(state);
             let rate = s.knobs.api_fail_rate;
             if s.roll(rate) || s.flaky(&prompt) {
                 drop(s);
@@ -401,7 +699,22 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
             };
             s.stats.creates += 1;
             *s.stats.creates_by_prompt.entry(prompt.clone()).or_default() += 1;
+            if let Some(task) = parsed
+                .get("callBackUrl")
+                .and_then(Value::as_str)
+                .and_then(callback_task)
+            {
+                *s.stats.creates_by_task.entry(task).or_default() += 1;
+            }
             s.stats.inputs_by_prompt.insert(prompt.clone(), inputs);
+            if let Some(size) = parsed
+                .get(if kontext { "aspectRatio" } else { "size" })
+                .and_then(Value::as_str)
+            {
+                s.stats
+                    .sizes_by_prompt
+                    .insert(prompt.clone(), size.to_owned());
+            }
             // a healed prompt behaves normally: the fault it asked for is fixed
             let healed = s.healed.contains(&prompt);
             if prompt.contains("[sim:refuse]") && !healed {
@@ -445,6 +758,7 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
                 id.clone(),
                 Job {
                     prompt: prompt.clone(),
+                    kontext,
                     started: Instant::now(),
                     behaviour,
                 },
@@ -468,15 +782,18 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
         | (Method::Get, "/api/v1/flux/kontext/record-info") => {
             let kontext = path.contains("kontext");
             if !authorized {
-                return reply_json(
-                    req,
-                    200,
-                    &json!({"code": 401, "msg": "You do not have access permissions"}),
-                );
+                return refuse(req, state, &path, 401, "missing or invalid bearer token");
             }
+            let Some(id) = param("taskId")
+                .map(|v| percent_decode(&v))
+                .filter(|v| !v.is_empty())
+            else {
+                return refuse(req, state, &path, 422, "taskId is required");
+            };
             let mut s = lock(state);
             s.stats.record_infos += 1;
-            let Some(job) = param("taskId").and_then(|id| s.jobs.get(&id).cloned()) else {
+            // each API knows only its own tasks
+            let Some(job) = s.jobs.get(&id).filter(|j| j.kontext == kontext).cloned() else {
                 drop(s);
                 return reply_json(req, 200, &json!({"code": 404, "msg": "task not found"}));
             };
@@ -485,7 +802,6 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
                 drop(s);
                 return reply_json(req, 503, &json!({"code": 503, "msg": "injected failure"}));
             }
-            let id = param("taskId").unwrap_or_default();
             let generation = Duration::from_millis(match job.behaviour {
                 Behaviour::Slow(ms) => ms,
                 _ => s.knobs.generation_ms,
@@ -550,5 +866,539 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
             }
         }
         _ => reply_json(req, 404, &json!({"code": 404, "msg": "not found"})),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_comes_from_the_callback_url() {
+        assert_eq!(
+            callback_task("http://127.0.0.1:8787/webhooks/ai/kie?task=tsk_1&token=abc").as_deref(),
+            Some("tsk_1")
+        );
+        assert_eq!(
+            callback_task("http://h/webhooks/ai/kie?token=abc&task=t%5F2").as_deref(),
+            Some("t_2")
+        );
+        assert_eq!(callback_task("http://h/webhooks/ai/kie?token=abc"), None);
+        assert_eq!(
+            callback_task("http://h/webhooks/ai/kie?task=&token=x"),
+            None
+        );
+        assert_eq!(callback_task("http://h/webhooks/ai/kie"), None);
+        assert_eq!(percent_decode("a%2Fb+c%"), "a/b c%");
+    }
+
+    fn create(sim: &Sim, path: &str, body: &Value) -> u16 {
+        match ureq::post(&format!("{}{path}", sim.base_url()))
+            .set("authorization", "Bearer k")
+            .set("content-type", "application/json")
+            .send_string(&body.to_string())
+        {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("sim unreachable: {e}"),
+        }
+    }
+
+    #[test]
+    fn accepted_creates_are_counted_per_task() {
+        let sim = Sim::start(0).unwrap();
+        sim.set_knobs(Knobs {
+            callbacks: false,
+            ..Knobs::default()
+        });
+        let cb = |task: &str| format!("http://127.0.0.1:1/webhooks/ai/kie?task={task}&token=t");
+        let gen = "/api/v1/gpt4o-image/generate";
+        let kontext = "/api/v1/flux/kontext/generate";
+        assert_eq!(
+            create(
+                &sim,
+                gen,
+                &json!({"prompt": "a", "size": "1:1", "callBackUrl": cb("t1")})
+            ),
+            200
+        );
+        assert_eq!(
+            create(
+                &sim,
+                gen,
+                &json!({"prompt": "a", "size": "1:1", "callBackUrl": cb("t1")})
+            ),
+            200
+        );
+        assert_eq!(
+            create(
+                &sim,
+                kontext,
+                &json!({"prompt": "b", "callBackUrl": cb("t2")})
+            ),
+            200
+        );
+        // no callback: counted by prompt only
+        assert_eq!(
+            create(&sim, gen, &json!({"prompt": "c", "size": "3:2"})),
+            200
+        );
+        // a create the provider refused (injected 503) did not create anything
+        sim.set_knobs(Knobs {
+            callbacks: false,
+            api_fail_rate: 1.0,
+            ..Knobs::default()
+        });
+        assert_eq!(
+            create(
+                &sim,
+                gen,
+                &json!({"prompt": "d", "size": "1:1", "callBackUrl": cb("t3")})
+            ),
+            503
+        );
+        let stats = sim.stats();
+        assert_eq!(stats.creates, 4);
+        assert_eq!(stats.creates_by_task.get("t1"), Some(&2));
+        assert_eq!(stats.creates_by_task.get("t2"), Some(&1));
+        assert_eq!(stats.creates_by_task.get("t3"), None);
+        assert_eq!(stats.creates_by_task.len(), 2);
+        assert!(stats.refused.is_empty(), "{:?}", stats.refused);
+        // and the stats route reports it too
+        let over_http: Stats = serde_json::from_str(
+            &ureq::get(&format!("{}/_sim/stats", sim.base_url()))
+                .call()
+                .unwrap()
+                .into_string()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(over_http.creates_by_task, stats.creates_by_task);
+    }
+
+    /// Sends a kie.ai call; returns the HTTP status and the JSON body.
+    fn call(
+        sim: &Sim,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut req = ureq::request(method, &format!("{}{path}", sim.base_url()));
+        if let Some(a) = auth {
+            req = req.set("authorization", a);
+        }
+        let result = match body {
+            Some(b) => req
+                .set("content-type", "application/json")
+                .send_string(&b.to_string()),
+            None => req.call(),
+        };
+        let resp = match result {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("sim unreachable: {e}"),
+        };
+        let status = resp.status();
+        (
+            status,
+            serde_json::from_str(&resp.into_string().unwrap()).unwrap(),
+        )
+    }
+
+    const GEN: &str = "/api/v1/gpt4o-image/generate";
+    const KONTEXT: &str = "/api/v1/flux/kontext/generate";
+
+    fn quiet() -> Sim {
+        let sim = Sim::start(0).unwrap();
+        sim.set_knobs(Knobs {
+            callbacks: false,
+            ..Knobs::default()
+        });
+        sim
+    }
+
+    #[test]
+    fn the_documented_examples_are_accepted() {
+        let sim = quiet();
+        let bodies = [
+            // kie.ai's GPT-4o image example, every optional field included
+            (
+                GEN,
+                json!({"filesUrl": ["https://example.com/image1.png", "https://example.com/image2.png"],
+                         "prompt": "A beautiful sunset over the mountains", "size": "1:1",
+                         "callBackUrl": "https://your-callback-url.com/callback", "isEnhance": false,
+                         "uploadCn": false, "nVariants": 1, "enableFallback": false, "fallbackModel": "FLUX_MAX"}),
+            ),
+            // images only, no prompt
+            (
+                GEN,
+                json!({"filesUrl": ["https://example.com/a.png"], "size": "2:3", "nVariants": 4}),
+            ),
+            (
+                GEN,
+                json!({"prompt": "x", "size": "3:2", "maskUrl": "https://example.com/m.png"}),
+            ),
+            // Flux Kontext: text to image, and editing
+            (
+                KONTEXT,
+                json!({"prompt": "A serene mountain landscape", "aspectRatio": "16:9", "model": "flux-kontext-pro"}),
+            ),
+            (
+                KONTEXT,
+                json!({"prompt": "Add balloons", "inputImage": "https://example.com/landscape.jpg", "aspectRatio": "16:9"}),
+            ),
+            (
+                KONTEXT,
+                json!({"prompt": "p", "aspectRatio": "21:9", "model": "flux-kontext-max", "outputFormat": "jpeg",
+                             "enableTranslation": false, "promptUpsampling": true, "safetyTolerance": 6, "uploadCn": true,
+                             "watermark": "w", "callBackUrl": "http://127.0.0.1:1/cb?task=a&token=b"}),
+            ),
+        ];
+        for (path, body) in &bodies {
+            let (status, reply) = call(&sim, "POST", path, Some("Bearer k"), Some(body));
+            assert_eq!(
+                (status, reply["code"].as_i64()),
+                (200, Some(200)),
+                "{path} {body}: {reply}"
+            );
+            assert!(reply
+                .pointer("/data/taskId")
+                .and_then(Value::as_str)
+                .is_some());
+        }
+        for ratio in KONTEXT_RATIOS {
+            let body = json!({"prompt": "p", "aspectRatio": ratio});
+            assert_eq!(
+                call(&sim, "POST", KONTEXT, Some("Bearer k"), Some(&body)).1["code"],
+                200,
+                "{ratio}"
+            );
+        }
+        assert!(sim.stats().refused.is_empty(), "{:?}", sim.stats().refused);
+    }
+
+    #[test]
+    fn what_kie_refuses_the_simulator_refuses() {
+        let sim = quiet();
+        let cases = [
+            // Flux Kontext has no 3:2 or 2:3
+            (
+                KONTEXT,
+                json!({"prompt": "p", "aspectRatio": "3:2"}),
+                "aspectRatio",
+            ),
+            (
+                KONTEXT,
+                json!({"prompt": "p", "aspectRatio": "2:3"}),
+                "aspectRatio",
+            ),
+            (KONTEXT, json!({"aspectRatio": "1:1"}), "prompt is required"),
+            (KONTEXT, json!({"prompt": "  "}), "prompt must not be empty"),
+            (KONTEXT, json!({"prompt": 5}), "prompt must be a string"),
+            (
+                KONTEXT,
+                json!({"prompt": "p", "model": "flux-pro"}),
+                "model",
+            ),
+            (
+                KONTEXT,
+                json!({"prompt": "p", "outputFormat": "webp"}),
+                "outputFormat",
+            ),
+            (
+                KONTEXT,
+                json!({"prompt": "p", "inputImage": "ftp://x/a.png"}),
+                "inputImage",
+            ),
+            (
+                KONTEXT,
+                json!({"prompt": "p", "inputImage": "https://x/a.png", "safetyTolerance": 3}),
+                "safetyTolerance",
+            ),
+            (
+                KONTEXT,
+                json!({"prompt": "p", "safetyTolerance": -1}),
+                "safetyTolerance",
+            ),
+            (
+                KONTEXT,
+                json!({"prompt": "p", "size": "1:1"}),
+                "unknown field size",
+            ),
+            (
+                KONTEXT,
+                json!({"prompt": "p", "enableTranslation": "yes"}),
+                "enableTranslation",
+            ),
+            // GPT-4o image: size required, and one of three
+            (GEN, json!({"prompt": "p"}), "size is required"),
+            (GEN, json!({"prompt": "p", "size": "16:9"}), "size"),
+            (
+                GEN,
+                json!({"prompt": "p", "size": null}),
+                "size must be a string",
+            ),
+            (
+                GEN,
+                json!({"size": "1:1"}),
+                "at least one of prompt or filesUrl",
+            ),
+            (
+                GEN,
+                json!({"size": "1:1", "filesUrl": []}),
+                "at least one of prompt or filesUrl",
+            ),
+            (
+                GEN,
+                json!({"prompt": "p", "size": "1:1", "filesUrl": ["https://a/1", "https://a/2", "https://a/3", "https://a/4", "https://a/5", "https://a/6"]}),
+                "at most 5",
+            ),
+            (
+                GEN,
+                json!({"prompt": "p", "size": "1:1", "filesUrl": ["/relative.png"]}),
+                "filesUrl[0]",
+            ),
+            (
+                GEN,
+                json!({"prompt": "p", "size": "1:1", "filesUrl": "https://a/1"}),
+                "filesUrl must be an array",
+            ),
+            (
+                GEN,
+                json!({"prompt": "p", "size": "1:1", "nVariants": 3}),
+                "nVariants",
+            ),
+            (
+                GEN,
+                json!({"prompt": "p", "size": "1:1", "nVariants": "1"}),
+                "nVariants",
+            ),
+            (
+                GEN,
+                json!({"prompt": "p", "size": "1:1", "callBackUrl": "/webhooks/ai/kie_4o"}),
+                "callBackUrl",
+            ),
+            (
+                GEN,
+                json!({"prompt": "p", "size": "1:1", "fallbackModel": "DALL_E"}),
+                "fallbackModel",
+            ),
+            (
+                GEN,
+                json!({"prompt": "p", "size": "1:1", "aspectRatio": "1:1"}),
+                "unknown field aspectRatio",
+            ),
+            (
+                GEN,
+                json!({"prompt": "p", "size": "1:1", "isEnhance": 1}),
+                "isEnhance",
+            ),
+            (GEN, json!(["p"]), "JSON object"),
+        ];
+        for (path, body, why) in &cases {
+            let (status, reply) = call(&sim, "POST", path, Some("Bearer k"), Some(body));
+            assert_eq!(
+                (status, reply["code"].as_i64()),
+                (200, Some(422)),
+                "{path} {body}: {reply}"
+            );
+            let msg = reply["msg"].as_str().unwrap_or_default();
+            assert!(msg.contains(why), "{body}: {msg:?} should say {why:?}");
+        }
+        // not JSON, or not sent as JSON
+        let raw = ureq::post(&format!("{}{GEN}", sim.base_url()))
+            .set("authorization", "Bearer k")
+            .set("content-type", "application/json")
+            .send_string("{\"prompt\":")
+            .unwrap()
+            .into_json::<Value>()
+            .unwrap();
+        assert_eq!(raw["code"], 422);
+        let form = ureq::post(&format!("{}{GEN}", sim.base_url()))
+            .set("authorization", "Bearer k")
+            .send_string(&json!({"prompt": "p", "size": "1:1"}).to_string())
+            .unwrap()
+            .into_json::<Value>()
+            .unwrap();
+        assert_eq!(form["code"], 422, "{form}");
+
+        let stats = sim.stats();
+        assert_eq!(stats.refused.len(), cases.len() + 2);
+        assert!(stats
+            .refused
+            .iter()
+            .all(|(path, _)| path == GEN || path == KONTEXT));
+        assert_eq!(stats.creates, 0, "nothing refused was created");
+    }
+
+    #[test]
+    fn bearer_tokens_and_record_info_are_checked() {
+        let sim = quiet();
+        let ok = json!({"prompt": "p", "size": "1:1"});
+        assert_eq!(call(&sim, "POST", GEN, None, Some(&ok)).1["code"], 401);
+        assert_eq!(
+            call(&sim, "POST", GEN, Some("Bearer "), Some(&ok)).1["code"],
+            401
+        );
+        assert_eq!(
+            call(&sim, "POST", GEN, Some("Basic abc"), Some(&ok)).1["code"],
+            401
+        );
+        let id = call(&sim, "POST", GEN, Some("Bearer any"), Some(&ok)).1["data"]["taskId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        sim.set_knobs(Knobs {
+            callbacks: false,
+            api_key: Some("right".into()),
+            ..Knobs::default()
+        });
+        assert_eq!(
+            call(&sim, "POST", GEN, Some("Bearer wrong"), Some(&ok)).1["code"],
+            401
+        );
+        assert_eq!(
+            call(&sim, "POST", GEN, Some("Bearer right"), Some(&ok)).1["code"],
+            200
+        );
+
+        let record = "/api/v1/gpt4o-image/record-info";
+        let kontext_record = "/api/v1/flux/kontext/record-info";
+        assert_eq!(
+            call(&sim, "GET", record, Some("Bearer right"), None).1["code"],
+            422
+        );
+        assert_eq!(
+            call(
+                &sim,
+                "GET",
+                &format!("{record}?taskId="),
+                Some("Bearer right"),
+                None
+            )
+            .1["code"],
+            422
+        );
+        assert_eq!(
+            call(
+                &sim,
+                "GET",
+                &format!("{record}?taskId={id}"),
+                Some("Bearer wrong"),
+                None
+            )
+            .1["code"],
+            401
+        );
+        let found = call(
+            &sim,
+            "GET",
+            &format!("{record}?taskId={id}"),
+            Some("Bearer right"),
+            None,
+        )
+        .1;
+        assert_eq!(found["code"], 200, "{found}");
+        // an unknown task, or another API's task: not found (not a refusal of the request)
+        assert_eq!(
+            call(
+                &sim,
+                "GET",
+                &format!("{record}?taskId=nope"),
+                Some("Bearer right"),
+                None
+            )
+            .1["code"],
+            404
+        );
+        assert_eq!(
+            call(
+                &sim,
+                "GET",
+                &format!("{kontext_record}?taskId={id}"),
+                Some("Bearer right"),
+                None
+            )
+            .1["code"],
+            404
+        );
+
+        let refused = sim.stats().refused;
+        let reasons: Vec<&str> = refused.iter().map(|(_, r)| r.as_str()).collect();
+        assert_eq!(
+            reasons.iter().filter(|r| r.contains("bearer")).count(),
+            5,
+            "{reasons:?}"
+        );
+        assert_eq!(
+            reasons
+                .iter()
+                .filter(|r| **r == "taskId is required")
+                .count(),
+            2
+        );
+        assert_eq!(refused.len(), 7);
+    }
+
+    /// Everything our consumer can send (`shared::kie::create_body`, for every model, every size
+    /// it accepts, with and without images) passes the documented schema.
+    #[test]
+    fn our_create_bodies_pass_the_documented_schema() {
+        use shared::kie::{create_body, endpoints, sizes};
+        use shared::model::Model;
+        let cb = "http://127.0.0.1:8787/webhooks/ai/kie_4o?task=t&token=k";
+        for model in Model::ALL {
+            let kontext = endpoints(model).0.contains("kontext");
+            let images: Vec<String> = (0..model.max_input_images())
+                .map(|i| format!("http://127.0.0.1:8787/files/cache/u/{i}.png?exp=1&sig=ab"))
+                .collect();
+            for size in sizes(model) {
+                for urls in [&images[..], &[]] {
+                    for callback in [Some(cb), None] {
+                        let body = create_body(model, "a prompt", size, urls, callback).to_string();
+                        if let Err(why) = check_create(kontext, &body) {
+                            panic!("{model} {size}: {body} refused: {why}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn callbacks_have_the_documented_shapes() {
+        let ok_4o = callback_body("4o1", false, false, "https://r/0.png");
+        assert_eq!(ok_4o["code"], 200);
+        assert_eq!(
+            ok_4o
+                .pointer("/data/info/result_urls/0")
+                .and_then(Value::as_str),
+            Some("https://r/0.png")
+        );
+        let ok_kx = callback_body("kx1", true, false, "https://r/0.png");
+        assert_eq!(
+            ok_kx
+                .pointer("/data/info/resultImageUrl")
+                .and_then(Value::as_str),
+            Some("https://r/0.png")
+        );
+        assert!(ok_kx.pointer("/data/info/originImageUrl").is_some());
+        // failures: the minimal shape, no info
+        let failed_4o = callback_body("4o2", false, true, "u");
+        let failed_kx = callback_body("kx2", true, true, "u");
+        assert_eq!(
+            (failed_4o["code"].as_i64(), failed_kx["code"].as_i64()),
+            (Some(500), Some(501))
+        );
+        for body in [&ok_4o, &ok_kx, &failed_4o, &failed_kx] {
+            let data = body["data"].as_object().unwrap();
+            assert!(body["msg"].is_string());
+            assert!(data.keys().all(|k| k == "taskId" || k == "info"), "{body}");
+            // our callback route reads all of them
+            let id = shared::kie::parse_callback(body.to_string().as_bytes()).unwrap();
+            assert_eq!(Some(id.as_str()), data["taskId"].as_str());
+        }
+        assert!(failed_4o["data"].get("info").is_none() && failed_kx["data"].get("info").is_none());
     }
 }

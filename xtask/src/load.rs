@@ -1,6 +1,10 @@
-//! The benchmark's load generator: a fixed number of requests from `concurrency` client threads
-//! over loopback, each thread on one keep-alive connection, every latency recorded.
+//! The benchmark's load generator: requests from `concurrency` client threads over loopback,
+//! each thread on one keep-alive connection, every latency recorded. Error responses are counted
+//! apart (by status) and never mixed into the latencies. Several targets can be driven at once
+//! ([`together`]) so that they are measured under the same conditions: each keeps sending until
+//! every target has sent its share.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -23,34 +27,50 @@ impl Request {
     }
 }
 
-/// One request: when it was sent (ms after the run started) and, if asked for, the body.
+/// One request: when it was sent (ms after the run started), its status and, if asked for, the
+/// body.
 pub struct Sample {
     pub offset_ms: u64,
+    pub status: u16,
     pub body: Option<String>,
 }
 
 /// What one load run measured.
 pub struct Load {
-    /// Latencies in milliseconds, sorted.
+    /// Latencies in milliseconds of the responses with the expected status, sorted.
     pub latencies_ms: Vec<f64>,
     pub samples: Vec<Sample>,
-    /// Responses whose status was not the expected one (or no response).
-    pub errors: usize,
+    /// Responses whose status was not the expected one, by status (0: no response).
+    pub errors: BTreeMap<u16, usize>,
     pub wall: Duration,
     /// When the first request was sent (ms since the epoch, this machine's clock).
     pub started_ms: u64,
 }
 
 impl Load {
-    pub fn percentile(&self, p: f64) -> f64 {
-        percentile(&self.latencies_ms, p)
+    pub fn error_count(&self) -> usize {
+        self.errors.values().sum()
     }
+
+    /// A percentile of the successful latencies; an error when there are none.
+    pub fn percentile(&self, p: f64) -> Result<f64, String> {
+        if self.latencies_ms.is_empty() {
+            return Err(format!(
+                "no successful responses to take a percentile of ({} errors: {:?})",
+                self.error_count(),
+                self.errors
+            ));
+        }
+        Ok(percentile(&self.latencies_ms, p))
+    }
+
+    /// Successful responses per second of wall time.
     pub fn per_second(&self) -> f64 {
         self.latencies_ms.len() as f64 / self.wall.as_secs_f64().max(1e-9)
     }
 }
 
-/// Nearest-rank percentile of sorted values.
+/// Nearest-rank percentile of sorted values (NaN for none: callers check first).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -63,9 +83,18 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank]
 }
 
+/// One target of a load run.
+pub struct Target<'a> {
+    pub concurrency: usize,
+    /// At least this many requests.
+    pub total: usize,
+    pub expect: u16,
+    pub make: &'a (dyn Fn(usize) -> Request + Sync),
+    pub keep_bodies: bool,
+}
+
 /// Sends `total` requests (`make(i)` builds the i-th) from `concurrency` threads; a response
-/// other than `expect` counts as an error. Bounded by `limit` overall. `keep_bodies` keeps every
-/// response body in the samples.
+/// other than `expect` counts as an error. Bounded by `limit` overall.
 pub fn run(
     concurrency: usize,
     total: usize,
@@ -74,24 +103,71 @@ pub fn run(
     make: &(dyn Fn(usize) -> Request + Sync),
     keep_bodies: bool,
 ) -> Load {
+    together(
+        &[Target {
+            concurrency,
+            total,
+            expect,
+            make,
+            keep_bodies,
+        }],
+        limit,
+    )
+    .pop()
+    .unwrap_or_else(|| Load {
+        latencies_ms: vec![],
+        samples: vec![],
+        errors: BTreeMap::from([(0, total)]),
+        wall: Duration::ZERO,
+        started_ms: e2e::now_ms(),
+    })
+}
+
+/// Drives every target at the same time, each with its own client threads. A target that has
+/// sent its `total` keeps sending until every target has, so all of them are measured beside
+/// the same load for the whole run. Bounded by `limit` overall.
+pub fn together(targets: &[Target<'_>], limit: Duration) -> Vec<Load> {
+    let finished = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|t| {
+                let finished = &finished;
+                scope.spawn(move || drive(t, limit, finished, targets.len()))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().ok())
+            .collect()
+    })
+}
+
+fn drive(t: &Target<'_>, limit: Duration, finished: &AtomicUsize, targets: usize) -> Load {
     let next = AtomicUsize::new(0);
-    let results = Mutex::new((Vec::with_capacity(total), Vec::with_capacity(total), 0usize));
+    let reached = std::sync::atomic::AtomicBool::new(false);
+    let results = Mutex::new((Vec::new(), Vec::new(), BTreeMap::new()));
     let started_ms = e2e::now_ms();
     let started = Instant::now();
     std::thread::scope(|scope| {
-        for _ in 0..concurrency.max(1) {
+        for _ in 0..t.concurrency.max(1) {
             scope.spawn(|| {
                 let agent = ureq::AgentBuilder::new()
                     .timeout(Duration::from_secs(30))
                     .max_idle_connections_per_host(1)
                     .build();
-                let (mut mine, mut samples, mut errors) = (Vec::new(), Vec::new(), 0);
+                let (mut mine, mut samples, mut errors) = (Vec::new(), Vec::new(), BTreeMap::new());
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= total || started.elapsed() > limit {
+                    if i >= t.total && !reached.swap(true, Ordering::SeqCst) {
+                        finished.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if (i >= t.total && finished.load(Ordering::SeqCst) >= targets)
+                        || started.elapsed() > limit
+                    {
                         break;
                     }
-                    let r = make(i);
+                    let r = (t.make)(i);
                     let mut req = agent.request(r.method, &r.url);
                     for (k, v) in &r.headers {
                         req = req.set(k, v);
@@ -107,23 +183,27 @@ pub fn run(
                         }
                         Err(ureq::Error::Transport(_)) => (0, String::new()),
                     };
-                    mine.push(sent.elapsed().as_secs_f64() * 1000.0);
-                    let offset_ms =
-                        u64::try_from(sent.duration_since(started).as_millis()).unwrap_or(0);
-                    samples.push(Sample {
-                        offset_ms,
-                        body: keep_bodies.then_some(body),
-                    });
-                    if status != expect {
-                        errors += 1;
+                    let took = sent.elapsed().as_secs_f64() * 1000.0;
+                    if status == t.expect {
+                        mine.push(took);
+                    } else {
+                        *errors.entry(status).or_insert(0usize) += 1;
                     }
+                    samples.push(Sample {
+                        offset_ms: u64::try_from(sent.duration_since(started).as_millis())
+                            .unwrap_or(0),
+                        status,
+                        body: t.keep_bodies.then_some(body),
+                    });
                 }
                 let mut all = results
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 all.0.extend(mine);
                 all.1.extend(samples);
-                all.2 += errors;
+                for (s, n) in errors {
+                    *all.2.entry(s).or_insert(0) += n;
+                }
             });
         }
     });

@@ -1,17 +1,26 @@
 //! `cargo xtask <command>`: the project's commands.
 //!
-//! - `dev`: install what is missing, build, migrate, start the whole stack and the provider
-//!   simulator on local state in `.state/`, print a demo token and a curl.
-//! - `test`: install what is missing, build, run every test (unit and end-to-end).
+//! - `dev [--port N] [--sim-port N] [--state DIR] [--no-cron]`: install what is missing, build,
+//!   migrate, start the whole stack and the provider simulator on local state in `.state/`, fire
+//!   the crons on their schedule, print a demo token and a curl; any stop signal stops it all
+//!   (see `e2e/src/dev.rs`).
+//! - `test`: install what is missing, build, check the Creem contract fixtures against the
+//!   official SDK (`e2e/fixtures/creem/check.mjs`), run every test (unit and end-to-end).
 //! - `build`: install what is missing and build the three workers (skipped when up to date).
 //! - `toolchain`: only install what is missing.
-//! - `bench`: build with the benchmark's floor worker and write `bench/results.json` and
-//!   `bench/RESULTS.md` (see `bench.rs`; not part of `test`).
-//! - `admin …`: the operators' CLI over the admin API (see `admin.rs`).
+//! - `deploy [--dry-run]`: build, find or create the account's resources, migrate remotely and
+//!   deploy the three workers in dependency order; print what is left to do (see `deploy.rs`).
+//! - `bench`: build with the benchmark's floor worker and its Workflows peer and write
+//!   `bench/results.json`, `bench/RESULTS.md` and the README's generated block (see `bench.rs`;
+//!   not part of `test`). `bench peer-sql` regenerates the peer's SQL from `shared::ledger`;
+//!   `bench peer-smoke` runs one task through the peer (see `peer.rs`).
+//! - `admin …`: the operators' CLI over the admin API: the `edgeline` crate (`cli/`), the same
+//!   code as the installed `edgeline` binary (`cargo xtask admin --help`).
 
-mod admin;
 mod bench;
+mod deploy;
 mod load;
+mod peer;
 mod toolchain;
 
 use std::path::{Path, PathBuf};
@@ -46,19 +55,20 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("toolchain") => toolchain::ensure().map(|_| ()),
         Some("build") => toolchain::ensure().and_then(|t| toolchain::build_workers(&t)),
-        Some("dev") => toolchain::ensure().and_then(|t| {
+        Some("dev") => e2e::dev::parse_args(&args[1..]).and_then(|_| {
+            let t = toolchain::ensure()?;
             toolchain::build_workers(&t)?;
             e2e::dev::run(&args[1..]).map_err(|e| e.to_string())
         }),
+        Some("deploy") => deploy::run(&args[1..]),
         Some("admin") => {
-            return match admin::run(&args[1..]) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("admin: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let argv = std::iter::once("cargo xtask admin".to_owned()).chain(args[1..].to_vec());
+            return ExitCode::from(edgeline::run(argv, "cargo xtask admin"));
         }
+        Some("bench") if args.get(1).is_some_and(|a| a == "peer-sql") => peer::write_sql(),
+        Some("bench") if args.get(1).is_some_and(|a| a == "peer-smoke") => toolchain::ensure()
+            .and_then(|_| peer::smoke())
+            .map(|took| eprintln!("peer smoke: one task completed in {:.1}s", took.as_secs_f64())),
         Some("bench") => toolchain::ensure().and_then(|t| {
             toolchain::build(
                 &t,
@@ -72,7 +82,7 @@ fn main() -> ExitCode {
             test(&args[1..])
         }),
         _ => {
-            eprintln!("usage: cargo xtask <dev|test|bench|build|toolchain|admin>");
+            eprintln!("usage: cargo xtask <dev|test|bench|build|deploy|toolchain|admin>");
             return ExitCode::from(2);
         }
     };
@@ -88,9 +98,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// Unit tests natively, then the end-to-end suite against the real local stack.
-fn test(extra: &[String]) -> Result<()> {
+/// The Creem contract: every fixture in `e2e/fixtures/creem` is read by the official `creem`
+/// SDK's webhook schemas exactly as written (the SDK is pinned in package-lock.json).
+fn creem_contract() -> Result<()> {
     let root = root();
+    run(Command::new("node")
+        .current_dir(&root)
+        .arg(root.join("e2e/fixtures/creem/check.mjs")))
+}
+
+/// The Creem contract check, unit tests natively, then the end-to-end suite against the real
+/// local stack.
+fn test(extra: &[String]) -> Result<()> {
+    creem_contract()?;
+    let root = root();
+    // the api's own unit tests, natively: among them, that the OpenAPI document it serves as a
+    // static file (api-worker/openapi.json) is the one its code describes
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["test", "-p", "api-worker", "--lib"]))?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(&root).args([
         "test",

@@ -4,7 +4,7 @@
 
 use crate::{root, run, Result};
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
@@ -110,11 +110,22 @@ pub fn ensure() -> Result<Toolchain> {
         .map_err(|e| format!("reading package-lock.json: {e}"))?;
     let stamp = root.join("node_modules/.edgeline-package-lock.json");
     let bins = ["wrangler", "esbuild", "wasm-opt"];
+    // packages without a binary: playwright-core (drives Chromium in e2e/tests/browser.rs),
+    // creem (the official SDK whose webhook schemas check e2e/fixtures/creem)
+    let libraries = ["playwright-core", "creem"];
     let complete = bins
         .iter()
-        .all(|b| root.join("node_modules/.bin").join(b).exists());
+        .all(|b| root.join("node_modules/.bin").join(b).exists())
+        && libraries.iter().all(|p| {
+            root.join("node_modules")
+                .join(p)
+                .join("package.json")
+                .exists()
+        });
     if !complete || fs::read(&stamp).ok().as_deref() != Some(lock.as_slice()) {
-        eprintln!("xtask: installing npm packages (wrangler, esbuild, binaryen)");
+        eprintln!(
+            "xtask: installing npm packages (wrangler, esbuild, binaryen, playwright-core, creem)"
+        );
         run(Command::new("npm").current_dir(&root).args([
             "ci",
             "--no-audit",
@@ -124,12 +135,48 @@ pub fn ensure() -> Result<Toolchain> {
         fs::write(&stamp, &lock).map_err(|e| format!("writing {}: {e}", stamp.display()))?;
     }
 
+    chromium();
+
     Ok(Toolchain {
         wasm_bindgen,
         worker_build,
         esbuild: root.join("node_modules/.bin/esbuild"),
         wasm_opt: root.join("node_modules/.bin/wasm-opt"),
     })
+}
+
+/// The browser the browser suite drives through playwright-core: Debian's `chromium` package
+/// (playwright's own browser downloads are not reachable here, the package registries are).
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Installs Chromium with apt-get when it is missing (a file check once it is there). A machine
+/// without apt-get, or where the install fails, gets a warning and goes on: only the browser
+/// suite needs it, and it says what is missing.
+fn chromium() {
+    if Path::new(CHROMIUM).exists() {
+        return;
+    }
+    eprintln!("xtask: installing chromium from Debian's packages (a minute or two, once)");
+    let root_user = output(Command::new("id").arg("-u")).is_some_and(|u| u.trim() == "0");
+    let apt = |args: &[&str]| {
+        let mut cmd = if root_user {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.args(["-n", "apt-get"]);
+            sudo
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut cmd)
+    };
+    let installed = apt(&["update", "-q"]).and_then(|()| apt(&["install", "-y", "-q", "chromium"]));
+    match installed {
+        Ok(()) if Path::new(CHROMIUM).exists() => {}
+        Ok(()) => eprintln!("xtask: warning: chromium installed, but {CHROMIUM} is missing"),
+        Err(e) => eprintln!(
+            "xtask: warning: could not install chromium ({e}); the browser suite (e2e/tests/browser.rs) will fail"
+        ),
+    }
 }
 
 fn modified(path: &PathBuf) -> Option<SystemTime> {
@@ -179,6 +226,28 @@ pub fn build(t: &Toolchain, workers: &[&str]) -> Result<()> {
             .env("WASM_BINDGEN_BIN", &t.wasm_bindgen)
             .env("ESBUILD_BIN", &t.esbuild)
             .env("WASM_OPT_BIN", &t.wasm_opt))?;
+        strip_names(t, &built)?;
     }
     Ok(())
+}
+
+/// Takes the name section (and any debug info) out of a packaged worker: worker-build always
+/// keeps it (`wasm-opt --debuginfo`), and twiggy measured it at 15% of the api-worker's wasm.
+/// Panics then show function indices instead of names. Producers and target features stay.
+fn strip_names(t: &Toolchain, wasm: &std::path::Path) -> Result<()> {
+    let mut cmd = Command::new(&t.wasm_opt);
+    cmd.arg(wasm).arg("-o").arg(wasm).arg("--strip-debug");
+    // the features worker-build enables, so nothing newer than workerd supports is emitted
+    for feature in [
+        "mutable-globals",
+        "sign-ext",
+        "nontrapping-float-to-int",
+        "bulk-memory",
+        "multivalue",
+        "reference-types",
+        "exception-handling",
+    ] {
+        cmd.arg(format!("--enable-{feature}"));
+    }
+    run(&mut cmd)
 }
