@@ -51,14 +51,15 @@ pub async fn stats(req: Request, app: &App) -> ApiResult {
         let start = window_start(at, size, count);
         // Ended tasks by the bucket of their end (updated_at >= completed_at, so the index on
         // (status, updated_at) narrows the scan); created tasks by the bucket of their creation.
+        // D1 binds JS numbers as REAL: the bucket is cast back to an integer.
         stmts.push(Stmt::new(
-            "SELECT (completed_at - ?1) / ?2 AS bucket, status, COUNT(*) AS n FROM ai_tasks
+            "SELECT CAST((completed_at - ?1) / ?2 AS INTEGER) AS bucket, status, COUNT(*) AS n FROM ai_tasks
              WHERE status IN ('completed', 'failed') AND updated_at >= ?1 AND completed_at >= ?1
              GROUP BY 1, 2",
             vec![start.into(), size.into()],
         ));
         stmts.push(Stmt::new(
-            "SELECT (created_at - ?1) / ?2 AS bucket, 'created' AS status, COUNT(*) AS n FROM ai_tasks
+            "SELECT CAST((created_at - ?1) / ?2 AS INTEGER) AS bucket, 'created' AS status, COUNT(*) AS n FROM ai_tasks
              WHERE created_at >= ?1 GROUP BY 1",
             vec![start.into(), size.into()],
         ));

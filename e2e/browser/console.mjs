@@ -41,7 +41,10 @@ const step = (name) => { current = name; report.steps.push(name); };
 async function open(hash, name) {
   await page.evaluate(() => { document.querySelector('#main').dataset.state = 'stale'; });
   const t0 = Date.now();
-  await page.evaluate((h) => { location.hash = h; }, hash);
+  // the same page again: its Refresh button (a hash that does not change fires no hashchange)
+  const same = await page.evaluate((h) => location.hash === h, hash);
+  if (same) await page.click('#refresh');
+  else await page.evaluate((h) => { location.hash = h; }, hash);
   await page.waitForFunction(() => ['ready', 'error'].includes(document.querySelector('#main').dataset.state));
   const ms = Date.now() - t0;
   const state = await page.$eval('#main', (m) => m.dataset.state);
@@ -137,15 +140,13 @@ try {
   report.replay_notice = await lastNotice();
   await settled();
 
-  step('the task completes: its page, polled');
-  const deadline = Date.now() + 90_000;
-  let status = '';
-  while (Date.now() < deadline) {
-    await open(`#/tasks/${cfg.task}`, 'task');
-    status = await page.$eval('section[data-task]', (s) => s.dataset.status);
-    if (status === 'completed' || status === 'failed') break;
-    await page.waitForTimeout(1000);
-  }
+  step('the task completes: its page reloads itself while the task is live');
+  await open(`#/tasks/${cfg.task}`, 'task');
+  await page.waitForFunction(() => {
+    const s = document.querySelector('section[data-task]');
+    return s && ['completed', 'failed'].includes(s.dataset.status);
+  }, null, { timeout: 90_000 });
+  const status = await page.$eval('section[data-task]', (s) => s.dataset.status);
   report.task_status = status;
   report.timeline = await page.$$eval('[data-section=timeline] li', (lis) => lis.map((li) => ({ kind: li.dataset.kind, text: li.textContent })));
   report.task_objects = await page.$$eval('section[data-task] table code', (cs) => cs.map((c) => c.textContent).filter((t) => t.startsWith('result/')));

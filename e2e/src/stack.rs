@@ -231,6 +231,60 @@ pub fn derive_config(
         .map_err(|e| format!("writing {}: {e}", dest.display()))
 }
 
+/// Points a derived config's `main` at a copy of its worker's build, made beside the config
+/// the first time (a restart keeps it): wrangler dev reloads when the file it serves changes,
+/// and a `cargo xtask build` running meanwhile (another suite, an editor) would otherwise swap
+/// the workers under a running stack, or crash it with a half-written wasm.
+fn snapshot_main(config: &Path) -> Result<(), String> {
+    let text =
+        fs::read_to_string(config).map_err(|e| format!("reading {}: {e}", config.display()))?;
+    let mut doc: toml::Table = text
+        .parse()
+        .map_err(|e| format!("parsing {}: {e}", config.display()))?;
+    let Some(main) = doc
+        .get("main")
+        .and_then(toml::Value::as_str)
+        .map(PathBuf::from)
+    else {
+        return Ok(());
+    };
+    let (Some(build), Some(file)) = (main.parent(), main.file_name()) else {
+        return Ok(());
+    };
+    let stem = config
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let copy = config.with_file_name(format!("{stem}-build"));
+    if !copy.exists() {
+        let partial = config.with_file_name(format!("{stem}-build.partial"));
+        let _ = fs::remove_dir_all(&partial);
+        copy_dir(build, &partial)?;
+        fs::rename(&partial, &copy).map_err(|e| format!("renaming {}: {e}", partial.display()))?;
+    }
+    doc.insert(
+        "main".into(),
+        toml::Value::String(copy.join(file).display().to_string()),
+    );
+    fs::write(config, toml::to_string(&doc).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("writing {}: {e}", config.display()))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
+    fs::create_dir_all(to).map_err(|e| format!("creating {}: {e}", to.display()))?;
+    for entry in fs::read_dir(from).map_err(|e| format!("reading {}: {e}", from.display()))? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let target = to.join(entry.file_name());
+        if entry.file_type().map_err(|e| e.to_string())?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target)
+                .map_err(|e| format!("copying {}: {e}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes fixtures into a stack's local state before it starts, with wrangler's own local
 /// commands (the same D1 and R2 the workers then serve).
 pub struct Seed {
@@ -351,6 +405,7 @@ impl Launch {
         vars.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
         for (src, dest) in &self.configs() {
             derive_config(src, dest, &vars, &self.rate_limits, &BindingIds::local())?;
+            snapshot_main(dest)?;
         }
         Ok(())
     }

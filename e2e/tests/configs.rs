@@ -102,3 +102,74 @@ fn cron_triggers_match_the_schedule_table() {
         "the free plan allows 5 cron triggers per account"
     );
 }
+
+#[test]
+fn committed_configs_carry_no_account_ids() {
+    for config in [
+        "wrangler.toml",
+        "consumer-worker/wrangler.toml",
+        "cron-worker/wrangler.toml",
+    ] {
+        let text = std::fs::read_to_string(e2e::stack::root().join(config)).expect("config");
+        let doc: toml::Table = text.parse().expect("toml");
+        for (table, key) in [("d1_databases", "database_id"), ("kv_namespaces", "id")] {
+            for entry in doc
+                .get(table)
+                .and_then(toml::Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                assert!(
+                    entry.get(key).is_none(),
+                    "{config}: {table}.{key} is an account's id; `cargo xtask deploy` finds it"
+                );
+            }
+        }
+    }
+}
+
+/// `cargo xtask deploy --dry-run`: every step that needs no account (build, `wrangler deploy
+/// --dry-run` of each derived config, the migration listing), in the order a deploy takes.
+#[test]
+fn deploy_dry_run_needs_no_account() {
+    let root = e2e::stack::root();
+    let built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "-q", "-p", "xtask"])
+        .status()
+        .expect("cargo runs");
+    assert!(built.success(), "xtask builds");
+    let out = Command::new(root.join("target/debug/xtask"))
+        .current_dir(&root)
+        .args(["deploy", "--dry-run"])
+        // no account: a token in the environment must not be needed nor used
+        .env_remove("CLOUDFLARE_API_TOKEN")
+        .env_remove("CLOUDFLARE_ACCOUNT_ID")
+        .output()
+        .expect("xtask runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "deploy --dry-run failed:\n{text}");
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("deploy --dry-run does not mention {needle}:\n{text}"))
+    };
+    assert!(
+        at("edgeline-cron bundles") < at("edgeline-consumer bundles")
+            && at("edgeline-consumer bundles") < at("edgeline-api bundles"),
+        "the cron worker, which the api binds, comes first:\n{text}"
+    );
+    for needle in [
+        "env.DB (edgeline)",
+        "env.CRON (edgeline-cron)",
+        "0001_init.sql",
+        "secret ADMIN_TOKEN of edgeline-api",
+        "secret KIE_API_KEY of edgeline-consumer",
+        "/webhooks/creem",
+    ] {
+        at(needle);
+    }
+}

@@ -158,7 +158,7 @@ fn expire_orders_expires_exactly_the_stale_ones(stack: &Stack) -> Result<(), Fai
     // a payment for an order that expired still completes it
     let token = c.session(ADMIN_TOKEN, ORDERS_USER);
     let event = json!({"id": "evt_after_expiry", "eventType": "checkout.completed", "created_at": 1_800_000_000_000i64,
-        "object": {"object": "checkout", "id": "ch_seed_late", "request_id": "ord_seed_1", "order": {"id": "or_late"},
+        "object": {"object": "checkout", "id": "ch_seed_late", "request_id": "ord_seed_1", "order": {"id": "or_late", "amount": 499, "currency": "USD"},
                    "product": {"id": "prod_pack_starter"}, "metadata": {"order_id": "ord_seed_1", "user_id": ORDERS_USER}}});
     let body = event.to_string();
     let sig = shared::signing::hmac_hex(CREEM_WEBHOOK_SECRET.as_bytes(), body.as_bytes());

@@ -1529,22 +1529,30 @@ fn what_was_paid_is_checked_against_the_order(stack: &Stack) -> Result<(), Faile
             Some("pending"),
             "the order is not completed",
         )?;
-        held.push(e["id"].as_str().unwrap_or_default().to_owned());
+        held.push(order_id);
     }
-    let dead = c
-        .get(
+    // the dead letter is archived just after the note is written
+    let dead = || {
+        c.get(
             "/admin/dead-letters?queue=edgeline-events&error_class=payment_mismatch&limit=200",
             Some(ADMIN_TOKEN),
         )
         .json()["dead_letters"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    for row in &held {
-        ensure(
-            dead.iter()
-                .any(|d| d["body"].as_str().is_some_and(|b| b.contains(row.as_str()))),
-            format!("an operator sees the held event {row} in the dead letters"),
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    for order_id in &held {
+        wait_for(
+            &format!("an operator sees the payment for {order_id} in the dead letters"),
+            Duration::from_secs(20),
+            || {
+                dead().iter().any(|d| {
+                    d["error_text"]
+                        .as_str()
+                        .is_some_and(|t| t.contains(&format!("order {order_id} is 499 USD")))
+                })
+            },
         )?;
     }
     eq(c.balance(&token), 0, "nothing granted for a mismatch")?;

@@ -685,6 +685,9 @@ fn terms_for<'a>(
 /// (the unique index on entity and type), which a later refund of the same payment only grows
 /// (`MIN` of two negative amounts): applying refunds twice, or in any order, ends in the clawback
 /// of the largest share any of them saw, which is the share of all of them.
+///
+/// D1 binds every number as a REAL: the shares are cast to INTEGER so that the division is the
+/// integer one [`Share::of`] does.
 pub fn clawback(
     entity_type: &str,
     entity_id: &str,
@@ -692,12 +695,12 @@ pub fn clawback(
     share: Share,
     now: i64,
 ) -> Stmt {
-    const TAKE: &str = "MIN(g.amount, (2 * g.amount * ?5 + ?6) / (2 * ?6))";
+    const TAKE: &str = "MIN(g.amount, (2 * g.amount * CAST(?5 AS INTEGER) + CAST(?6 AS INTEGER)) / (2 * CAST(?6 AS INTEGER)))";
     Stmt::new(
         format!(
             "INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, note, created_at)
              SELECT 'clawback:' || g.entity_type || ':' || g.entity_id, g.user_id, -{TAKE}, 'clawback', g.entity_type, g.entity_id,
-                    'refund ' || ?3 || ': ' || ?5 || ' of ' || ?6 || ' refunded', ?4
+                    'refund ' || ?3 || ': ' || CAST(?5 AS INTEGER) || ' of ' || CAST(?6 AS INTEGER) || ' refunded', ?4
              FROM credit_records g
              WHERE g.entity_type = ?1 AND g.entity_id = ?2 AND g.type IN ('purchase', 'subscription') AND g.amount > 0
                AND {TAKE} > 0
@@ -729,7 +732,7 @@ pub fn plan(e: &Event, s: &Subjects, now: i64) -> Plan {
             let Some(order) = &s.order else {
                 return Plan::Wait("the order this checkout is for is not known".into());
             };
-            let note = match check_paid(order, &e.object) {
+            let mut note = match check_paid(order, &e.object) {
                 Ok(note) => note,
                 Err(why) => return Plan::Hold(format!("what was paid does not match: {why}")),
             };
@@ -743,25 +746,25 @@ pub fn plan(e: &Event, s: &Subjects, now: i64) -> Plan {
                     return Plan::Wait("the subscription's user is not known".into());
                 };
                 stmts.push(upsert_subscription(e, sub_obj, "active", &terms));
-                // The first period, keyed by the payment: the transaction, or Creem's order.
-                let key = refs.transaction_id.clone().or_else(|| {
-                    refs.provider_order_id
-                        .as_ref()
-                        .map(|o| format!("order:{o}"))
-                });
-                match (key, order.status.as_str()) {
+                // The first period, keyed by its payment's transaction: the same key its own
+                // `subscription.paid` names, so the two grant once. A checkout that names no
+                // transaction grants nothing here: a key of our own could not be matched with
+                // that `subscription.paid`, which would grant the period a second time; the
+                // period is granted by that event instead.
+                match (refs.transaction_id.as_deref(), order.status.as_str()) {
                     (_, "refunded") => {} // refunded before it was applied: nothing to grant
-                    (Some(key), _) => stmts.push(period_grant(
+                    (Some(tx), _) => stmts.push(period_grant(
                         &order.user_id,
                         order.credits,
-                        &key,
+                        tx,
                         None,
                         None,
                         now,
                     )),
                     (None, _) => {
-                        return Plan::Wait(
-                            "the plan's checkout names neither a transaction nor an order".into(),
+                        note = Some(
+                            "the checkout names no transaction: the first period is granted by its subscription.paid"
+                                .into(),
                         )
                     }
                 }
@@ -1077,6 +1080,18 @@ mod tests {
             Param::Null,
             "expiry comes with the period"
         );
+        // without the transaction, a key of our own could not meet the period's own
+        // subscription.paid: nothing is granted here, so nothing is granted twice
+        let mut bare = e.clone();
+        bare.object["order"]
+            .as_object_mut()
+            .unwrap()
+            .remove("transaction");
+        let Plan::Apply { stmts, note } = plan(&bare, &with(Some(order("plan"))), 5) else {
+            panic!("applies")
+        };
+        assert_eq!(stmts.len(), 3, "paid, completed, subscription: no grant");
+        assert!(note.is_some_and(|n| n.contains("subscription.paid")));
     }
 
     #[test]
@@ -1220,9 +1235,9 @@ mod tests {
         let stmts = apply(plan(&pack, &with(Some(completed.clone())), 1));
         assert!(stmts[0].sql.contains("'refunded'"), "refunded in full");
         assert_eq!(stmts[1].params[0], Param::Text("order".into()));
-        assert!(stmts[1]
-            .sql
-            .contains("MIN(g.amount, (2 * g.amount * ?5 + ?6) / (2 * ?6))"));
+        assert!(stmts[1].sql.contains(
+            "MIN(g.amount, (2 * g.amount * CAST(?5 AS INTEGER) + CAST(?6 AS INTEGER)) / (2 * CAST(?6 AS INTEGER)))"
+        ));
         assert!(stmts[1]
             .sql
             .contains("amount = MIN(credit_records.amount, excluded.amount)"));
@@ -1575,7 +1590,20 @@ mod tests {
         plan(&e, &subjects, 1_000)
     }
 
-    /// Runs a plan as the consumer does: its statements and the event's status in one batch.
+    /// Runs a statement as D1 binds it: every number as a REAL (a JavaScript number).
+    fn exec_as_d1(conn: &Connection, s: &Stmt) {
+        let mut st = conn.prepare(&s.sql).unwrap_or_else(|e| panic!("{e}: {}", s.sql));
+        let bound = s.params.iter().map(|p| match p {
+            #[allow(clippy::cast_precision_loss)]
+            Param::Int(n) => rusqlite::types::Value::Real(*n as f64),
+            other => value(other),
+        });
+        st.execute(params_from_iter(bound))
+            .unwrap_or_else(|e| panic!("{e}: {}", s.sql));
+    }
+
+    /// Runs a plan as the consumer does: its statements and the event's status in one batch,
+    /// bound as D1 binds them.
     fn run(conn: &Connection, row: &str, p: &Plan) {
         match p {
             Plan::Apply { stmts, note } => {
@@ -1584,7 +1612,7 @@ mod tests {
                     .iter()
                     .chain([&mark_event(row, "applied", note.as_deref(), 1_000)])
                 {
-                    exec(conn, s);
+                    exec_as_d1(conn, s);
                 }
                 conn.execute_batch("COMMIT").unwrap();
             }

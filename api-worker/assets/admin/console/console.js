@@ -560,9 +560,13 @@
   }
   const short = (id) => (id ? `${String(id).slice(0, 8)}…` : '—');
 
+  const LIVE = ['pending', 'submitted', 'processing'];
+  const LIVE_REFRESH_MS = 2000;
+
   async function task(params, id) {
     if (!UUID_RE.test(id)) throw new InputError('task id', `"${id}" is not a task id (a UUID)`);
     const [t, tl] = await Promise.all([get(`/admin/tasks/${id}`), get(`/admin/tasks/${id}/timeline`)]);
+    if (LIVE.includes(t.status)) refreshLater(LIVE_REFRESH_MS);
     const page = h('section', { 'data-task': t.id, 'data-status': t.status },
       h('h1', {}, 'Task ', h('code', {}, t.task_no || t.id), ' ', badge(t.status)),
       kv([
@@ -574,6 +578,7 @@
         ['retry of', t.retry_of ? link(`#/tasks/${t.retry_of}`, t.retry_of) : null],
         ['deadline', when(t.deadline_at)],
       ]),
+      LIVE.includes(t.status) ? h('p', { class: 'muted', 'data-live': 'true' }, `The task is ${t.status}: this page reloads every ${LIVE_REFRESH_MS / 1000} s until it ends.`) : null,
       t.status === 'failed' ? h('div', { class: 'actions' },
         h('button', { type: 'button', id: 'retry-task', class: 'primary', onclick: (ev) => act(ev.currentTarget, async () => {
           const ok = await confirmDialog('Run this task again?', `A new task is created with a new hold of ${t.cost} credits (402 if the user's balance is short).`, 'Retry');
@@ -750,6 +755,12 @@
   ];
   let renderSeq = 0;
 
+  /** Renders the current page again after `ms`, unless the operator has moved on by then. */
+  function refreshLater(ms) {
+    const seq = renderSeq;
+    setTimeout(() => { if (seq === renderSeq && !$('#confirm').open) render(); }, ms);
+  }
+
   async function render() {
     showWho();
     if (!token()) { signIn(); return; }
@@ -790,6 +801,7 @@
   document.addEventListener('DOMContentLoaded', () => {
     $('#signin-form').addEventListener('submit', submitSignIn);
     $('#signin').addEventListener('cancel', (ev) => { if (!token()) ev.preventDefault(); });
+    $('#refresh').addEventListener('click', () => render());
     $('#signout').addEventListener('click', () => {
       sessionStorage.removeItem(TOKEN_KEY);
       main().replaceChildren();
