@@ -66,6 +66,14 @@ async function stats() {
 }
 const errorsText = () => page.$$eval('#errors .banner span', (els) => els.map((e) => e.textContent));
 const noticesText = () => page.$$eval('#notices .banner span', (els) => els.map((e) => e.textContent));
+/** Clears the banners before an action, so what it shows next is its own. */
+async function clearBanners() {
+  await page.evaluate(() => { document.querySelector('#notices').replaceChildren(); document.querySelector('#errors').replaceChildren(); });
+}
+async function lastError() {
+  await page.waitForSelector('#errors .banner');
+  return (await errorsText()).pop();
+}
 async function lastNotice() {
   await page.waitForSelector('#notices .banner');
   const all = await noticesText();
@@ -135,6 +143,7 @@ try {
   await shot('dead-letters');
 
   step('dead letters: dry-run the replay of the filter, confirm, replay');
+  await clearBanners();
   await page.click('#bulk-replay');
   report.replay_confirm = await answer(true);
   report.replay_notice = await lastNotice();
@@ -165,10 +174,12 @@ try {
   await open('#/dead-letters', 'dead-letters-2');
   await filter({ error_class: 'parse_error', status: 'dead' });
   report.parse_errors_listed = (await page.$$eval('a[data-dead-letter]', (as) => as.length));
+  await clearBanners();
   await page.click('#bulk-discard');
   report.discard_cancelled = await answer(false);
   report.discard_cancel_notice = await lastNotice();
   report.parse_errors_after_cancel = (await page.$$eval('a[data-dead-letter]', (as) => as.length));
+  await clearBanners();
   await page.evaluate(() => { document.querySelector('#main').dataset.state = 'stale'; });
   await page.click('#bulk-discard');
   report.discard_confirm = await answer(true);
@@ -178,13 +189,12 @@ try {
 
   step('bad input and API errors are shown');
   await open('#/tasks', 'tasks');
+  await clearBanners();
   await page.fill('input[name=task_id]', 'not-a-task-id');
   await page.click('form:has(input[name=task_id]) button[type=submit]');
-  await page.waitForSelector('#errors .banner');
-  report.bad_input_error = (await errorsText()).pop();
+  report.bad_input_error = await lastError();
   await open('#/tasks/00000000-0000-4000-8000-000000000000');
-  await page.waitForSelector('#errors .banner');
-  report.api_error = (await errorsText()).pop();
+  report.api_error = await lastError();
   report.api_error_page_state = await page.$eval('#main', (m) => m.dataset.state);
 
   step('tasks: filter by status, open a failed task');
@@ -203,10 +213,11 @@ try {
   const userLink = await page.$eval('a[data-user]', (a) => a.dataset.user);
   await open(`#/users/${userLink}`, 'user');
   report.balance_before_grant = (await stats())['user.balance'];
-  await page.fill('#grant-form input[name=credits]', 'x');
+  await clearBanners();
+  await page.fill('#grant-form input[name=credits]', '2.5');
   await page.click('#grant-form button[type=submit]');
-  await page.waitForSelector('#errors .banner');
-  report.bad_grant_error = (await errorsText()).pop();
+  report.bad_grant_error = await lastError();
+  await clearBanners();
   await page.fill('#grant-form input[name=credits]', '5');
   await page.fill('#grant-form input[name=note]', 'console e2e');
   await page.evaluate(() => { document.querySelector('#main').dataset.state = 'stale'; });
@@ -220,6 +231,7 @@ try {
 
   step('cron: run a job now, see its run');
   await open('#/cron', 'cron');
+  await clearBanners();
   await page.evaluate(() => { document.querySelector('#main').dataset.state = 'stale'; });
   await page.click('button[data-run=expire_orders]');
   report.cron_notice = await lastNotice();

@@ -855,6 +855,12 @@ fn out_of_order_ends_in_the_same_state(stack: &Stack) -> Result<(), Failed> {
                 subscription(&sub, p, &user, "expired", period(2)),
             ),
         ];
+        // Creem copies the checkout's metadata onto the subscription: every event names our
+        // order, so one that arrives before the checkout is applied from the order's terms
+        let mut events = events;
+        for e in events.iter_mut().skip(1) {
+            e["object"]["metadata"]["order_id"] = json!(order_id);
+        }
         for &i in order_of_delivery {
             let r = deliver(&c, &events[i], CREEM_WEBHOOK_SECRET);
             if r.status != 200 {

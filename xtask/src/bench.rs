@@ -119,7 +119,12 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut runs = Vec::new();
     for r in 0..o.runs {
         eprintln!("bench: run {} of {}", r + 1, o.runs);
-        runs.push(one_run(&o, r)?);
+        let v = one_run(&o, r)?;
+        // each run as it ends, for a look while later ones go on (bench/tmp is not committed)
+        let tmp = root().join("bench/tmp");
+        let _ = fs::create_dir_all(&tmp);
+        let _ = fs::write(tmp.join(format!("run-{r}.json")), v.to_string());
+        runs.push(v);
     }
     let cron = if o.cron { cron_scaling()? } else { Value::Null };
     let report = summarise(&o, &runs, cron, versions)?;
@@ -392,7 +397,11 @@ fn submit_latency(o: &Options, run: usize, b: &Bench<'_>, floor: &Floor) -> Resu
 fn pipeline(o: &Options, run: usize, b: &Bench<'_>, floor: &Floor) -> Result<Value> {
     let edgeline = pipeline_one(o, run, b, System::Edgeline)?;
     let peer = pipeline_one(o, run, b, System::Peer)?;
-    let messages = edgeline["messages"].as_u64().unwrap_or(0);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let messages = edgeline["messages"].as_f64().unwrap_or(0.0).round() as u64;
+    if messages == 0 {
+        return Err("edgeline handled no messages in the pipeline".into());
+    }
     let floor_ms = floor.drain(usize::try_from(messages).unwrap_or(0), Duration::from_secs(600))?;
     let floor_mps = per(messages as f64 * 1000.0, usize::try_from(floor_ms).unwrap_or(0), "floor drain time")?;
     let tps = |v: &Value| v["tasks_per_second"].as_f64().unwrap_or(f64::NAN);
@@ -463,7 +472,9 @@ fn pipeline_one(o: &Options, run: usize, b: &Bench<'_>, s: System) -> Result<Val
     });
     if s == System::Edgeline {
         let messages = cost["messages"].as_f64().unwrap_or(0.0) * completed as f64;
-        v["messages"] = json!(messages.round());
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let count = messages.round() as u64;
+        v["messages"] = json!(count);
         v["messages_per_second"] = json!(messages * 1000.0 / wall_ms as f64);
         let batches: Vec<Value> = b
             .events(s, Some("batch"))

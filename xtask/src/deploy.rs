@@ -442,7 +442,7 @@ fn checklist(missing: Option<&BTreeMap<&str, Vec<&str>>>, url: Option<&str>) {
     println!(
         "- PUBLIC_BASE_URL in [vars] of wrangler.toml and consumer-worker/wrangler.toml: {api} (then deploy again)\n\
          - register {api}/webhooks/creem as the webhook endpoint in Creem's dashboard, with the secret in CREEM_WEBHOOK_SECRETS\n\
-         - set the catalogue's creem_product_id values to your Creem products: PUT {api}/admin/catalog (or the console)\n\
+         - set the catalogue's creem_product_id values to your Creem products: PUT {api}/admin/catalog\n\
          - CORS_ALLOWED_ORIGINS in wrangler.toml: your app's origins\n\
          - the operator console: {api}/admin/console/"
     );

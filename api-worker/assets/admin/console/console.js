@@ -400,7 +400,8 @@
   }
 
   function filterForm(fields, onSubmit) {
-    const form = h('form', { class: 'filters', onsubmit: (ev) => {
+    // novalidate: the console checks input itself and says what is wrong in the banner
+    const form = h('form', { class: 'filters', novalidate: true, onsubmit: (ev) => {
       ev.preventDefault();
       try { onSubmit(new FormData(form)); } catch (e) { showError(e); }
     } }, fields, h('button', { type: 'submit', class: 'primary' }, 'Apply'));
@@ -543,7 +544,7 @@
       location.hash = `#/tasks${qs({ status: data.get('status'), older_than_secs: mins ? Math.round(Number(mins) * 60) : '' })}`;
     }));
     const lookup = h('input', { name: 'task_id', placeholder: 'task id', size: 38 });
-    page.append(h('form', { class: 'filters', onsubmit: (ev) => {
+    page.append(h('form', { class: 'filters', novalidate: true, onsubmit: (ev) => {
       ev.preventDefault();
       const id = lookup.value.trim();
       if (!UUID_RE.test(id)) { showError(new InputError('task id', `"${id}" is not a task id (a UUID)`)); return; }
@@ -660,7 +661,7 @@
     const reference = h('input', { name: 'reference', value: `console-${Date.now()}`, size: 28 });
     const note = h('input', { name: 'note', placeholder: 'why', size: 30 });
     const expires = h('input', { name: 'expires', type: 'date' });
-    const grant = h('form', { class: 'filters', id: 'grant-form', onsubmit: (ev) => {
+    const grant = h('form', { class: 'filters', id: 'grant-form', novalidate: true, onsubmit: (ev) => {
       ev.preventDefault();
       act(grant.querySelector('button'), async () => {
         const n = Number(credits.value);
