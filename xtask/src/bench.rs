@@ -890,13 +890,15 @@ fn budget(name: &str, limit: &str, measured: String, met: bool) -> Value {
 
 /// `median (min–max)`, or the one value.
 fn fmt(v: &Value, digits: usize) -> String {
-    match (v["median"].as_f64(), v["min"].as_f64(), v["max"].as_f64()) {
+    // + 0.0: a sum of nothing printed as "-0.00" otherwise
+    let f = |k: &str| v[k].as_f64().map(|x| x + 0.0);
+    match (f("median"), f("min"), f("max")) {
         (Some(m), Some(lo), Some(hi)) if v["n"].as_u64().unwrap_or(0) > 1 => {
             format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
         }
         (Some(m), _, _) => format!("{m:.digits$}"),
         _ => match v.as_f64() {
-            Some(x) => format!("{x:.digits$}"),
+            Some(x) => format!("{:.digits$}", x + 0.0),
             None => "–".into(),
         },
     }
