@@ -11,7 +11,9 @@ use worker::{Bucket, Env, KvStore, Queue, Request, Response, RouteContext, Route
 
 pub struct App {
     pub env: Env,
-    pub cfg: Config,
+    /// Read from the environment once per isolate (`build`): variables and secrets do not change
+    /// while an isolate lives.
+    pub cfg: Rc<Config>,
     pub io: Rc<IoCounts>,
     pub db: Db,
     /// A renewed session token for this request's response (`auth::SESSION_TOKEN_HEADER`).
@@ -132,8 +134,21 @@ pub async fn handle(req: Request, env: Env) -> Response {
     response
 }
 
+thread_local! {
+    /// The configuration, once it has been read successfully in this isolate.
+    static CONFIG: std::cell::RefCell<Option<Rc<Config>>> = const { std::cell::RefCell::new(None) };
+}
+
 fn build(env: &Env, io: Rc<IoCounts>) -> Result<App, ApiError> {
-    let cfg = Config::from_env(env).map_err(ApiError::Misconfigured)?;
+    let cfg = match CONFIG.with(|c| c.borrow().clone()) {
+        Some(cfg) => cfg,
+        None => {
+            // a broken configuration is not kept: every request reports it until it is fixed
+            let cfg = Rc::new(Config::from_env(env).map_err(ApiError::Misconfigured)?);
+            CONFIG.with(|c| *c.borrow_mut() = Some(cfg.clone()));
+            cfg
+        }
+    };
     let db = Db::new(env, config::DB, io.clone())?;
     Ok(App {
         env: env.clone(),
@@ -177,9 +192,7 @@ async fn dispatch(req: Request, env: Env, app: Rc<App>) -> Response {
         .get_async("/api/health", |_, ctx| async move {
             reply(tasks::health(&ctx.data).await)
         })
-        .get("/api/openapi.json", |_, _| {
-            Ok(openapi_response())
-        })
+        .get("/api/openapi.json", |_, _| Ok(openapi_response()))
         .post_async("/api/tasks", |req, ctx| async move {
             reply(tasks::submit(req, &ctx.data).await)
         })

@@ -136,10 +136,7 @@ pub fn together(targets: &[Target<'_>], limit: Duration) -> Vec<Load> {
                 scope.spawn(move || drive(t, limit, finished, targets.len()))
             })
             .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().ok())
-            .collect()
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
     })
 }
 

@@ -12,7 +12,8 @@
 //!   deploy the three workers in dependency order; print what is left to do (see `deploy.rs`).
 //! - `bench`: build with the benchmark's floor worker and its Workflows peer and write
 //!   `bench/results.json`, `bench/RESULTS.md` and the README's generated block (see `bench.rs`;
-//!   not part of `test`). `bench peer-sql` regenerates the peer's SQL from `shared::ledger`;
+//!   not part of `test`). `bench render` rewrites RESULTS.md and the README block from
+//!   `bench/results.json`; `bench peer-sql` regenerates the peer's SQL from `shared::ledger`;
 //!   `bench peer-smoke` runs one task through the peer (see `peer.rs`).
 //! - `admin …`: the operators' CLI over the admin API: the `edgeline` crate (`cli/`), the same
 //!   code as the installed `edgeline` binary (`cargo xtask admin --help`).
@@ -66,9 +67,15 @@ fn main() -> ExitCode {
             return ExitCode::from(edgeline::run(argv, "cargo xtask admin"));
         }
         Some("bench") if args.get(1).is_some_and(|a| a == "peer-sql") => peer::write_sql(),
-        Some("bench") if args.get(1).is_some_and(|a| a == "peer-smoke") => toolchain::ensure()
-            .and_then(|_| peer::smoke())
-            .map(|took| eprintln!("peer smoke: one task completed in {:.1}s", took.as_secs_f64())),
+        Some("bench") if args.get(1).is_some_and(|a| a == "render") => bench::render(),
+        Some("bench") if args.get(1).is_some_and(|a| a == "peer-smoke") => {
+            toolchain::ensure().and_then(|_| peer::smoke()).map(|took| {
+                eprintln!(
+                    "peer smoke: one task completed in {:.1}s",
+                    took.as_secs_f64()
+                )
+            })
+        }
         Some("bench") => toolchain::ensure().and_then(|t| {
             toolchain::build(
                 &t,
@@ -114,9 +121,11 @@ fn test(extra: &[String]) -> Result<()> {
     let root = root();
     // the api's own unit tests, natively: among them, that the OpenAPI document it serves as a
     // static file (api-worker/openapi.json) is the one its code describes
-    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args(["test", "-p", "api-worker", "--lib"]))?;
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&root)
+            .args(["test", "-p", "api-worker", "--lib"]),
+    )?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(&root).args([
         "test",

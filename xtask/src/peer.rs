@@ -128,7 +128,11 @@ pub fn ensure_npm() -> Result<()> {
 /// `tsc --noEmit` over the peer.
 pub fn typecheck() -> Result<()> {
     let dir = root().join(DIR);
-    crate::run(Command::new(dir.join("node_modules/.bin/tsc")).current_dir(&dir).arg("--noEmit"))
+    crate::run(
+        Command::new(dir.join("node_modules/.bin/tsc"))
+            .current_dir(&dir)
+            .arg("--noEmit"),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -172,7 +176,14 @@ impl Peer {
         let persist = state_dir.join("wrangler");
         let migrate = quiet(&mut Command::new(wrangler()))
             .current_dir(&dir)
-            .args(["d1", "migrations", "apply", "edgeline-peer", "--local", "--persist-to"])
+            .args([
+                "d1",
+                "migrations",
+                "apply",
+                "edgeline-peer",
+                "--local",
+                "--persist-to",
+            ])
             .arg(&persist)
             .stdin(Stdio::null())
             .output()
@@ -229,7 +240,10 @@ impl Peer {
             .build();
         while spawned.elapsed() < Duration::from_secs(90) {
             if let Some(Ok(Some(status))) = peer.child.as_mut().map(Child::try_wait) {
-                return Err(format!("the peer's wrangler dev exited ({status}):\n{}", peer.log()));
+                return Err(format!(
+                    "the peer's wrangler dev exited ({status}):\n{}",
+                    peer.log()
+                ));
             }
             if agent.get(&peer.url).call().is_ok_and(|r| r.status() == 200) {
                 peer.started_in = spawned.elapsed();
@@ -305,7 +319,9 @@ impl Drop for Peer {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let group = format!("-{}", child.id());
-            let _ = Command::new("kill").args(["-s", "TERM", "--", &group]).status();
+            let _ = Command::new("kill")
+                .args(["-s", "TERM", "--", &group])
+                .status();
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(5) {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -313,7 +329,9 @@ impl Drop for Peer {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let _ = Command::new("kill").args(["-s", "KILL", "--", &group]).status();
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &group])
+                .status();
             let _ = child.wait();
         }
         if std::env::var_os("EDGELINE_KEEP_STATE").is_none() {
@@ -365,7 +383,9 @@ pub fn smoke() -> Result<Duration> {
                 let steps = peer.events(Some("peer.step"));
                 let settled = steps
                     .iter()
-                    .filter(|s| s["task_id"] == id.as_str() && s["step"] == "settle" && s["ok"] == true)
+                    .filter(|s| {
+                        s["task_id"] == id.as_str() && s["step"] == "settle" && s["ok"] == true
+                    })
                     .count();
                 if settled != 1 {
                     return Err(format!("settled {settled} times:\n{}", peer.log_tail(40)));
@@ -374,7 +394,10 @@ pub fn smoke() -> Result<Duration> {
             }
             Some("failed") => return Err(format!("the task failed: {v}\n{}", peer.log_tail(40))),
             _ if started.elapsed() > Duration::from_secs(45) => {
-                return Err(format!("the task did not end in 45 s: {v}\n{}", peer.log_tail(60)))
+                return Err(format!(
+                    "the task did not end in 45 s: {v}\n{}",
+                    peer.log_tail(60)
+                ))
             }
             _ => std::thread::sleep(Duration::from_millis(200)),
         }
@@ -401,7 +424,10 @@ mod tests {
             panic!("node_modules/.bin/wrangler is missing: run `cargo xtask toolchain`");
         }
         match smoke() {
-            Ok(took) => eprintln!("peer smoke: one task completed in {:.1}s", took.as_secs_f64()),
+            Ok(took) => eprintln!(
+                "peer smoke: one task completed in {:.1}s",
+                took.as_secs_f64()
+            ),
             Err(e) => panic!("peer smoke failed: {e}"),
         }
     }
