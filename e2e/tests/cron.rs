@@ -76,6 +76,14 @@ fn seed(s: &Seed) -> Result<(), String> {
            VALUES ('{BROKEN}', 'T-{BROKEN}', '{AUDIT_USER}', 'completed', '{{}}', 'kie_4o', 'x', 2, {now}, {now}, {now});
          INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, created_at)
            VALUES ('reserve:{BROKEN}', '{AUDIT_USER}', -2, 'reserve', 'task', '{BROKEN}', {now});
+         -- a ledger of 10,200 settled rows for the auditor to read (3,400 completed tasks)
+         INSERT INTO ai_tasks (id, task_no, user_id, status, input_params, external_provider, external_task_id, cost, deadline_at, created_at, updated_at)
+           WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3400)
+           SELECT 'audit-task-' || i, 'T-audit-' || i, '{AUDIT_USER}', 'completed', '{{}}', 'kie_4o', 'x' || i, 2, {now}, {now}, {now} FROM n;
+         INSERT INTO credit_records (id, user_id, amount, type, entity_type, entity_id, created_at)
+           SELECT k.kind || ':' || t.id, '{AUDIT_USER}', CASE k.kind WHEN 'release' THEN 2 ELSE -2 END, k.kind, 'task', t.id, {now}
+           FROM ai_tasks t, (SELECT 'reserve' AS kind UNION ALL SELECT 'release' UNION ALL SELECT 'consumption') k
+           WHERE t.id LIKE 'audit-task-%';
          INSERT INTO cron_runs (id, job, schedule, started_at, finished_at)
            WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20)
            SELECT 'run_old_' || i, 'retention', '17 3 * * *', ({now} - 40 * 86400) * 1000, ({now} - 40 * 86400) * 1000 FROM n;",
@@ -365,7 +373,12 @@ fn stuck_events_are_requeued_and_the_auditor_reports_violations(
         !found.iter().any(|v| v["check"] == "no_event_stuck"),
         format!("no stuck event once reconciled: {found:?}"),
     )?;
-    ensure(report["ledger_rows"].as_i64().is_some_and(|n| n > 0), "ledger rows counted")?;
+    ensure(report["ledger_rows"].as_i64().is_some_and(|n| n > 10_000), "ledger rows counted")?;
+    let (ms, rows) = (report["ms"].as_f64().unwrap_or(0.0), report["ledger_rows"].as_f64().unwrap_or(1.0));
+    println!(
+        "FIGURE auditor: {ms:.0} ms over {rows:.0} ledger rows ({:.1} ms per 10,000 ledger rows)",
+        ms * 10_000.0 / rows
+    );
     let (ok, out) = stack.cli(&["audit"]);
     ensure(!ok && out.contains(BROKEN), format!("the CLI fails and names it: {out}"))?;
     let run = run_job(&c, "audit_ledger")?;
