@@ -3,7 +3,7 @@
 //! accepts), subscriptions across periods, what was paid checked against the order, partial and
 //! full refunds, forged deliveries, and concurrent submissions against a balance.
 
-use e2e::check::{ensure, eq};
+use e2e::check::{ensure, eq, Check};
 use e2e::client::{Client, Reply};
 use e2e::stack::{
     Stack, StackOptions, ADMIN_TOKEN, CREEM_OLD_SECRET, CREEM_WEBHOOK_SECRET,
@@ -73,6 +73,23 @@ fn order(stack: &Stack, token: &str, product: &str) -> Result<(String, String), 
         order_id,
         checkout["id"].as_str().unwrap_or_default().to_owned(),
     ))
+}
+
+/// Every checkout this suite asked Creem for was one Creem accepts: the strict simulator checks
+/// `POST /v1/checkouts` against the documented create-checkout request (what
+/// `api-worker/src/orders.rs` sends) and refused none.
+fn no_checkout_refused(stack: &Stack) -> Check {
+    let refused: Vec<(String, String)> = stack
+        .sim
+        .stats()
+        .refused
+        .into_iter()
+        .filter(|(path, _)| path == "/v1/checkouts")
+        .collect();
+    ensure(
+        refused.is_empty(),
+        format!("Creem would refuse our checkouts: {refused:?}"),
+    )
 }
 
 /// What Creem charges for a product (minor units, USD), as the seeded catalogue sells it and the
@@ -239,6 +256,7 @@ fn buying_a_pack_grants_once(stack: &Stack) -> Result<(), Failed> {
         "unknown_product".into(),
         "unknown product",
     )?;
+    no_checkout_refused(stack)?;
     Ok(())
 }
 
@@ -400,6 +418,7 @@ fn subscription_lifecycle(stack: &Stack) -> Result<(), Failed> {
         Some(false),
         "no access once expired",
     )?;
+    no_checkout_refused(stack)?;
     Ok(())
 }
 
@@ -507,6 +526,7 @@ fn events_waiting_for_their_subject_are_never_lost(stack: &Stack) -> Result<(), 
     }
     std::thread::sleep(Duration::from_secs(3));
     eq(c.balance(&token), 200, "granted once")?;
+    no_checkout_refused(stack)?;
     Ok(())
 }
 
@@ -797,6 +817,7 @@ fn refund_after_spending_goes_negative(stack: &Stack) -> Result<(), Failed> {
         202,
         "a new purchase restores service",
     )?;
+    no_checkout_refused(stack)?;
     Ok(())
 }
 
@@ -907,6 +928,7 @@ fn out_of_order_ends_in_the_same_state(stack: &Stack) -> Result<(), Failed> {
         Some("expired"),
         "the tie went to the event id",
     )?;
+    no_checkout_refused(stack)?;
     Ok(())
 }
 
@@ -1174,6 +1196,7 @@ fn operators_change_the_catalogue_and_orders_keep_their_terms(stack: &Stack) -> 
         "payment delivered",
     )?;
     balance_becomes(&c, &token, 10)?;
+    no_checkout_refused(stack)?;
     Ok(())
 }
 
@@ -1590,6 +1613,7 @@ fn what_was_paid_is_checked_against_the_order(stack: &Stack) -> Result<(), Faile
                     .is_some_and(|m| m.contains("paid 399 USD of 499 with a discount of 100"))
         })
     })?;
+    no_checkout_refused(stack)?;
     Ok(())
 }
 
@@ -1742,6 +1766,7 @@ fn partial_refunds_claw_back_their_share(stack: &Stack) -> Result<(), Failed> {
         about_these.is_empty(),
         format!("the auditor agrees: {about_these:?}"),
     )?;
+    no_checkout_refused(stack)?;
     Ok(())
 }
 

@@ -15,6 +15,13 @@
 //! its `taskId`, and every call needs a bearer token. What kie.ai would refuse is answered the
 //! way kie.ai documents it (`{"code": 422 | 401, "msg": ..}`), printed on stderr and recorded
 //! in [`Stats::refused`], so a test can assert that our code sent nothing the provider refuses.
+//!
+//! It also answers Creem's `POST /v1/checkouts`, as strictly: the body is checked against the
+//! documented create-checkout request (the `creem` SDK's `CreateCheckoutRequest`: its fields,
+//! types and documented limits, no unknown fields), `x-api-key` and a JSON content type are
+//! required, and a refusal is Creem's documented error (`{trace_id, status, error, message: [..],
+//! timestamp}`, HTTP 400; HTTP 403 for a missing key), recorded in [`Stats::refused`] under
+//! `/v1/checkouts`.
 
 mod png;
 
@@ -88,9 +95,11 @@ pub struct Stats {
     pub flaky_failures_by_prompt: HashMap<String, u64>,
     /// Creem checkouts created: request id -> `{id, body}` (the checkout id and the create body).
     pub checkouts: HashMap<String, Value>,
-    /// kie.ai requests refused because the real kie.ai would refuse them: (path, reason), in
-    /// order. A missing or wrong bearer token (code 401), a create body that breaks the
-    /// documented schema, a record-info without `taskId` (code 422). Our code should cause none.
+    /// Requests refused because the real provider would refuse them: (path, reason), in order.
+    /// kie.ai: a missing or wrong bearer token (code 401), a create body that breaks the
+    /// documented schema, a record-info without `taskId` (code 422). Creem (`/v1/checkouts`): a
+    /// missing `x-api-key` (HTTP 403), a body that is not JSON or breaks the documented
+    /// create-checkout request (HTTP 400). Our code should cause none.
     pub refused: Vec<(String, String)>,
 }
 
@@ -358,6 +367,213 @@ fn check_create(kontext: bool, body: &str) -> Result<Value, String> {
     Ok(parsed)
 }
 
+/// Every top-level field of Creem's create-checkout request (`CreateCheckoutRequest` in the
+/// official `creem` SDK, 1.13.0); anything else is refused.
+const CHECKOUT_FIELDS: [&str; 11] = [
+    "request_id",
+    "product_id",
+    "units",
+    "custom_price",
+    "discount_code",
+    "affiliate_code",
+    "customer",
+    "custom_fields",
+    "custom_field",
+    "success_url",
+    "metadata",
+];
+/// `CustomerRequestEntity`.
+const CHECKOUT_CUSTOMER_FIELDS: [&str; 3] = ["id", "email", "name"];
+/// `CustomFieldRequestEntity`.
+const CHECKOUT_CUSTOM_FIELD_FIELDS: [&str; 6] =
+    ["type", "key", "label", "optional", "text", "checkbox"];
+/// `CustomFieldRequestType`.
+const CHECKOUT_CUSTOM_FIELD_TYPES: [&str; 2] = ["text", "checkbox"];
+/// "Up to 3 fields are supported."
+const CHECKOUT_MAX_CUSTOM_FIELDS: usize = 3;
+/// `custom_price`: "between 100 (one whole unit of the currency) and 99999999".
+const CHECKOUT_CUSTOM_PRICE: std::ops::RangeInclusive<i64> = 100..=99_999_999;
+
+/// `local@domain.tld`, no whitespace: the shape any email validator accepts.
+fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && domain.contains('.')
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !domain.contains('@')
+}
+
+fn unknown_key(
+    obj: &serde_json::Map<String, Value>,
+    known: &[&str],
+    at: &str,
+) -> Result<(), String> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(format!("property {at}{k} should not exist")),
+        None => Ok(()),
+    }
+}
+
+fn number_field(obj: &serde_json::Map<String, Value>, name: &str, at: &str) -> Result<(), String> {
+    match obj.get(name) {
+        None | Some(Value::Number(_)) => Ok(()),
+        Some(other) => Err(format!("{at}{name} must be a number, got {other}")),
+    }
+}
+
+/// One `custom_fields[i]` (or `custom_field[i]`) entry, a `CustomFieldRequestEntity`.
+fn check_custom_field(v: &Value, at: &str) -> Result<(), String> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("{at} must be an object, got {v}"))?;
+    unknown_key(obj, &CHECKOUT_CUSTOM_FIELD_FIELDS, &format!("{at}."))?;
+    let f = Fields(obj);
+    let prefix = format!("{at}.");
+    let with = |e: String| format!("{prefix}{e}");
+    match f
+        .one_of("type", &CHECKOUT_CUSTOM_FIELD_TYPES)
+        .map_err(with)?
+    {
+        None => return Err(format!("{at}.type is required")),
+        Some(_) => {}
+    }
+    match f.string("key").map_err(with)? {
+        None => return Err(format!("{at}.key is required")),
+        Some(k)
+            if k.is_empty() || k.len() > 200 || !k.chars().all(|c| c.is_ascii_alphanumeric()) =>
+        {
+            return Err(format!(
+                "{at}.key must be alphanumeric, 1 to 200 characters, got {k:?}"
+            ))
+        }
+        Some(_) => {}
+    }
+    match f.string("label").map_err(with)? {
+        None => return Err(format!("{at}.label is required")),
+        Some(l) if l.chars().count() > 50 => {
+            return Err(format!("{at}.label must be at most 50 characters"))
+        }
+        Some(_) => {}
+    }
+    f.boolean("optional").map_err(with)?;
+    match obj.get("text") {
+        None => {}
+        Some(Value::Object(text)) => {
+            let at = format!("{at}.text.");
+            unknown_key(text, &["max_length", "min_length"], &at)?;
+            number_field(text, "max_length", &at)?;
+            number_field(text, "min_length", &at)?;
+        }
+        Some(other) => return Err(format!("{at}.text must be an object, got {other}")),
+    }
+    match obj.get("checkbox") {
+        None => {}
+        Some(Value::Object(checkbox)) => {
+            let at = format!("{at}.checkbox.");
+            unknown_key(checkbox, &["label"], &at)?;
+            Fields(checkbox)
+                .string("label")
+                .map_err(|e| format!("{at}{e}"))?;
+        }
+        Some(other) => return Err(format!("{at}.checkbox must be an object, got {other}")),
+    }
+    Ok(())
+}
+
+/// Checks a create-checkout body against Creem's documented request (`CreateCheckoutRequest`
+/// of the official `creem` SDK, its field comments, and the API reference): the parsed body, or
+/// why Creem would refuse it (answered as a 400).
+fn check_checkout(body: &str) -> Result<Value, String> {
+    let parsed: Value =
+        serde_json::from_str(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
+    let obj = parsed
+        .as_object()
+        .ok_or_else(|| "body must be a JSON object".to_owned())?;
+    unknown_key(obj, &CHECKOUT_FIELDS, "")?;
+    let f = Fields(obj);
+    match f.string("product_id")? {
+        None => return Err("product_id is required".into()),
+        Some(p) if p.trim().is_empty() => return Err("product_id must not be empty".into()),
+        Some(_) => {}
+    }
+    f.string("request_id")?;
+    match obj.get("units") {
+        None => {}
+        Some(v) if v.as_u64().is_some_and(|n| n >= 1) => {}
+        Some(v) => return Err(format!("units must be a positive integer, got {v}")),
+    }
+    match obj.get("custom_price") {
+        None => {}
+        Some(v)
+            if v.as_i64()
+                .is_some_and(|n| CHECKOUT_CUSTOM_PRICE.contains(&n)) => {}
+        Some(v) => {
+            return Err(format!(
+                "custom_price must be an integer from 100 to 99999999, got {v}"
+            ))
+        }
+    }
+    f.string("discount_code")?;
+    f.string("affiliate_code")?;
+    match obj.get("customer") {
+        None => {}
+        Some(Value::Object(customer)) => {
+            unknown_key(customer, &CHECKOUT_CUSTOMER_FIELDS, "customer.")?;
+            let c = Fields(customer);
+            let with = |e: String| format!("customer.{e}");
+            let id = c.string("id").map_err(with)?;
+            let email = c.string("email").map_err(with)?;
+            c.string("name").map_err(with)?;
+            if let Some(e) = email {
+                if !is_email(e) {
+                    return Err(format!("customer.email must be an email, got {e:?}"));
+                }
+            }
+            if id.is_some() && email.is_some() {
+                return Err("customer: specify only one of id or email".into());
+            }
+        }
+        Some(other) => return Err(format!("customer must be an object, got {other}")),
+    }
+    for name in ["custom_fields", "custom_field"] {
+        match obj.get(name) {
+            None => {}
+            Some(Value::Array(items)) => {
+                if items.len() > CHECKOUT_MAX_CUSTOM_FIELDS {
+                    return Err(format!(
+                        "{name} takes at most {CHECKOUT_MAX_CUSTOM_FIELDS} fields, got {}",
+                        items.len()
+                    ));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    check_custom_field(item, &format!("{name}[{i}]"))?;
+                }
+            }
+            Some(other) => return Err(format!("{name} must be an array, got {other}")),
+        }
+    }
+    f.url("success_url")?;
+    match obj.get("metadata") {
+        None => {}
+        Some(Value::Object(meta)) => {
+            if let Some((k, v)) = meta
+                .iter()
+                .find(|(_, v)| !matches!(v, Value::String(_) | Value::Number(_) | Value::Null))
+            {
+                return Err(format!(
+                    "metadata.{k} must be a string, a number or null, got {v}"
+                ));
+            }
+        }
+        Some(other) => return Err(format!("metadata must be an object, got {other}")),
+    }
+    Ok(parsed)
+}
+
 /// The N in a `[sim:flaky=N]` directive.
 fn flaky_rate(prompt: &str) -> Option<u64> {
     prompt
@@ -560,6 +776,31 @@ fn refuse(req: Request, state: &Mutex<State>, path: &str, code: u16, reason: &st
     reply_json(req, 200, &json!({"code": code, "msg": reason}));
 }
 
+/// Refuses a Creem request the way Creem documents it (docs.creem.io, "Error Handling"): the HTTP
+/// status with `{trace_id, status, error, message: [..], timestamp}` (403 Forbidden for a missing
+/// or invalid API key, without `message`), records why in [`Stats::refused`] and says so on
+/// stderr.
+fn refuse_creem(req: Request, state: &Mutex<State>, path: &str, status: u16, reason: &str) {
+    eprintln!("sim: refused {path}: HTTP {status}: {reason}");
+    let trace = {
+        let mut s = lock(state);
+        s.stats.refused.push((path.to_owned(), reason.to_owned()));
+        s.seq += 1;
+        format!("00000000-0000-4000-8000-{:012x}", s.seq)
+    };
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let body = if status == 403 {
+        json!({"trace_id": trace, "status": 403, "error": "Forbidden", "timestamp": timestamp})
+    } else {
+        json!({"trace_id": trace, "status": status, "error": "Bad Request", "message": [reason],
+               "timestamp": timestamp})
+    };
+    reply_json(req, status, &body);
+}
+
 fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
     let url = req.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
@@ -587,6 +828,7 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
         (Some(token), Some(key)) => token == key,
         (Some(_), None) => true,
     };
+    let creem_keyed = header_value("x-api-key").is_some_and(|k| !k.trim().is_empty());
     let json_body = header_value("content-type").is_some_and(|ct| {
         ct.split(';')
             .next()
@@ -611,23 +853,29 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
             }
             Err(e) => reply_json(req, 400, &json!({"error": e.to_string()})),
         },
-        // Creem: create a checkout session
+        // Creem: create a checkout session, checked against the documented request
         (Method::Post, "/v1/checkouts") => {
-            let keyed = req
-                .headers()
-                .iter()
-                .any(|h| h.field.equiv("x-api-key") && !h.value.as_str().is_empty());
-            if !keyed {
-                return reply_json(req, 401, &json!({"error": "missing x-api-key"}));
+            if !creem_keyed {
+                return refuse_creem(req, state, &path, 403, "missing or invalid x-api-key");
             }
-            let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            let Some(product) = parsed
+            if !json_body {
+                return refuse_creem(
+                    req,
+                    state,
+                    &path,
+                    400,
+                    "the body must be sent as Content-Type: application/json",
+                );
+            }
+            let parsed = match check_checkout(&body) {
+                Ok(parsed) => parsed,
+                Err(reason) => return refuse_creem(req, state, &path, 400, &reason),
+            };
+            let product = parsed
                 .get("product_id")
                 .and_then(Value::as_str)
-                .map(str::to_owned)
-            else {
-                return reply_json(req, 400, &json!({"error": "product_id is required"}));
-            };
+                .unwrap_or_default()
+                .to_owned();
             let mut s = lock(state);
             s.seq += 1;
             let id = format!("ch_{:08}", s.seq);
@@ -644,6 +892,7 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
                 req,
                 200,
                 &json!({"id": id, "object": "checkout", "mode": "test", "status": "pending", "product": product,
+                        "units": parsed.get("units").cloned().unwrap_or(json!(1)),
                         "request_id": request_id, "metadata": parsed.get("metadata"),
                         "checkout_url": format!("http://127.0.0.1:{port}/checkout/{id}")}),
             );
@@ -1400,5 +1649,290 @@ mod tests {
             assert_eq!(Some(id.as_str()), data["taskId"].as_str());
         }
         assert!(failed_4o["data"].get("info").is_none() && failed_kx["data"].get("info").is_none());
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Creem: POST /v1/checkouts against the documented create-checkout request
+    // ---------------------------------------------------------------------------------------------
+
+    const CHECKOUTS: &str = "/v1/checkouts";
+
+    /// Posts a create-checkout: the HTTP status and the JSON body.
+    fn checkout(sim: &Sim, key: Option<&str>, content_type: &str, body: &str) -> (u16, Value) {
+        let mut req =
+            ureq::post(&format!("{}{CHECKOUTS}", sim.base_url())).set("content-type", content_type);
+        if let Some(k) = key {
+            req = req.set("x-api-key", k);
+        }
+        let resp = match req.send_string(body) {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("sim unreachable: {e}"),
+        };
+        let status = resp.status();
+        (
+            status,
+            serde_json::from_str(&resp.into_string().unwrap()).unwrap(),
+        )
+    }
+
+    /// The documented create-checkout request, as `e2e/fixtures/creem/requests/` pins it (checked
+    /// against the `creem` SDK's `CreateCheckoutRequest` by `check.mjs`).
+    const CHECKOUT_FIXTURE: &str =
+        include_str!("../../e2e/fixtures/creem/requests/checkouts.create.json");
+
+    #[test]
+    fn the_documented_checkout_request_is_accepted() {
+        let sim = quiet();
+        let fixture: Value = serde_json::from_str(CHECKOUT_FIXTURE).unwrap();
+        let (status, reply) = checkout(
+            &sim,
+            Some("creem_test_k"),
+            "application/json",
+            CHECKOUT_FIXTURE,
+        );
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(reply["object"], "checkout");
+        assert_eq!(reply["request_id"], fixture["request_id"]);
+        assert_eq!(reply["metadata"], fixture["metadata"]);
+        assert!(reply["checkout_url"]
+            .as_str()
+            .unwrap()
+            .contains("/checkout/ch_"));
+        // every documented field at once, and the minimal request
+        let every = json!({
+            "request_id": "r1", "product_id": "prod_1", "units": 3, "custom_price": 1500,
+            "discount_code": "LAUNCH", "affiliate_code": "aff1",
+            "customer": {"id": "cust_1", "name": "Ada"},
+            "custom_fields": [
+                {"type": "text", "key": "company", "label": "Company", "optional": true,
+                 "text": {"max_length": 100, "min_length": 2}},
+                {"type": "checkbox", "key": "terms", "label": "Terms", "checkbox": {"label": "I agree to the [terms](https://x.example)"}}
+            ],
+            "custom_field": [{"type": "text", "key": "vat", "label": "VAT id"}],
+            "success_url": "https://example.com/thanks?from=creem",
+            "metadata": {"order": "o1", "n": 2, "gone": null}
+        });
+        let (status, reply) = checkout(
+            &sim,
+            Some("k"),
+            "application/json; charset=utf-8",
+            &every.to_string(),
+        );
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(reply["units"], 3);
+        let (status, reply) = checkout(
+            &sim,
+            Some("k"),
+            "application/json",
+            r#"{"product_id": "prod_1"}"#,
+        );
+        assert_eq!(status, 200, "{reply}");
+        let stats = sim.stats();
+        assert!(stats.refused.is_empty(), "{:?}", stats.refused);
+        assert_eq!(stats.checkouts["ord_fx_pack"]["body"], fixture);
+        assert_eq!(stats.checkouts.len(), 3);
+    }
+
+    #[test]
+    fn what_creem_refuses_the_simulator_refuses() {
+        let sim = quiet();
+        let fixture: Value = serde_json::from_str(CHECKOUT_FIXTURE).unwrap();
+        let with = |key: &str, value: Value| {
+            let mut b = fixture.clone();
+            b[key] = value;
+            b
+        };
+        let without = |key: &str| {
+            let mut b = fixture.clone();
+            b.as_object_mut().unwrap().remove(key);
+            b
+        };
+        let field = |f: Value| with("custom_fields", json!([f]));
+        let cases: Vec<(Value, &str)> = vec![
+            (without("product_id"), "product_id is required"),
+            (with("product_id", json!(5)), "product_id must be a string"),
+            (
+                with("product_id", json!("")),
+                "product_id must not be empty",
+            ),
+            (with("request_id", json!(7)), "request_id must be a string"),
+            (with("units", json!(0)), "units must be a positive integer"),
+            (
+                with("units", json!(1.5)),
+                "units must be a positive integer",
+            ),
+            (
+                with("units", json!("2")),
+                "units must be a positive integer",
+            ),
+            (with("custom_price", json!(99)), "custom_price"),
+            (with("custom_price", json!(15.5)), "custom_price"),
+            (
+                with("discount_code", json!(10)),
+                "discount_code must be a string",
+            ),
+            (
+                with("affiliate_code", json!(false)),
+                "affiliate_code must be a string",
+            ),
+            (
+                with("customer", json!("buyer@example.com")),
+                "customer must be an object",
+            ),
+            (
+                with("customer", json!({"email": "not-an-email"})),
+                "customer.email must be an email",
+            ),
+            (
+                with("customer", json!({"email": "a b@example.com"})),
+                "customer.email must be an email",
+            ),
+            (
+                with("customer", json!({"email": 3})),
+                "customer.email must be a string",
+            ),
+            (
+                with("customer", json!({"id": "c1", "email": "a@example.com"})),
+                "only one of id or email",
+            ),
+            (
+                with("customer", json!({"email": "a@example.com", "phone": "1"})),
+                "customer.phone should not exist",
+            ),
+            (
+                with("custom_fields", json!({"type": "text"})),
+                "custom_fields must be an array",
+            ),
+            (
+                field(json!({"key": "k", "label": "L"})),
+                "custom_fields[0].type is required",
+            ),
+            (
+                field(json!({"type": "radio", "key": "k", "label": "L"})),
+                "custom_fields[0].type",
+            ),
+            (
+                field(json!({"type": "text", "label": "L"})),
+                "custom_fields[0].key is required",
+            ),
+            (
+                field(json!({"type": "text", "key": "a-b", "label": "L"})),
+                "alphanumeric",
+            ),
+            (
+                field(json!({"type": "text", "key": "k"})),
+                "custom_fields[0].label is required",
+            ),
+            (
+                field(json!({"type": "text", "key": "k", "label": "x".repeat(51)})),
+                "at most 50",
+            ),
+            (
+                field(json!({"type": "text", "key": "k", "label": "L", "optional": "yes"})),
+                "optional must be a boolean",
+            ),
+            (
+                field(json!({"type": "text", "key": "k", "label": "L", "text": {"maxLength": 3}})),
+                "text.maxLength should not exist",
+            ),
+            (
+                field(json!({"type": "text", "key": "k", "label": "L", "required": true})),
+                "custom_fields[0].required should not exist",
+            ),
+            (
+                with(
+                    "custom_fields",
+                    json!([
+                    {"type": "text", "key": "a", "label": "A"}, {"type": "text", "key": "b", "label": "B"},
+                    {"type": "text", "key": "c", "label": "C"}, {"type": "text", "key": "d", "label": "D"}]),
+                ),
+                "at most 3",
+            ),
+            (
+                with("custom_field", json!([{"type": "text"}])),
+                "custom_field[0].key is required",
+            ),
+            (
+                with("success_url", json!("/paid")),
+                "success_url must be an http(s) URL",
+            ),
+            (
+                with("success_url", json!(1)),
+                "success_url must be a string",
+            ),
+            (
+                with("metadata", json!(["order_id"])),
+                "metadata must be an object",
+            ),
+            (
+                with("metadata", json!({"order": {"id": "o"}})),
+                "metadata.order must be a string, a number or null",
+            ),
+            (
+                with("metadata", json!({"paid": true})),
+                "metadata.paid must be",
+            ),
+            // the SDK's camelCase names are not the wire names
+            (
+                with("productId", json!("prod_1")),
+                "property productId should not exist",
+            ),
+            (
+                with("successUrl", json!("https://example.com")),
+                "property successUrl should not exist",
+            ),
+            (
+                with("cancel_url", json!("https://example.com")),
+                "property cancel_url should not exist",
+            ),
+            (json!(["prod_1"]), "body must be a JSON object"),
+        ];
+        for (body, why) in &cases {
+            let (status, reply) = checkout(&sim, Some("k"), "application/json", &body.to_string());
+            assert_eq!(status, 400, "{body}: {reply}");
+            assert_eq!(reply["status"], 400);
+            assert_eq!(reply["error"], "Bad Request");
+            assert!(reply["trace_id"].as_str().is_some_and(|t| !t.is_empty()));
+            assert!(reply["timestamp"].as_u64().is_some());
+            let message = reply["message"][0].as_str().unwrap_or_default();
+            assert!(message.contains(why), "{body}: wanted {why:?}, got {reply}");
+        }
+        // not JSON, or not declared JSON
+        let (status, reply) = checkout(&sim, Some("k"), "application/json", "{product_id: 1");
+        assert_eq!(
+            (
+                status,
+                reply["message"][0]
+                    .as_str()
+                    .unwrap()
+                    .contains("not valid JSON")
+            ),
+            (400, true)
+        );
+        let (status, reply) = checkout(&sim, Some("k"), "text/plain", CHECKOUT_FIXTURE);
+        assert_eq!(
+            (
+                status,
+                reply["message"][0]
+                    .as_str()
+                    .unwrap()
+                    .contains("application/json")
+            ),
+            (400, true)
+        );
+        // no key, or an empty one: 403 Forbidden, without a message, as Creem documents
+        for key in [None, Some(" ")] {
+            let (status, reply) = checkout(&sim, key, "application/json", CHECKOUT_FIXTURE);
+            assert_eq!(status, 403, "{reply}");
+            assert_eq!(
+                (reply["status"].as_u64(), reply["error"].as_str()),
+                (Some(403), Some("Forbidden"))
+            );
+            assert!(reply.get("message").is_none());
+        }
+        let stats = sim.stats();
+        assert_eq!(stats.refused.len(), cases.len() + 4);
+        assert!(stats.refused.iter().all(|(path, _)| path == CHECKOUTS));
+        assert!(stats.checkouts.is_empty(), "nothing refused was created");
     }
 }
