@@ -96,7 +96,10 @@ pub async fn list(req: Request, app: &App) -> ApiResult {
         .into_iter()
         .map(|mut r| {
             // the detail is stored as JSON text: hand it back as JSON
-            if let Some(d) = r["detail"].as_str().and_then(|d| serde_json::from_str::<Value>(d).ok()) {
+            if let Some(d) = r["detail"]
+                .as_str()
+                .and_then(|d| serde_json::from_str::<Value>(d).ok())
+            {
                 r["detail"] = d;
             }
             r

@@ -4,9 +4,9 @@
 use crate::config::{self, Config};
 use crate::{dead_letters, tasks};
 use serde_json::{json, Value};
+use shared::budget::{ByteBudget, BATCH_BUDGET_BYTES};
 use shared::edge::{log, now_ms, send_json_batch, Db, IoCounts, IoError, StepExt};
 use shared::messages;
-use shared::budget::{ByteBudget, BATCH_BUDGET_BYTES};
 use std::rc::Rc;
 use worker::{Env, MessageBatch, MessageExt, QueueRetryOptionsBuilder, RawMessage};
 

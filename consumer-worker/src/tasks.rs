@@ -166,7 +166,10 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     let progress = match provider::record(ctx, *model, external_id).await {
         Ok(p) => p,
         // The provider says it cannot answer for this task, ever: it ends now.
-        Err(Failure::Permanent { class, detail }) => Progress::Failed { class, reason: detail },
+        Err(Failure::Permanent { class, detail }) => Progress::Failed {
+            class,
+            reason: detail,
+        },
         Err(transient) => return Err(transient),
     };
     match progress {

@@ -4,15 +4,14 @@
 use crate::runner::{Budget, Summary};
 use serde::Deserialize;
 use shared::edge::{
-    cache_final_status, changes, number, rows, send_json_batch, CachedStatus, Db, IoCounts,
-    StepExt,
+    cache_final_status, changes, number, rows, send_json_batch, CachedStatus, Db, IoCounts, StepExt,
 };
 use shared::history;
 use shared::ids::TaskId;
 use shared::ledger::{self, Stmt};
 use shared::messages::{EventMessage, TaskMessage};
-use shared::task::{recovery, Recovery, TaskStatus};
 use shared::model::Model;
+use shared::task::{recovery, Recovery, TaskStatus};
 use worker::Env;
 
 pub struct JobCtx<'a> {
@@ -245,7 +244,11 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
             continue;
         };
         let model = t.external_provider.as_deref().and_then(Model::parse);
-        let msg = match (recovery(status, t.external_task_id.is_some()), &t.external_task_id, model) {
+        let msg = match (
+            recovery(status, t.external_task_id.is_some()),
+            &t.external_task_id,
+            model,
+        ) {
             (Some(Recovery::Resubmit), _, _) => TaskMessage::submit(task),
             (Some(Recovery::ResumePolling), Some(external_id), Some(model)) => {
                 TaskMessage::first_poll(

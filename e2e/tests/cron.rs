@@ -275,9 +275,18 @@ fn reconcile_recovers_and_fails_stuck_tasks(stack: &Stack) -> Result<(), Failed>
     // a task the provider may have taken is never created there again: it waits for the
     // provider's callback or its deadline
     let unknown = c.get(&format!("/api/tasks/{UNKNOWN}"), Some(&token)).json();
-    eq(unknown["status"].as_str(), Some("submitted"), "left as it is")?;
     eq(
-        stack.sim.stats().creates_by_prompt.get(&format!("reconcile {UNKNOWN}")).copied(),
+        unknown["status"].as_str(),
+        Some("submitted"),
+        "left as it is",
+    )?;
+    eq(
+        stack
+            .sim
+            .stats()
+            .creates_by_prompt
+            .get(&format!("reconcile {UNKNOWN}"))
+            .copied(),
         None,
         "not submitted again",
     )?;
@@ -346,44 +355,76 @@ fn stuck_events_are_requeued_and_the_auditor_reports_violations(
 ) -> Result<(), Failed> {
     let c = stack.client();
     let first = run_job(&c, "reconcile_events")?["summary"].clone();
-    eq(first["changed"].as_u64(), Some(1), &format!("one stuck event re-queued: {first}"))?;
+    eq(
+        first["changed"].as_u64(),
+        Some(1),
+        &format!("one stuck event re-queued: {first}"),
+    )?;
     let applied = || {
-        c.get("/admin/webhook-events?status=applied&limit=200", Some(ADMIN_TOKEN)).json()["webhook_events"]
+        c.get(
+            "/admin/webhook-events?status=applied&limit=200",
+            Some(ADMIN_TOKEN),
+        )
+        .json()["webhook_events"]
             .as_array()
             .is_some_and(|a| a.iter().any(|e| e["event_id"] == "evt_stuck_1"))
     };
     let started = std::time::Instant::now();
     while !applied() {
-        ensure(started.elapsed() < Duration::from_secs(30), "the stuck event is applied")?;
+        ensure(
+            started.elapsed() < Duration::from_secs(30),
+            "the stuck event is applied",
+        )?;
         std::thread::sleep(Duration::from_millis(300));
     }
     let again = run_job(&c, "reconcile_events")?["summary"].clone();
-    eq(again["changed"].as_u64(), Some(0), "nothing left to re-queue")?;
+    eq(
+        again["changed"].as_u64(),
+        Some(0),
+        "nothing left to re-queue",
+    )?;
 
     let report = c.get("/admin/audit", Some(ADMIN_TOKEN));
     eq(report.status, 200, &report.text())?;
     let report = report.json();
-    eq(report["ok"].as_bool(), Some(false), "a violation is reported")?;
+    eq(
+        report["ok"].as_bool(),
+        Some(false),
+        "a violation is reported",
+    )?;
     let found = report["violations"].as_array().cloned().unwrap_or_default();
     ensure(
-        found.iter().any(|v| v["check"] == "completed_tasks_settled" && v["subject"] == BROKEN),
+        found
+            .iter()
+            .any(|v| v["check"] == "completed_tasks_settled" && v["subject"] == BROKEN),
         format!("the broken task, with its rows: {found:?}"),
     )?;
     ensure(
         !found.iter().any(|v| v["check"] == "no_event_stuck"),
         format!("no stuck event once reconciled: {found:?}"),
     )?;
-    ensure(report["ledger_rows"].as_i64().is_some_and(|n| n > 10_000), "ledger rows counted")?;
-    let (ms, rows) = (report["ms"].as_f64().unwrap_or(0.0), report["ledger_rows"].as_f64().unwrap_or(1.0));
+    ensure(
+        report["ledger_rows"].as_i64().is_some_and(|n| n > 10_000),
+        "ledger rows counted",
+    )?;
+    let (ms, rows) = (
+        report["ms"].as_f64().unwrap_or(0.0),
+        report["ledger_rows"].as_f64().unwrap_or(1.0),
+    );
     println!(
         "FIGURE auditor: {ms:.0} ms over {rows:.0} ledger rows ({:.1} ms per 10,000 ledger rows)",
         ms * 10_000.0 / rows
     );
     let (ok, out) = stack.cli(&["audit"]);
-    ensure(!ok && out.contains(BROKEN), format!("the CLI fails and names it: {out}"))?;
+    ensure(
+        !ok && out.contains(BROKEN),
+        format!("the CLI fails and names it: {out}"),
+    )?;
     let run = run_job(&c, "audit_ledger")?;
     ensure(
-        run["summary"]["violations"].as_u64().is_some_and(|n| n >= 1),
+        run["summary"]["violations"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
         format!("the scheduled auditor records it: {run}"),
     )?;
     Ok(())

@@ -549,7 +549,9 @@ fn a_permanent_record_error_fails_the_task_at_once(stack: &Stack) -> Result<(), 
     let task = c.wait_task(&token, &id, Duration::from_secs(30));
     eq(task["status"].as_str(), Some("failed"), &format!("{task}"))?;
     ensure(
-        task["failure_reason"].as_str().is_some_and(|r| r.contains("404")),
+        task["failure_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("404")),
         format!("the provider's answer is the reason: {task}"),
     )?;
     eq(c.balance(&token), 10, "hold released")?;

@@ -71,10 +71,16 @@ fn crash_mid_flight_recovers_without_paying_twice(stack: &mut Stack) -> Result<(
     }
     let recovered_in = restarted.elapsed();
     let creates = stack.sim.stats().creates_by_task;
-    let completed = statuses.iter().filter(|t| t["status"] == "completed").count();
+    let completed = statuses
+        .iter()
+        .filter(|t| t["status"] == "completed")
+        .count();
     for (id, task) in ids.iter().zip(&statuses) {
         let n = creates.get(id).copied().unwrap_or(0);
-        ensure(n <= 1, format!("task {id} created at the provider {n} times"))?;
+        ensure(
+            n <= 1,
+            format!("task {id} created at the provider {n} times"),
+        )?;
         if task["status"] == "completed" {
             eq(n, 1, &format!("completed task {id} was created once"))?;
         }
@@ -84,8 +90,14 @@ fn crash_mid_flight_recovers_without_paying_twice(stack: &mut Stack) -> Result<(
         100 - 2 * i64::try_from(completed).unwrap_or(0),
         "completed tasks charged once, failed ones released",
     )?;
-    let audit = c.get("/admin/audit?stuck_secs=60", Some(ADMIN_TOKEN)).json();
-    eq(audit["ok"].as_bool(), Some(true), &format!("the auditor finds nothing: {audit}"))?;
+    let audit = c
+        .get("/admin/audit?stuck_secs=60", Some(ADMIN_TOKEN))
+        .json();
+    eq(
+        audit["ok"].as_bool(),
+        Some(true),
+        &format!("the auditor finds nothing: {audit}"),
+    )?;
     println!(
         "recovered in {:.1} s after the restart: {completed} completed, {} failed, {} provider creates for {TASKS} tasks",
         recovered_in.as_secs_f64(),
@@ -101,19 +113,24 @@ fn main() {
     options
         .vars
         .insert("TASK_LEASE_SECS".into(), LEASE_SECS.to_string());
-    options.vars.insert("TASK_DEADLINE_SECS".into(), "150".into());
-    let trial = Trial::test("crash_mid_flight_recovers_without_paying_twice", move || {
-        let mut stack = Stack::start(options.clone())?;
-        let outcome = crash_mid_flight_recovers_without_paying_twice(&mut stack);
-        if outcome.is_err() {
-            stack.keep_state();
-            eprintln!(
-                "--- wrangler log (last 80 lines) ---\n{}\n--- state kept in {} ---",
-                stack.log_tail(80),
-                stack.state_dir.display()
-            );
-        }
-        outcome
-    });
+    options
+        .vars
+        .insert("TASK_DEADLINE_SECS".into(), "150".into());
+    let trial = Trial::test(
+        "crash_mid_flight_recovers_without_paying_twice",
+        move || {
+            let mut stack = Stack::start(options.clone())?;
+            let outcome = crash_mid_flight_recovers_without_paying_twice(&mut stack);
+            if outcome.is_err() {
+                stack.keep_state();
+                eprintln!(
+                    "--- wrangler log (last 80 lines) ---\n{}\n--- state kept in {} ---",
+                    stack.log_tail(80),
+                    stack.state_dir.display()
+                );
+            }
+            outcome
+        },
+    );
     libtest_mimic::run(&args, vec![trial]).exit()
 }

@@ -218,7 +218,14 @@ impl TaskMessage {
     }
 
     /// The first poll of a task the provider accepted as `external_id`.
-    pub fn first_poll(task_id: TaskId, model: Model, external_id: String, deadline_at: i64, record: bool, now: i64) -> Self {
+    pub fn first_poll(
+        task_id: TaskId,
+        model: Model,
+        external_id: String,
+        deadline_at: i64,
+        record: bool,
+        now: i64,
+    ) -> Self {
         TaskMessage::Poll {
             v: VERSION,
             task_id,

@@ -1592,7 +1592,9 @@ mod tests {
 
     /// Runs a statement as D1 binds it: every number as a REAL (a JavaScript number).
     fn exec_as_d1(conn: &Connection, s: &Stmt) {
-        let mut st = conn.prepare(&s.sql).unwrap_or_else(|e| panic!("{e}: {}", s.sql));
+        let mut st = conn
+            .prepare(&s.sql)
+            .unwrap_or_else(|e| panic!("{e}: {}", s.sql));
         let bound = s.params.iter().map(|p| match p {
             #[allow(clippy::cast_precision_loss)]
             Param::Int(n) => rusqlite::types::Value::Real(*n as f64),

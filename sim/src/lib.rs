@@ -434,12 +434,11 @@ fn check_custom_field(v: &Value, at: &str) -> Result<(), String> {
     let f = Fields(obj);
     let prefix = format!("{at}.");
     let with = |e: String| format!("{prefix}{e}");
-    match f
-        .one_of("type", &CHECKOUT_CUSTOM_FIELD_TYPES)
+    if f.one_of("type", &CHECKOUT_CUSTOM_FIELD_TYPES)
         .map_err(with)?
+        .is_none()
     {
-        None => return Err(format!("{at}.type is required")),
-        Some(_) => {}
+        return Err(format!("{at}.type is required"));
     }
     match f.string("key").map_err(with)? {
         None => return Err(format!("{at}.key is required")),
