@@ -136,11 +136,6 @@ pub async fn fail(ctx: &Ctx, task: &TaskId, reason: &str) -> Result<bool, Failur
     .await
 }
 
-#[derive(Deserialize)]
-struct Owner {
-    user_id: String,
-}
-
 async fn finish(
     ctx: &Ctx,
     task: &TaskId,
@@ -151,7 +146,7 @@ async fn finish(
 ) -> Result<bool, Failure> {
     let owner = match ctx.db.batch(&format!("end task as {status}"), &stmts).await {
         // the transition's RETURNING row: present only when this call moved the task
-        Ok(results) => match results.first().map(shared::edge::rows::<Owner>) {
+        Ok(results) => match results.first().map(shared::edge::rows::<ledger::TaskOwner>) {
             Some(Ok(rows)) => rows.into_iter().next(),
             _ => None,
         },

@@ -108,11 +108,6 @@ struct LiveTask {
     dead_lettered: i64,
 }
 
-#[derive(Deserialize)]
-struct Owner {
-    user_id: String,
-}
-
 const LIVE: &str = "'pending','submitted','processing'";
 
 /// Tasks past their deadline fail (reason `dead_lettered` if their message died, else
@@ -168,7 +163,7 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
             // the transition returns the owner only when this run ended the task
             let owner = results
                 .get(i * 2)
-                .and_then(|r| rows::<Owner>(r).ok())
+                .and_then(|r| rows::<ledger::TaskOwner>(r).ok())
                 .and_then(|r| r.into_iter().next());
             if let Some(owner) = owner {
                 summary.changed += 1;
@@ -267,13 +262,25 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
     if bodies.is_empty() {
         return;
     }
-    let sent = match ctx.env.queue("TASKS").step("binding TASKS") {
-        Ok(q) => send_json_batch(ctx.io, &q, &bodies, 0).await,
+    resend(ctx, "TASKS", &bodies, summary).await;
+}
+
+/// Sends what a reconciler claimed to the queue bound as `binding`, counting it as changed; a
+/// failed send is recorded (the claims then wait out their lease before the next try).
+async fn resend(ctx: &JobCtx<'_>, binding: &str, bodies: &[String], summary: &mut Summary) -> bool {
+    let sent = match ctx.env.queue(binding).step(format!("binding {binding}")) {
+        Ok(q) => send_json_batch(ctx.io, &q, bodies, 0).await,
         Err(e) => Err(e),
     };
     match sent {
-        Ok(()) => summary.changed += u64::try_from(bodies.len()).unwrap_or(0),
-        Err(e) => summary.failed(&e),
+        Ok(()) => {
+            summary.changed += u64::try_from(bodies.len()).unwrap_or(0);
+            true
+        }
+        Err(e) => {
+            summary.failed(&e);
+            false
+        }
     }
 }
 
@@ -330,15 +337,8 @@ async fn reconcile_events(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summar
             .filter(|(_, r)| changes(r) == 1)
             .map(|(e, _)| serde_json::to_string(&EventMessage::apply(&e.id)).unwrap_or_default())
             .collect();
-        if !bodies.is_empty() {
-            let sent = match ctx.env.queue("EVENTS").step("binding EVENTS") {
-                Ok(q) => send_json_batch(ctx.io, &q, &bodies, 0).await,
-                Err(e) => Err(e),
-            };
-            match sent {
-                Ok(()) => summary.changed += u64::try_from(bodies.len()).unwrap_or(0),
-                Err(e) => return summary.failed(&e),
-            }
+        if !bodies.is_empty() && !resend(ctx, "EVENTS", &bodies, summary).await {
+            return;
         }
         if stuck.len() < usize::try_from(n).unwrap_or(0) {
             return;

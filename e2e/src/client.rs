@@ -165,6 +165,15 @@ impl Client {
         r.json()["balance"].as_i64().unwrap_or(i64::MIN)
     }
 
+    /// Runs a scheduled job now, as an operator does (`POST /admin/cron/{job}`); its recorded run.
+    pub fn run_cron_job(&self, admin_token: &str, job: &str) -> Result<Value, String> {
+        let r = self.post_json(&format!("/admin/cron/{job}"), Some(admin_token), &json!({}));
+        if r.status != 200 {
+            return Err(format!("run {job}: {} {}", r.status, r.text()));
+        }
+        Ok(r.json())
+    }
+
     /// Polls a task until it is completed or failed.
     pub fn wait_task(&self, token: &str, id: &str, limit: Duration) -> Value {
         let started = Instant::now();

@@ -108,11 +108,7 @@ fn seed(s: &Seed) -> Result<(), String> {
 }
 
 fn run_job(c: &Client, job: &str) -> Result<Value, String> {
-    let r = c.post_json(&format!("/admin/cron/{job}"), Some(ADMIN_TOKEN), &json!({}));
-    if r.status != 200 {
-        return Err(format!("run {job}: {} {}", r.status, r.text()));
-    }
-    Ok(r.json())
+    c.run_cron_job(ADMIN_TOKEN, job)
 }
 
 /// Runs a job until a run finishes without stopping early; returns every run's summary.

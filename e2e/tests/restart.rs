@@ -14,16 +14,6 @@ use std::time::{Duration, Instant};
 const TASKS: usize = 20;
 const LEASE_SECS: u64 = 6;
 
-fn run_job(stack: &Stack, job: &str) -> Result<Value, String> {
-    let r = stack
-        .client()
-        .post_json(&format!("/admin/cron/{job}"), Some(ADMIN_TOKEN), &json!({}));
-    if r.status != 200 {
-        return Err(format!("run {job}: {} {}", r.status, r.text()));
-    }
-    Ok(r.json())
-}
-
 fn crash_mid_flight_recovers_without_paying_twice(stack: &mut Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 100);
@@ -53,7 +43,9 @@ fn crash_mid_flight_recovers_without_paying_twice(stack: &mut Stack) -> Result<(
     let mut statuses: Vec<Value>;
     loop {
         std::thread::sleep(Duration::from_secs(LEASE_SECS));
-        run_job(stack, "reconcile_tasks")?;
+        stack
+            .client()
+            .run_cron_job(ADMIN_TOKEN, "reconcile_tasks")?;
         statuses = ids
             .iter()
             .map(|id| c.get(&format!("/api/tasks/{id}"), Some(&token)).json())

@@ -435,6 +435,14 @@ pub fn settle(task: &TaskId, now: i64) -> [Stmt; 3] {
     ]
 }
 
+/// The row a task transition `RETURNING user_id` gives back ([`fail_task`], the consumer's
+/// completion): present only when that statement moved the task, and the owner the status
+/// cache is written for.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TaskOwner {
+    pub user_id: String,
+}
+
 /// The failure of a task: move it to `failed` (only from a live state) with its reason, and
 /// release its hold under the guard. Used by the consumer and by the reconciler alike; the
 /// first statement's `changes` says whether this call ended the task, and it returns the owner
