@@ -837,26 +837,24 @@ pub fn plan(e: &Event, s: &Subjects, now: i64) -> Plan {
                     vec![order.id.clone().into(), now.into()],
                 )
             };
+            // Any status the order may have before it is refunded: a checkout applied between
+            // our reads and our batch must not make the refund a no-op, so a full refund's
+            // statements do not depend on the status we read (the clawback only finds a grant
+            // that exists when the batch runs).
+            const NOT_REFUNDED: &str =
+                "'pending', 'expired', 'cancelled', 'processing', 'paid', 'completed'";
             let mut stmts = Vec::new();
             if let Some(order) = s.order.as_ref().filter(|o| !o.is_plan()) {
                 // A pack. Fully refunded, the order is `refunded`, and one not completed yet
                 // stays so: its checkout, applied later, grants nothing. A partial refund needs
                 // the grant to take its share of: it waits for the checkout.
-                match (order.status.as_str(), share.is_whole()) {
-                    ("completed" | "refunded", whole) => {
-                        if whole {
-                            stmts.push(refunded(order, "'completed'"));
-                        }
-                        stmts.push(clawback("order", &order.id, &refund_id, share, now));
-                    }
-                    (_, true) => stmts.push(refunded(
-                        order,
-                        "'pending', 'expired', 'cancelled', 'processing'",
-                    )),
-                    (_, false) => {
-                        return Plan::Wait("the partly refunded order is not paid yet".into())
-                    }
+                let paid = matches!(order.status.as_str(), "completed" | "refunded");
+                if share.is_whole() {
+                    stmts.push(refunded(order, NOT_REFUNDED));
+                } else if !paid {
+                    return Plan::Wait("the partly refunded order is not paid yet".into());
                 }
+                stmts.push(clawback("order", &order.id, &refund_id, share, now));
             } else if s.payment_grants.is_empty() {
                 return Plan::Wait("the refunded payment is not granted yet".into());
             } else if let Some(order) = s.order.as_ref().filter(|o| {
@@ -865,7 +863,7 @@ pub fn plan(e: &Event, s: &Subjects, now: i64) -> Plan {
                     && o.provider_transaction_id == refs.transaction_id
             }) {
                 // the plan's first payment, refunded in full: its order is refunded too
-                stmts.push(refunded(order, "'completed'"));
+                stmts.push(refunded(order, NOT_REFUNDED));
             }
             for g in &s.payment_grants {
                 stmts.push(clawback(
@@ -1256,10 +1254,14 @@ mod tests {
             (&stmts[0].params[4], &stmts[0].params[5]),
             (&Param::Int(250), &Param::Int(499))
         );
-        // before its checkout: a full refund marks the order, a partial one waits for the grant
+        // before its checkout: a full refund marks the order from whatever it is when the
+        // batch runs, and claws back a grant if one exists by then; a partial one waits for
+        // the grant
         let stmts = apply(plan(&pack, &with(Some(order("pack"))), 1));
-        assert_eq!(stmts.len(), 1);
+        assert_eq!(stmts.len(), 2);
         assert!(stmts[0].sql.contains("'refunded'") && stmts[0].sql.contains("'pending'"));
+        assert!(stmts[0].sql.contains("'completed'"));
+        assert_eq!(stmts[1].params[0], Param::Text("order".into()));
         assert!(matches!(
             plan(&half, &with(Some(order("pack"))), 1),
             Plan::Wait(_)
@@ -1630,6 +1632,16 @@ mod tests {
     /// A fresh database with user `u`, a pack order of `credits` credits for `price` USD paid by
     /// checkout `ch_pk` (Creem order `or_pk`, transaction `tran_pk`), and its checkout applied.
     fn paid_pack(credits: i64, price: i64) -> Connection {
+        let (conn, checkout) = pending_pack(credits, price);
+        let row = deliver(&conn, &checkout);
+        assert!(matches!(consume(&conn, &row), Plan::Apply { .. }));
+        assert_eq!(grant_left(&conn), credits);
+        conn
+    }
+
+    /// A fresh database with user `u` and the pending pack order of [`paid_pack`], with the
+    /// checkout event that pays it, not delivered yet.
+    fn pending_pack(credits: i64, price: i64) -> (Connection, Value) {
         let conn = db();
         user(&conn, "u");
         conn.execute(
@@ -1641,10 +1653,37 @@ mod tests {
         let checkout = json!({"id": "evt_paid", "eventType": "checkout.completed", "created_at": 1_000_000,
             "object": {"object": "checkout", "id": "ch_pk", "request_id": PACK_ORDER,
                        "order": {"object": "order", "id": "or_pk", "transaction": "tran_pk", "amount": price, "currency": "USD"}}});
-        let row = deliver(&conn, &checkout);
-        assert!(matches!(consume(&conn, &row), Plan::Apply { .. }));
-        assert_eq!(grant_left(&conn), credits);
-        conn
+        (conn, checkout)
+    }
+
+    /// A checkout and the full refund of its payment, read while the order was still pending
+    /// (two consumers at once) and committed in either order, end the same: the order
+    /// `refunded` and its grant taken back whole. Each batch acts on the rows as they are when
+    /// it commits, not as its plan read them. Found by campaign seed 773816951, where the
+    /// refund was committed second and changed nothing.
+    #[test]
+    fn a_checkout_and_its_refund_planned_at_once_commit_in_any_order() {
+        for refund_first in [false, true] {
+            let (conn, checkout) = pending_pack(50, 499);
+            let paid = deliver(&conn, &checkout);
+            let refunded = deliver(&conn, &pack_refund("evt_r", "re_1", 499, Some(499), 499));
+            let (pay_plan, refund_plan) =
+                (read_and_plan(&conn, &paid), read_and_plan(&conn, &refunded));
+            if refund_first {
+                run(&conn, &refunded, &refund_plan);
+                run(&conn, &paid, &pay_plan);
+            } else {
+                run(&conn, &paid, &pay_plan);
+                run(&conn, &refunded, &refund_plan);
+            }
+            assert_eq!(
+                order_status(&conn),
+                "refunded",
+                "refund first: {refund_first}"
+            );
+            assert_eq!(grant_left(&conn), 0, "refund first: {refund_first}");
+            refunds_audit_clean(&conn);
+        }
     }
 
     /// The pack's grant less its clawback.
