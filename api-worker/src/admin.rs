@@ -10,9 +10,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::edge::{now, IoError};
 use shared::ids::{Credits, UserId};
-use shared::ledger::{self, EntryKind, NewGrant, Stmt};
+use shared::ledger::{self, EntryKind, NewGrant};
 use shared::session;
-use shared::submit::FieldError;
+use shared::sql::Stmt;
+use shared::validation::FieldError;
 use worker::Request;
 
 fn field_err(field: &str, code: &'static str, message: &str) -> ApiError {

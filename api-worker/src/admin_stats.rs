@@ -9,7 +9,7 @@ use crate::auth;
 use crate::error::ApiResult;
 use serde_json::{json, Map, Value};
 use shared::edge::{now, rows};
-use shared::ledger::Stmt;
+use shared::sql::Stmt;
 use worker::Request;
 
 pub const TASK_STATUSES: [&str; 5] = ["pending", "submitted", "processing", "completed", "failed"];

@@ -12,7 +12,7 @@ use crate::error::{ApiError, ApiResult};
 use serde_json::{json, Value};
 use shared::edge::rows;
 use shared::ids::TaskId;
-use shared::ledger::{Param, Stmt};
+use shared::sql::{Param, Stmt};
 use worker::Request;
 
 /// Dead letters and audit rows shown per task (a task has a handful at most).

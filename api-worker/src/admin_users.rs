@@ -13,7 +13,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use shared::edge::rows;
 use shared::ids::UserId;
-use shared::ledger::{Param, Stmt};
+use shared::sql::{Param, Stmt};
 use worker::Request;
 
 /// How many ledger rows a user's page shows (newest first); `ledger_more` says if there are more.

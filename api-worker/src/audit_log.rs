@@ -7,7 +7,7 @@ use crate::app::{json, query, App};
 use crate::error::{ApiError, ApiResult};
 use serde_json::{json, Value};
 use shared::edge::now;
-use shared::ledger::{Param, Stmt};
+use shared::sql::{Param, Stmt};
 use worker::Request;
 
 /// Who is acting: the `X-Actor` header (an operator's name), else "admin". Bounded and of a

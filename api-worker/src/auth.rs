@@ -15,9 +15,9 @@ use serde::Deserialize;
 use serde_json::json;
 use shared::edge::{changes, log, now, number, rows, ConfigError, IoError, StepExt};
 use shared::ids::UserId;
-use shared::ledger::Stmt;
 use shared::session::{self, CachedSession, Renewal, SessionRow, TokenError, Verified};
 use shared::signing::ct_eq;
+use shared::sql::Stmt;
 use std::time::Duration;
 use worker::Request;
 

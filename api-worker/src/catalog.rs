@@ -17,8 +17,8 @@ use crate::settings::{self, CATALOG_KEY};
 use serde_json::{json, Value};
 use shared::catalog::{Catalog, Product};
 use shared::edge::{changes, now};
-use shared::ledger::{Param, Stmt};
-use shared::submit::FieldError;
+use shared::sql::{Param, Stmt};
+use shared::validation::FieldError;
 use worker::Request;
 
 /// Largest `PUT /admin/catalog` body.

@@ -2,7 +2,7 @@
 //! caller; unexpected failures are logged with their cause and shown only as a generic message.
 
 use shared::edge::{log, ConfigError, IoError};
-use shared::submit::FieldError;
+use shared::validation::FieldError;
 use worker::Response;
 
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use shared::history::{
 };
 use shared::ids::{TaskId, UserId};
 use shared::keys::task_status_key;
-use shared::submit::FieldError;
+use shared::validation::FieldError;
 use worker::Request;
 
 /// What a delete did.

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use shared::edge::{log, now_ms, CachedStatus, IoCounts, StepExt};
 use shared::ids::TaskId;
 use shared::keys::task_status_key;
-use shared::ledger::Stmt;
 use shared::sharing::{self, json_list, provider_url, verify_link_signature, ShareId};
+use shared::sql::Stmt;
 use std::time::Duration;
 use worker::{AbortController, Delay, Fetch, Headers, Request, Url};
 

@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::edge::{now, rows};
 use shared::ids::UserId;
-use shared::ledger::{self, Stmt};
+use shared::ledger::{self};
+use shared::sql::Stmt;
 use shared::statement::{self, Entry, Profile};
 use worker::Request;
 

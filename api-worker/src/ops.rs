@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use shared::edge::{changes, now, send_json_batch, IoError, StepExt};
 use shared::ids::{IdempotencyKey, TaskId, UserId};
-use shared::ledger::{Param, Stmt};
 use shared::messages::fresh_for_replay;
+use shared::sql::{Param, Stmt};
 use shared::submit::TaskInput;
 use shared::task::TaskStatus;
 use worker::{Queue, Request};
@@ -723,7 +723,7 @@ pub async fn send_messages(mut req: Request, ctx: &Ctx) -> ApiResult {
         .and_then(Value::as_array)
         .filter(|m| !m.is_empty() && m.len() <= 100)
         .ok_or_else(|| {
-            ApiError::Invalid(shared::submit::FieldError {
+            ApiError::Invalid(shared::validation::FieldError {
                 field: "messages".into(),
                 code: "invalid_value",
                 message: "must be an array of 1 to 100 JSON values".into(),
@@ -736,7 +736,7 @@ pub async fn send_messages(mut req: Request, ctx: &Ctx) -> ApiResult {
             .and_then(|d| u32::try_from(d).ok())
             .filter(|d| *d <= 43_200)
             .ok_or_else(|| {
-                ApiError::Invalid(shared::submit::FieldError {
+                ApiError::Invalid(shared::validation::FieldError {
                     field: "delay_seconds".into(),
                     code: "invalid_value",
                     message: "must be 0 to 43200".into(),

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use serde_json::{json, Value};
 use shared::catalog::Catalog;
 use shared::edge::{log, ConfigError, IoError, StepExt};
-use shared::ledger::Stmt;
+use shared::sql::Stmt;
 
 /// The KV key of the settings snapshot.
 pub const SNAPSHOT_KEY: &str = "setting:config";

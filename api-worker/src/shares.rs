@@ -12,10 +12,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::edge::{log, now, now_ms, rows, StepExt};
 use shared::ids::TaskId;
-use shared::ledger::Stmt;
 use shared::sharing::{
     self, share_key, ShareId, ShareRecord, ShareRow, ViewBuffer, SHARE_KV_TTL_SECS,
 };
+use shared::sql::Stmt;
 use std::cell::RefCell;
 use worker::Request;
 

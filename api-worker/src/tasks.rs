@@ -10,10 +10,11 @@ use serde_json::{json, Value};
 use shared::edge::{changes, log, now, StepExt};
 use shared::ids::{IdempotencyKey, TaskId, UploadId, UserId};
 use shared::keys::{sniff_image, upload_key};
-use shared::ledger::{self, NewTaskHold, Param, Stmt};
+use shared::ledger::{self, NewTaskHold};
 use shared::messages::TaskMessage;
 use shared::model::Model;
 use shared::signing::signed_file_url;
+use shared::sql::{Param, Stmt};
 use shared::submit::{self, TaskInput};
 use shared::task::TaskStatus;
 use worker::{FormEntry, HttpMetadata, Request};
@@ -274,7 +275,7 @@ async fn read_multipart(
                 fields.insert(name.into(), Value::String(v));
             }
             Some(FormEntry::File(_)) => {
-                return Err(submit::FieldError {
+                return Err(shared::validation::FieldError {
                     field: name.into(),
                     code: "invalid_type",
                     message: "must be a text field".into(),
@@ -288,7 +289,7 @@ async fn read_multipart(
         match entry {
             FormEntry::Field(v) => urls.push(Value::String(v)),
             FormEntry::File(_) => {
-                return Err(submit::FieldError {
+                return Err(shared::validation::FieldError {
                     field: "images".into(),
                     code: "invalid_type",
                     message: "image URLs are text; send files as `file`".into(),
@@ -308,7 +309,7 @@ async fn read_multipart(
         .enumerate()
     {
         let FormEntry::File(file) = entry else {
-            return Err(submit::FieldError {
+            return Err(shared::validation::FieldError {
                 field: format!("file[{i}]"),
                 code: "invalid_type",
                 message: "must be a file".into(),
@@ -325,7 +326,7 @@ async fn read_multipart(
             ApiError::bad_request("invalid_multipart", format!("file[{i}] could not be read"))
         })?;
         if bytes.is_empty() {
-            return Err(submit::FieldError {
+            return Err(shared::validation::FieldError {
                 field: format!("file[{i}]"),
                 code: "empty",
                 message: "is empty".into(),

@@ -9,10 +9,10 @@ use serde_json::json;
 use shared::edge::{now, StepExt};
 use shared::ids::TaskId;
 use shared::kie;
-use shared::ledger::Stmt;
 use shared::messages::{TaskMessage, VERSION};
 use shared::model::Model;
 use shared::signing::{verify_callback_token, verify_kie_callback};
+use shared::sql::Stmt;
 use shared::task::TaskStatus;
 use worker::Request;
 

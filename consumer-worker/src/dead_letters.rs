@@ -6,9 +6,9 @@ use crate::config::QueueNames;
 use serde_json::Value;
 use shared::edge::{now, Db, IoCounts, IoError, StepExt};
 use shared::keys::dead_letter_body_key;
-use shared::ledger::Stmt;
 use shared::messages;
 use shared::signing::token_digest;
+use shared::sql::Stmt;
 use worker::HttpMetadata;
 
 /// Bodies above this go to R2 and the row keeps the key.

@@ -12,10 +12,10 @@ use crate::config;
 use serde::Deserialize;
 use serde_json::Value;
 use shared::edge::now;
-use shared::ledger::Stmt;
 use shared::messages::{self, EventMessage};
 use shared::payments::{self, Plan, Subjects};
 use shared::retry::Failure;
+use shared::sql::Stmt;
 
 /// How many times an event whose subject is not known yet is tried before it is dead-lettered.
 const MAX_WAITS: u32 = 6;

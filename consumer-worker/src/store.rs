@@ -6,8 +6,9 @@ use serde::Deserialize;
 use shared::edge::{cache_final_status, now, CachedStatus, IoError};
 use shared::ids::TaskId;
 use shared::keys::task_status_key;
-use shared::ledger::{self, classify_conflict, SettleConflict, Stmt};
+use shared::ledger::{self, classify_conflict, SettleConflict};
 use shared::retry::Failure;
+use shared::sql::Stmt;
 use shared::task::{TaskStatus, Transition};
 
 /// What a claim returns: the task as the submit step needs it.

@@ -8,9 +8,10 @@ use shared::edge::{
 };
 use shared::history;
 use shared::ids::TaskId;
-use shared::ledger::{self, Stmt};
+use shared::ledger::{self};
 use shared::messages::{EventMessage, TaskMessage};
 use shared::model::Model;
+use shared::sql::Stmt;
 use shared::task::{recovery, Recovery, TaskStatus};
 use worker::Env;
 

@@ -7,8 +7,8 @@
 use crate::jobs;
 use serde::Serialize;
 use shared::edge::{log, now, now_ms, number, Db, IoCounts, IoError};
-use shared::ledger::Stmt;
 use shared::schedule::{self, Cadence};
+use shared::sql::Stmt;
 use std::rc::Rc;
 use worker::Env;
 

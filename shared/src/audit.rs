@@ -26,7 +26,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ledger::{Param, Stmt};
+use crate::sql::{Param, Stmt};
 
 /// One invariant and the SQL that finds its violations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

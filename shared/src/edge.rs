@@ -2,7 +2,7 @@
 //! [`Stmt`]s, I/O errors with context, JSON log lines, clock and configuration.
 //! Only built with the `edge` feature (the workers); the domain above stays runtime-free.
 
-use crate::ledger::{Param, Stmt};
+use crate::sql::{Param, Stmt};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::cell::Cell;

@@ -23,7 +23,7 @@
 //! and nothing is skipped ([`sync_queries`], [`assemble`]).
 
 use crate::ids::UserId;
-use crate::ledger::{Param, Stmt};
+use crate::sql::{Param, Stmt};
 use crate::submit::{ImageRef, TaskInput};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

@@ -4,6 +4,8 @@
 //! - [`ids`]: parsed newtypes (`TaskId`, `UserId`, `IdempotencyKey`, `Credits`, ...).
 //! - [`model`]: the models we sell and what they cost.
 //! - [`task`]: the task state machine.
+//! - [`sql`]: a statement and its bound values, as every module builds them.
+//! - [`validation`]: the error every parser of client input returns.
 //! - [`ledger`]: credit rules: balance, holds, settlement allocation, and their SQL.
 //! - [`messages`]: the versioned bodies of every queue message.
 //! - [`keys`]: R2 and KV key layout.
@@ -37,9 +39,11 @@ pub mod schedule;
 pub mod session;
 pub mod sharing;
 pub mod signing;
+pub mod sql;
 pub mod statement;
 pub mod submit;
 pub mod task;
+pub mod validation;
 
 #[cfg(feature = "edge")]
 pub mod edge;

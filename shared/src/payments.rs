@@ -46,7 +46,8 @@
 //!   applies it.
 
 use crate::ids::Credits;
-use crate::ledger::{self, EntryKind, NewGrant, Param, Stmt};
+use crate::ledger::{self, EntryKind, NewGrant};
+use crate::sql::{Param, Stmt};
 use serde_json::Value;
 
 /// A parsed Creem event envelope.

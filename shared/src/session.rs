@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::ids::UserId;
-use crate::ledger::{Param, Stmt};
+use crate::sql::{Param, Stmt};
 
 /// What our tokens carry besides the standard times.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,8 +24,8 @@
 //! served under the share (`/api/shares/{id}/images/{n}`), so they die with the share.
 
 use crate::ids::{TaskId, UserId};
-use crate::ledger::Stmt;
 use crate::signing::{ct_eq, hmac_hex};
+use crate::sql::Stmt;
 use crate::submit::TaskInput;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

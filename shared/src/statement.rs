@@ -8,7 +8,7 @@
 //! move nothing. So the entries add up to exactly the balance of [`crate::ledger::balance_query`].
 
 use crate::ids::UserId;
-use crate::ledger::{Param, Stmt};
+use crate::sql::{Param, Stmt};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};

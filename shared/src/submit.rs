@@ -3,26 +3,13 @@
 
 use crate::kie;
 use crate::model::Model;
+use crate::validation::FieldError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::fmt;
 
 pub const MAX_PROMPT_CHARS: usize = 4000;
 pub const MAX_URL_LEN: usize = 2048;
 const FIELDS: [&str; 4] = ["prompt", "model", "size", "images"];
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
 
 fn err(field: &str, code: &'static str, message: impl Into<String>) -> FieldError {
     FieldError {
