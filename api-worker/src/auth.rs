@@ -1,19 +1,23 @@
 //! Who is calling. Users present `Authorization: Bearer <JWT>`: an HS256 token from the app's
 //! login (minted here by `POST /admin/users/{id}/sessions`), checked for signature, algorithm,
 //! issuer and expiry, whose session must be live. Operators present the admin token from
-//! secrets, compared in constant time.
+//! secrets, compared in constant time: [`operator`] is the guard of every admin route, and the
+//! [`Operator`] it passes names who acts (`X-Actor`) for the audit rows of those that change
+//! something.
 //!
 //! Sessions (`shared::session`): D1 `sessions` is the truth, KV `session:{id}` a cache of each
 //! live session. The check reads that one KV key (beside the rate limiter where there is one);
 //! D1 only when this location has no copy. Sliding renewal hands a token past its refresh time a
 //! new one in [`SESSION_TOKEN_HEADER`], on every user route but the rate-limited writes (task
-//! submission and orders, which stay at one KV read).
+//! submission and orders, which stay at one KV read). Opening, renewing and ending sessions is
+//! here as well; the user's routes over their sessions are `sessions.rs`.
 
-use crate::app::{json, App, Ctx, Limit};
-use crate::error::{ApiError, ApiResult};
+use crate::batch::rows_at;
+use crate::context::{App, Limit};
+use crate::error::ApiError;
 use serde::Deserialize;
 use serde_json::json;
-use shared::edge::{changes, log, now, number, rows, ConfigError, IoError, StepExt};
+use shared::edge::{changes, log, now, number, ConfigError, IoError, StepExt};
 use shared::ids::UserId;
 use shared::session::{self, CachedSession, Renewal, SessionRow, TokenError, Verified};
 use shared::signing::ct_eq;
@@ -310,7 +314,7 @@ async fn renew(
 }
 
 /// The caller behind a user token; with `renew`, a token past its refresh time gets a new one.
-async fn authenticate(req: &Request, app: &App, renew: bool) -> Result<Caller, ApiError> {
+pub async fn authenticate(req: &Request, app: &App, renew: bool) -> Result<Caller, ApiError> {
     let v = claimed(req, app)?;
     let copy = cached(app, &v.sid).await;
     let current = check(app, &v, copy).await?;
@@ -346,11 +350,46 @@ pub async fn user_within(req: &Request, app: &App, limit: Limit) -> Result<UserI
     Ok(v.user)
 }
 
-/// Passes only the admin token. A user's token is refused with 403, anything else 401.
-pub async fn admin(req: &Request, app: &App) -> Result<(), ApiError> {
+// ---------------------------------------------------------------------------------------------
+// Operators
+// ---------------------------------------------------------------------------------------------
+
+/// A request that carried the admin token ([`operator`]).
+pub struct Operator {
+    x_actor: Option<String>,
+}
+
+impl Operator {
+    /// Who acts: the `X-Actor` header (an operator's name), else "admin". Bounded and of a small
+    /// alphabet, so it is safe in logs and rows; anything else is 400 `invalid_actor`. Only the
+    /// routes that change something ask (right after the guard), so only they refuse a bad one.
+    pub fn actor(self) -> Result<String, ApiError> {
+        match self.x_actor {
+            None => Ok("admin".into()),
+            Some(a)
+                if !a.is_empty()
+                    && a.len() <= 64
+                    && a.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c)) =>
+            {
+                Ok(a)
+            }
+            Some(_) => Err(ApiError::bad_request(
+                "invalid_actor",
+                "X-Actor must be 1-64 characters of [A-Za-z0-9._@-]",
+            )),
+        }
+    }
+}
+
+/// The guard of every admin route: passes only the admin token. A user's token is refused with
+/// 403, anything else 401.
+pub async fn operator(req: &Request, app: &App) -> Result<Operator, ApiError> {
     let token = bearer(req)?;
     if ct_eq(&token, &app.cfg.admin_token) {
-        return Ok(());
+        return Ok(Operator {
+            x_actor: req.headers().get("x-actor").ok().flatten(),
+        });
     }
     match session::verify(
         app.cfg.jwt_secret.as_bytes(),
@@ -442,7 +481,7 @@ pub async fn open_session(
             });
         }
     };
-    let evicted: Vec<IdRow> = results.get(3).map(rows).transpose()?.unwrap_or_default();
+    let evicted: Vec<IdRow> = rows_at(&results, 3)?;
     let evicted: Vec<String> = evicted.into_iter().map(|r| r.id).collect();
     if let Err(e) = forget_all(app, &evicted).await {
         // D1 has ended them (the list and renewal say so); their copies expire with them
@@ -474,7 +513,7 @@ pub async fn revoke(app: &App, user: &UserId, sid: &str) -> Result<Option<usize>
         )
         .await?;
     let ended = results.first().map(changes).unwrap_or(0);
-    let owned: Vec<OwnedRow> = results.get(1).map(rows).transpose()?.unwrap_or_default();
+    let owned: Vec<OwnedRow> = rows_at(&results, 1)?;
     let Some(row) = owned.first() else {
         return Ok(None);
     };
@@ -493,7 +532,7 @@ pub async fn sign_out_everywhere(app: &App, user: &UserId) -> Result<usize, ApiE
         .batch("sign out everywhere", &session::revoke_all(user, now()))
         .await?;
     let ended = results.get(1).map(changes).unwrap_or(0);
-    let keys: Vec<IdRow> = results.get(2).map(rows).transpose()?.unwrap_or_default();
+    let keys: Vec<IdRow> = rows_at(&results, 2)?;
     let keys: Vec<String> = keys.into_iter().map(|r| r.id).collect();
     forget_all(app, &keys).await?;
     Ok(ended)
@@ -508,51 +547,4 @@ pub async fn sign_out(app: &App, caller: &Caller, everywhere: bool) -> Result<us
             .await?
             .unwrap_or_default())
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The user's routes
-// ---------------------------------------------------------------------------------------------
-
-/// `GET /api/auth/sessions`: the caller's live sessions, newest first, the current one marked.
-pub async fn list_sessions(req: Request, app: &App) -> ApiResult {
-    let caller = authenticate(&req, app, true).await?;
-    let sessions: Vec<SessionRow> = app
-        .db
-        .all("list sessions", &session::list(&caller.user, now()))
-        .await?;
-    let sessions: Vec<_> = sessions
-        .iter()
-        .map(|s| {
-            json!({
-                "id": s.id,
-                "created_at": s.created_at,
-                "last_used_at": s.last_used_at,
-                "expires_at": s.expires_at,
-                "user_agent": s.user_agent,
-                "ip": s.ip,
-                "current": s.id == caller.sid,
-            })
-        })
-        .collect();
-    json(&json!({ "sessions": sessions }), 200)
-}
-
-/// `DELETE /api/auth/sessions/:id`: revokes one of the caller's sessions (the current one too).
-/// Another user's session, or none, is a 404; an already ended one of the caller's is a 200
-/// that ended nothing.
-pub async fn revoke_session(req: Request, ctx: &Ctx) -> ApiResult {
-    let app = &ctx.data;
-    let caller = caller(&req, app).await?;
-    let sid = ctx.param("id").map(String::as_str).unwrap_or_default();
-    if !session::is_session_id(sid) {
-        return Err(ApiError::NotFound("session"));
-    }
-    let ended = revoke(app, &caller.user, sid)
-        .await?
-        .ok_or(ApiError::NotFound("session"))?;
-    json(
-        &json!({"id": sid, "signed_out": ended, "current": sid == caller.sid}),
-        200,
-    )
 }

@@ -9,17 +9,29 @@
 //! - The change and its `admin_audit` row are one D1 batch: both or neither.
 //! - Orders are rows with their own terms; changing the catalogue never touches them.
 
-use crate::app::{json, json_body, App};
-use crate::audit_log::{actor, audit_when};
+use crate::admin::audit_log::audit_when;
 use crate::auth;
-use crate::error::{ApiError, ApiResult};
-use crate::settings::{self, CATALOG_KEY};
+use crate::context::{reply, App, Routes};
+use crate::error::{json, ApiError, ApiResult};
+use crate::request::json_body;
+use crate::settings;
 use serde_json::{json, Value};
-use shared::catalog::{Catalog, Product};
+use shared::catalog::{self, Catalog, Product, SETTINGS_KEY};
 use shared::edge::{changes, now};
-use shared::sql::{Param, Stmt};
-use shared::validation::FieldError;
+use shared::validation::{only_fields, Expected, FieldError};
 use worker::Request;
+
+pub fn routes(r: Routes<'_>) -> Routes<'_> {
+    r.get_async("/api/catalog", |_, ctx| async move {
+        reply(public(&ctx.data).await)
+    })
+    .get_async("/admin/catalog", |req, ctx| async move {
+        reply(show(req, &ctx.data).await)
+    })
+    .put_async("/admin/catalog", |req, ctx| async move {
+        reply(update(req, &ctx.data).await)
+    })
+}
 
 /// Largest `PUT /admin/catalog` body.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -36,15 +48,6 @@ const MAX_EXPIRES_DAYS: i64 = 3650;
 /// Versions stay exact as JS numbers.
 const MAX_VERSION: i64 = 1 << 52;
 
-fn field_err(field: &str, code: &'static str, message: impl Into<String>) -> ApiError {
-    FieldError {
-        field: field.into(),
-        code,
-        message: message.into(),
-    }
-    .into()
-}
-
 /// A product as users see it: terms, no provider ids.
 fn public_view(p: Product<'_>) -> Value {
     match p {
@@ -60,7 +63,7 @@ fn public_view(p: Product<'_>) -> Value {
 }
 
 /// `GET /api/catalog` (public): the products users can buy now and the settings version.
-pub async fn public(app: &App) -> ApiResult {
+async fn public(app: &App) -> ApiResult {
     let (catalog, version) = settings::catalog(app).await?;
     let products: Vec<Value> = catalog
         .packs
@@ -75,8 +78,8 @@ pub async fn public(app: &App) -> ApiResult {
 /// `GET /admin/catalog`: the stored catalogue as operators wrote it, with its version (what a
 /// change must name) and who changed it last. A stored catalogue that no longer parses is shown
 /// with the problem, so it can be fixed through `PUT`.
-pub async fn show(req: Request, app: &App) -> ApiResult {
-    auth::admin(&req, app).await?;
+async fn show(req: Request, app: &App) -> ApiResult {
+    auth::operator(&req, app).await?;
     let row = settings::stored(app).await?;
     let problem = Catalog::parse(&row.value).err();
     let catalog: Value =
@@ -92,8 +95,8 @@ pub async fn show(req: Request, app: &App) -> ApiResult {
 
 /// Bounds `Catalog::parse` does not check: sizes and ranges, so a stored catalogue stays small
 /// and every figure derived from it (expiry times, balances) stays far from overflow.
-fn check_bounds(c: &Catalog) -> Result<(), ApiError> {
-    let bad = |m: String| field_err("catalog", "invalid_catalog", m);
+fn check_bounds(c: &Catalog) -> Result<(), FieldError> {
+    let bad = |m: String| FieldError::new("catalog", "invalid_catalog", m);
     if c.packs.len() + c.plans.len() > MAX_PRODUCTS {
         return Err(bad(format!("at most {MAX_PRODUCTS} products")));
     }
@@ -139,33 +142,24 @@ fn check_bounds(c: &Catalog) -> Result<(), ApiError> {
 
 /// `PUT /admin/catalog {catalog, expected_version}`: replaces the catalogue if it is still at
 /// `expected_version`; 409 `version_conflict` if someone changed it since. Audited.
-pub async fn update(mut req: Request, app: &App) -> ApiResult {
-    auth::admin(&req, app).await?;
-    let actor = actor(&req)?;
+async fn update(mut req: Request, app: &App) -> ApiResult {
+    let actor = auth::operator(&req, app).await?.actor()?;
     let body = json_body(&mut req, MAX_BODY_BYTES).await?;
-    if let Some(unknown) = body.as_object().and_then(|o| {
-        o.keys()
-            .find(|k| !["catalog", "expected_version"].contains(&k.as_str()))
-    }) {
-        return Err(field_err(
-            unknown,
-            "unknown_field",
-            "unknown field; expected catalog, expected_version",
-        ));
-    }
+    only_fields(&body, &["catalog", "expected_version"], Expected::All)?;
     let expected = match body.get("expected_version") {
         None | Some(Value::Null) => {
-            return Err(field_err(
+            return Err(FieldError::new(
                 "expected_version",
                 "required",
                 "is required: the version you read from GET /admin/catalog",
-            ))
+            )
+            .into())
         }
         Some(v) => v
             .as_i64()
             .filter(|n| (1..MAX_VERSION).contains(n))
             .ok_or_else(|| {
-                field_err(
+                FieldError::new(
                     "expected_version",
                     "invalid_value",
                     "must be a positive integer",
@@ -175,7 +169,9 @@ pub async fn update(mut req: Request, app: &App) -> ApiResult {
     let value = body
         .get("catalog")
         .filter(|c| c.is_object())
-        .ok_or_else(|| field_err("catalog", "required", "is required and must be an object"))?;
+        .ok_or_else(|| {
+            FieldError::new("catalog", "required", "is required and must be an object")
+        })?;
     let text = value.to_string();
     let parsed = Catalog::parse(&text).map_err(|e| {
         // the shared messages name the old CATALOG variable; here the field is named already
@@ -184,7 +180,7 @@ pub async fn update(mut req: Request, app: &App) -> ApiResult {
             .or_else(|| e.strip_prefix("CATALOG "))
             .unwrap_or(&e)
             .to_owned();
-        field_err("catalog", "invalid_catalog", message)
+        FieldError::new("catalog", "invalid_catalog", message)
     })?;
     check_bounds(&parsed)?;
 
@@ -196,22 +192,12 @@ pub async fn update(mut req: Request, app: &App) -> ApiResult {
         audit_when(
             &actor,
             "catalog.update",
-            &format!("settings:{CATALOG_KEY}"),
+            &format!("settings:{SETTINGS_KEY}"),
             &json!({"from_version": expected, "to_version": next, "catalog": value}),
-            "EXISTS (SELECT 1 FROM settings WHERE key = ?7 AND version = ?8)",
-            vec![CATALOG_KEY.into(), Param::Int(expected)],
+            catalog::AT_VERSION,
+            catalog::at_version(expected),
         ),
-        Stmt::new(
-            "UPDATE settings SET value = ?1, version = version + 1, updated_at = ?2, updated_by = ?3
-             WHERE key = ?4 AND version = ?5",
-            vec![
-                text.into(),
-                at.into(),
-                actor.clone().into(),
-                CATALOG_KEY.into(),
-                Param::Int(expected),
-            ],
-        ),
+        catalog::update(&text, expected, &actor, at),
     ];
     let results = app.db.batch("update catalog", &stmts).await?;
     if results.get(1).map(changes) != Some(1) {

@@ -1,6 +1,6 @@
-//! The api worker's configuration, read and checked once per request from `Env`. What users can
-//! buy is not configuration: it lives in D1 `settings` (see `settings.rs`), changed without a
-//! redeploy.
+//! The api worker's configuration, read and checked from `Env` once per isolate
+//! (`context::App::build`). What users can buy is not configuration: it lives in D1 `settings`
+//! (see `settings.rs`), changed without a redeploy.
 
 use shared::cors::Origins;
 use shared::edge::{number, required, var, ConfigError};

@@ -1,7 +1,9 @@
-//! The API's one error type. Caller faults carry a stable `code` and a message meant for the
-//! caller; unexpected failures are logged with their cause and shown only as a generic message.
+//! The API's answers: its one error type, and the JSON response every handler returns, error
+//! or not. Caller faults carry a stable `code` and a message meant for the caller; unexpected
+//! failures are logged with their cause and shown only as a generic message.
 
 use shared::edge::{log, ConfigError, IoError};
+use shared::page::PageError;
 use shared::validation::FieldError;
 use worker::Response;
 
@@ -48,6 +50,12 @@ impl From<IoError> for ApiError {
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
         ApiError::Invalid(e)
+    }
+}
+
+impl From<PageError> for ApiError {
+    fn from(e: PageError) -> Self {
+        ApiError::bad_request(e.code, e.message)
     }
 }
 
@@ -150,6 +158,11 @@ pub fn json_response(value: &serde_json::Value, status: u16) -> Response {
             .map(|r| r.with_status(status))
             .unwrap_or_else(|_| fallback())
     })
+}
+
+/// A JSON body with a status: a handler's answer.
+pub fn json(value: &serde_json::Value, status: u16) -> ApiResult {
+    Ok(json_response(value, status))
 }
 
 #[allow(clippy::expect_used)]

@@ -1,15 +1,25 @@
 //! R2 objects served over HTTP: to their owner through the API, or to anyone holding a
 //! time-limited signed URL (`/files/{key}?exp=&sig=`), which is how providers fetch uploads.
 
-use crate::app::{query, App, Ctx};
+use crate::context::{reply, App, Ctx, Routes};
 use crate::error::{ApiError, ApiResult};
+use crate::request::query;
 use shared::edge::{now, StepExt};
 use shared::http::{none_match, parse_range};
 use shared::signing::verify_file_signature;
 use worker::{Range as R2Range, Request, Response};
 
-/// `GET /files/*key?exp=&sig=`
-pub async fn get(req: &Request, ctx: &Ctx) -> ApiResult {
+pub fn routes(r: Routes<'_>) -> Routes<'_> {
+    r.get_async("/files/*key", |req, ctx| async move {
+        reply(get(&req, &ctx).await)
+    })
+    .head_async("/files/*key", |req, ctx| async move {
+        reply(get(&req, &ctx).await)
+    })
+}
+
+/// `GET /files/*key?exp=&sig=` (and `HEAD`)
+async fn get(req: &Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
     let key = ctx.param("key").cloned().unwrap_or_default();
     let exp = query(req, "exp").and_then(|e| e.parse::<i64>().ok());

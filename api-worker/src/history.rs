@@ -1,10 +1,12 @@
 //! A user's history: deleting tasks (one or many) and the sync feed of what changed since a
-//! point, deletions included (see `shared::history` for the rules and their SQL).
+//! point, deletions included (see `shared::history` for the rules and their SQL). The feed is
+//! served by `GET /api/tasks` (`tasks.rs`) when it is asked for.
 
-use crate::app::{json, json_body, query, App, Ctx};
 use crate::auth;
-use crate::error::{ApiError, ApiResult};
-use crate::tasks::{TaskRow, TASK_COLUMNS};
+use crate::batch::{result_at, rows_at};
+use crate::context::{reply, App, Ctx, Routes};
+use crate::error::{json, ApiError, ApiResult};
+use crate::request::{json_body, page, query, task_id};
 use serde::Deserialize;
 use serde_json::json;
 use shared::edge::{log, now, rows, StepExt};
@@ -14,8 +16,19 @@ use shared::history::{
 };
 use shared::ids::{TaskId, UserId};
 use shared::keys::task_status_key;
+use shared::page::PageRule;
+use shared::task_rows::{self, TaskRow};
 use shared::validation::FieldError;
 use worker::Request;
+
+pub fn routes(r: Routes<'_>) -> Routes<'_> {
+    r.delete_async("/api/tasks/:id", |req, ctx| async move {
+        reply(delete_one(&req, &ctx).await)
+    })
+    .post_async("/api/tasks/delete", |req, ctx| async move {
+        reply(delete_many(req, &ctx).await)
+    })
+}
 
 /// What a delete did.
 struct Report {
@@ -44,14 +57,7 @@ async fn delete(app: &App, user: &UserId, ids: &[String]) -> Result<Report, ApiE
         .db
         .batch("delete tasks", &delete_tasks(user, &ids_json, now()))
         .await?;
-    let part = |i: usize| {
-        results.get(i).ok_or_else(|| {
-            ApiError::Unavailable(shared::edge::IoError {
-                step: "delete tasks".into(),
-                cause: format!("batch returned no result {i}"),
-            })
-        })
-    };
+    let part = |i: usize| result_at(&results, i, "delete tasks");
     let deleted: Vec<DeletedTask> = rows(part(0)?)?;
     let revoked: Vec<Id> = rows(part(1)?)?;
     let states: Vec<TaskState> = rows(part(2)?)?;
@@ -131,12 +137,10 @@ async fn forget_statuses(app: &App, deleted: &[DeletedTask]) {
 
 /// `DELETE /api/tasks/:id`: deletes one of the caller's ended tasks; a running one is a 409
 /// (`task_running`) until it ends, so its hold is settled or released by the consumer as usual.
-pub async fn delete_one(req: &Request, ctx: &Ctx) -> ApiResult {
+async fn delete_one(req: &Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
     let user = auth::user(req, app).await?;
-    let raw = ctx.param("id").map(String::as_str).unwrap_or_default();
-    let task =
-        TaskId::parse(raw).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+    let task = task_id(ctx)?;
     let id = task.to_string();
     let report = delete(app, &user, std::slice::from_ref(&id)).await?;
     match report.outcomes.first().map(|(_, o)| *o) {
@@ -155,15 +159,12 @@ pub async fn delete_one(req: &Request, ctx: &Ctx) -> ApiResult {
 
 /// `POST /api/tasks/delete {ids: [...]}`: deletes up to 100 of the caller's ended tasks at once;
 /// says which were deleted, which are still running, and which were not found.
-pub async fn delete_many(mut req: Request, ctx: &Ctx) -> ApiResult {
+async fn delete_many(mut req: Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
     let user = auth::user(&req, app).await?;
     let body = json_body(&mut req, 64 * 1024).await?;
-    let ids = history::parse_ids(&body).map_err(|message| FieldError {
-        field: "ids".into(),
-        code: "invalid_value",
-        message,
-    })?;
+    let ids = history::parse_ids(&body)
+        .map_err(|message| FieldError::new("ids", "invalid_value", message))?;
     let report = delete(app, &user, &ids).await?;
     let pick = |want: DeleteOutcome| {
         report
@@ -213,6 +214,9 @@ pub fn sync_start(req: &Request) -> Result<Option<SyncPos>, ApiError> {
     }
 }
 
+/// The sync feed's page size.
+const SYNC_PAGE: PageRule = PageRule::new(100, MAX_SYNC_PAGE);
+
 #[derive(Deserialize)]
 struct SyncRow {
     #[serde(flatten)]
@@ -224,35 +228,18 @@ struct SyncRow {
 /// (or a cursor), oldest change first; deleted ones as tombstones `{id, deleted, updated_at}`.
 /// Follow `next_cursor` while `more`; keep the last `next_cursor` for the next sync.
 pub async fn sync(req: &Request, app: &App, user: &UserId, from: SyncPos) -> ApiResult {
-    let limit = match query(req, "limit") {
-        None => 100,
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_SYNC_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_limit",
-                    format!("limit must be an integer from 1 to {MAX_SYNC_PAGE}"),
-                )
-            })?,
-    };
+    // the position is `from` (`sync_start`), so the rule reads no cursor
+    let limit = page(req, &SYNC_PAGE)?.limit;
     let at = now();
     let results = app
         .db
         .batch(
             "sync tasks",
-            &history::sync_queries(TASK_COLUMNS, user, &from, limit, at),
+            &history::sync_queries(task_rows::COLUMNS, user, &from, limit, at),
         )
         .await?;
-    let settled: Vec<SyncRow> = match results.first() {
-        Some(r) => rows(r)?,
-        None => vec![],
-    };
-    let recent: Vec<SyncRow> = match results.get(1) {
-        Some(r) => rows(r)?,
-        None => vec![],
-    };
+    let settled: Vec<SyncRow> = rows_at(&results, 0)?;
+    let recent: Vec<SyncRow> = rows_at(&results, 1)?;
     let (page, next, more) = assemble(
         &from,
         settled,
@@ -268,7 +255,7 @@ pub async fn sync(req: &Request, app: &App, user: &UserId, from: SyncPos) -> Api
         .iter()
         .map(|r| match r.deleted_at {
             Some(_) => json!({"id": r.task.id, "deleted": true, "updated_at": r.task.updated_at}),
-            None => r.task.view(app),
+            None => crate::tasks::view(&r.task, app),
         })
         .collect();
     json(

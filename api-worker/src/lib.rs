@@ -1,19 +1,28 @@
 //! api-worker: the HTTP edge. Validates, authenticates, reserves credits, writes D1 and
 //! enqueues work; it never waits on a provider.
+//!
+//! - `app`: the route table and what wraps every request (CORS, the log line, error shapes).
+//! - `context`: what a handler is given (`App`, `Ctx`) and how a module registers its routes.
+//! - `request`: reading a request (query, page, ids in the path, capped bodies).
+//! - `error`: the one error type and the JSON answers.
+//! - `auth`: who is calling: users' sessions, and the operators' guard.
+//! - `batch`: the results of a D1 batch, statement by statement.
+//! - The users' routes, a module per resource: `tasks`, `history`, `shares`, `links`, `files`,
+//!   `me`, `sessions`, `orders`, `catalog` (its admin routes too), `webhooks`, `health`.
+//! - `admin`: the operators' routes, a module per concern.
+//! - `config`, `settings`, `cors`: the configuration, the runtime settings (the catalogue), CORS.
 
 mod admin;
-mod admin_stats;
-mod admin_tasks;
-mod admin_users;
 mod app;
-mod audit;
-mod audit_log;
 mod auth;
+mod batch;
 mod catalog;
 mod config;
+mod context;
 mod cors;
 mod error;
 mod files;
+mod health;
 mod history;
 mod links;
 mod me;
@@ -21,8 +30,9 @@ mod me;
 // serves, `app::OPENAPI_JSON`) equal to it. Not in the wasm.
 #[cfg(test)]
 mod openapi;
-mod ops;
 mod orders;
+mod request;
+mod sessions;
 mod settings;
 mod shares;
 mod tasks;

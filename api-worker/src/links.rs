@@ -6,17 +6,17 @@
 //! URL that may have expired, and nothing but an image) while D1 says the result may still be
 //! served. Every fallback is logged (`link.fallback`).
 
-use crate::app::{query, App, Ctx};
+use crate::context::{reply, App, Ctx, Routes};
 use crate::error::{ApiError, ApiResult};
-use futures::future::{select, Either};
-use serde::Deserialize;
-use shared::edge::{log, now_ms, CachedStatus, IoCounts, StepExt};
+use crate::request::{query, task_id};
+use shared::edge::{fetch_with_timeout, log, CachedStatus, FetchError, StepExt};
 use shared::ids::TaskId;
 use shared::keys::task_status_key;
-use shared::sharing::{self, json_list, provider_url, verify_link_signature, ShareId};
-use shared::sql::Stmt;
+use shared::sharing::{
+    self, json_list, provider_url, verify_link_signature, ShareId, StoredResults,
+};
 use std::time::Duration;
-use worker::{AbortController, Delay, Fetch, Headers, Request, Url};
+use worker::{Fetch, Headers, Request, Url};
 
 /// The owner's results: the bytes at a key never change, so browsers may keep them a day.
 pub const OWNER_CACHE: &str = "private, max-age=86400";
@@ -26,6 +26,12 @@ pub const SHARE_CACHE: &str = "private, no-cache";
 /// What the provider's copy is served with: a stopgap, kept briefly.
 const FALLBACK_CACHE: &str = "private, max-age=300";
 const FALLBACK_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn routes(r: Routes<'_>) -> Routes<'_> {
+    r.get_async("/api/images/:id/:n", |req, ctx| async move {
+        reply(get(&req, &ctx).await)
+    })
+}
 
 /// A result index from the path.
 pub fn index(ctx: &Ctx) -> Result<usize, ApiError> {
@@ -49,11 +55,9 @@ pub enum Source<'a> {
 
 /// `GET /api/images/:id/:n?sig=`: result `n` of a task, for anyone holding its signed link.
 /// A wrong signature, a deleted task, a missing result: 404, alike.
-pub async fn get(req: &Request, ctx: &Ctx) -> ApiResult {
+async fn get(req: &Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
-    let raw = ctx.param("id").map(String::as_str).unwrap_or_default();
-    let task =
-        TaskId::parse(raw).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+    let task = task_id(ctx)?;
     let n = index(ctx)?;
     let sig = query(req, "sig").unwrap_or_default();
     if !verify_link_signature(
@@ -88,24 +92,11 @@ async fn cached_result_key(app: &App, task: &TaskId, n: usize) -> Option<String>
         .flatten()
 }
 
-#[derive(Deserialize)]
-struct Stored {
-    result_keys: Option<String>,
-    result_urls: Option<String>,
-}
-
 /// The task's stored results and provider URLs from D1, if it is completed and not deleted.
-async fn stored(app: &App, task: &TaskId) -> Result<Option<Stored>, ApiError> {
+async fn stored(app: &App, task: &TaskId) -> Result<Option<StoredResults>, ApiError> {
     Ok(app
         .db
-        .first(
-            "task results for a link",
-            &Stmt::new(
-                "SELECT result_keys, result_urls FROM ai_tasks
-                 WHERE id = ?1 AND deleted_at IS NULL AND status = 'completed'",
-                vec![task.to_string().into()],
-            ),
-        )
+        .first("task results for a link", &sharing::link_results(task))
         .await?)
 }
 
@@ -191,21 +182,12 @@ async fn fallback(app: &App, key: &str, n: usize, source: Source<'_>) -> ApiResu
 /// headers. An expired provider URL answers 4xx, which is the "no longer valid" signal.
 async fn fetch_provider(app: &App, url: &str) -> Result<worker::Response, String> {
     let parsed = Url::parse(url).map_err(|e| format!("bad url: {e}"))?;
-    app.io.fetch();
-    let started = now_ms();
-    let controller = AbortController::default();
-    let signal = controller.signal();
-    let fetcher = Fetch::Url(parsed);
-    let fetch = Box::pin(fetcher.send_with_signal(&signal));
-    let outcome = match select(fetch, Box::pin(Delay::from(FALLBACK_TIMEOUT))).await {
-        Either::Left((Ok(resp), _)) => Ok(resp),
-        Either::Left((Err(e), _)) => Err(format!("network: {e}")),
-        Either::Right(_) => {
-            controller.abort();
-            Err(format!("no answer within {}s", FALLBACK_TIMEOUT.as_secs()))
-        }
-    };
-    IoCounts::add_ms(&app.io.fetch_ms, started);
+    let outcome = fetch_with_timeout(&app.io, Fetch::Url(parsed), FALLBACK_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            FetchError::Network(e) => format!("network: {e}"),
+            FetchError::TimedOut(t) => format!("no answer within {}s", t.as_secs()),
+        });
     let resp = outcome?;
     let status = resp.status_code();
     let content_type = resp

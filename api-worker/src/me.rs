@@ -1,48 +1,40 @@
-//! The user's own view (`GET /api/me`, `GET /api/me/ledger`): profile, balance, task counts,
-//! credits spent, the current subscription, and the ledger as a statement whose entries add up
-//! to the balance (see `shared::statement`). One D1 batch.
+//! The user's own account: the overview (`GET /api/me`: profile, balance, task counts, credits
+//! spent, the current subscription, and the first page of the ledger as a statement whose
+//! entries add up to the balance, see `shared::statement`; one D1 batch), the statement's next
+//! pages (`GET /api/me/ledger`), and the balance with what each model costs (`GET /api/balance`).
 
-use crate::app::{json, query, App};
 use crate::auth;
-use crate::error::{ApiError, ApiResult};
+use crate::batch::result_at;
+use crate::context::{reply, App, Routes};
+use crate::error::{json, ApiError, ApiResult};
+use crate::request::page;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::edge::{now, rows};
 use shared::ids::UserId;
 use shared::ledger::{self};
+use shared::model::Model;
+use shared::page::{Page, PageRule};
 use shared::sql::Stmt;
 use shared::statement::{self, Entry, Profile};
 use worker::Request;
 
-fn page_params(
-    req: &Request,
-    limit_name: &str,
-    cursor_name: &str,
-) -> Result<(i64, Option<(i64, String)>), ApiError> {
-    let limit = match query(req, limit_name) {
-        None => 20,
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_limit",
-                    format!("{limit_name} must be an integer from 1 to 100"),
-                )
-            })?,
-    };
-    let before = match query(req, cursor_name) {
-        None => None,
-        Some(c) => Some(statement::decode_cursor(&c).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_cursor",
-                format!("{cursor_name} is not one we issued"),
-            )
-        })?),
-    };
-    Ok((limit, before))
+pub fn routes(r: Routes<'_>) -> Routes<'_> {
+    r.get_async("/api/me", |req, ctx| async move {
+        reply(me(&req, &ctx.data).await)
+    })
+    .get_async("/api/me/ledger", |req, ctx| async move {
+        reply(ledger(&req, &ctx.data).await)
+    })
+    .get_async("/api/balance", |req, ctx| async move {
+        reply(balance(&req, &ctx.data).await)
+    })
 }
+
+/// The statement's pages: `GET /api/me/ledger?limit=&cursor=`.
+const LEDGER_PAGE: PageRule = PageRule::new(20, 100).with_cursor(statement::decode_cursor);
+/// The statement's first page inside `GET /api/me`, under names of its own.
+const ME_LEDGER_PAGE: PageRule = LEDGER_PAGE.named("ledger_limit", "ledger_cursor");
 
 fn entry_view(e: &Entry) -> Value {
     json!({
@@ -57,16 +49,9 @@ fn entry_view(e: &Entry) -> Value {
     })
 }
 
-/// A page of entries (the query asked one more than `limit`) and the cursor after it.
-fn ledger_page(mut entries: Vec<Entry>, limit: i64) -> Value {
-    let page = usize::try_from(limit).unwrap_or(20);
-    let more = entries.len() > page;
-    entries.truncate(page);
-    let next = if more {
-        entries.last().map(statement::encode_cursor)
-    } else {
-        None
-    };
+/// A page of entries (the query asked one more than the page) and the cursor after it.
+fn ledger_page(page: &Page, entries: Vec<Entry>) -> Value {
+    let (entries, next) = page.split(entries, statement::encode_cursor);
     json!({"entries": entries.iter().map(entry_view).collect::<Vec<_>>(), "next_cursor": next})
 }
 
@@ -76,25 +61,18 @@ struct Balance {
 }
 
 /// `GET /api/me?ledger_limit=&ledger_cursor=`
-pub async fn me(req: &Request, app: &App) -> ApiResult {
+async fn me(req: &Request, app: &App) -> ApiResult {
     let user = auth::user(req, app).await?;
-    let (limit, before) = page_params(req, "ledger_limit", "ledger_cursor")?;
+    let page = page(req, &ME_LEDGER_PAGE)?;
     let at = now();
     let stmts: [Stmt; 4] = [
         statement::profile_query(&user),
         ledger::balance_query(&user, at),
         statement::subscription_query(&user, at),
-        statement::statement_query(&user, at, before.as_ref(), limit),
+        statement::statement_query(&user, at, page.before.as_ref(), page.limit),
     ];
     let results = app.db.batch("me", &stmts).await?;
-    let part = |i: usize| {
-        results.get(i).ok_or_else(|| {
-            ApiError::Unavailable(shared::edge::IoError {
-                step: "me".into(),
-                cause: format!("batch returned no result {i}"),
-            })
-        })
-    };
+    let part = |i: usize| result_at(&results, i, "me");
     let profile: Profile = rows::<Profile>(part(0)?)?
         .into_iter()
         .next()
@@ -122,22 +100,41 @@ pub async fn me(req: &Request, app: &App) -> ApiResult {
                       "deleted": profile.tasks_deleted},
             "credits_spent": profile.credits_spent,
             "subscription": subscription,
-            "ledger": ledger_page(entries, limit),
+            "ledger": ledger_page(&page, entries),
         }),
         200,
     )
 }
 
 /// `GET /api/me/ledger?limit=&cursor=`: the next pages of the statement.
-pub async fn ledger(req: &Request, app: &App) -> ApiResult {
+async fn ledger(req: &Request, app: &App) -> ApiResult {
     let user: UserId = auth::user(req, app).await?;
-    let (limit, before) = page_params(req, "limit", "cursor")?;
+    let page = page(req, &LEDGER_PAGE)?;
     let entries: Vec<Entry> = app
         .db
         .all(
             "ledger page",
-            &statement::statement_query(&user, now(), before.as_ref(), limit),
+            &statement::statement_query(&user, now(), page.before.as_ref(), page.limit),
         )
         .await?;
-    json(&ledger_page(entries, limit), 200)
+    json(&ledger_page(&page, entries), 200)
+}
+
+/// The derived balance.
+pub async fn read_balance(app: &App, user: &UserId) -> Result<i64, ApiError> {
+    let row: Option<Balance> = app
+        .db
+        .first("balance", &ledger::balance_query(user, now()))
+        .await?;
+    Ok(row.map_or(0, |r| r.balance))
+}
+
+/// `GET /api/balance`
+async fn balance(req: &Request, app: &App) -> ApiResult {
+    let user = auth::user(req, app).await?;
+    let balance = read_balance(app, &user).await?;
+    json(
+        &json!({ "balance": balance, "costs": Model::ALL.iter().map(|m| (m.as_str(), m.cost().get())).collect::<std::collections::BTreeMap<_, _>>() }),
+        200,
+    )
 }

@@ -516,7 +516,7 @@ pub fn operations() -> Vec<(&'static str, &'static str, Value)> {
                 "admin",
                 [
                     vec![
-                        query_param("status", json!({"type": "string", "enum": crate::admin_users::ORDER_STATUSES})),
+                        query_param("status", json!({"type": "string", "enum": shared::orders::STATUSES})),
                         query_param("user_id", json!({"type": "string", "format": "uuid"})),
                     ],
                     page(),
@@ -793,7 +793,7 @@ fn stats_schema() -> Value {
     json!({"type": "object", "required": ["at", "tasks", "throughput", "dead_letters", "webhook_events", "queue_backlog", "queue_backlog_note"], "properties": {
         "at": {"type": "integer"},
         "tasks": {"type": "object", "required": ["by_status", "total"], "properties": {
-            "by_status": counts(&crate::admin_stats::TASK_STATUSES), "total": {"type": "integer"}}},
+            "by_status": counts(&crate::admin::stats::TASK_STATUSES), "total": {"type": "integer"}}},
         "throughput": {"type": "object", "required": ["hour", "day"], "properties": {"hour": window.clone(), "day": window}},
         "dead_letters": {"type": "object", "required": ["by_class", "dead"], "properties": {
             "by_class": {"type": "array", "items": {"type": "object", "required": ["error_class", "total", "dead", "replayed", "discarded"]}},

@@ -11,41 +11,22 @@
 //!   rewrites it at once. KV has no compare-and-set, so a reader that loaded D1 just before a
 //!   change may put the older version back; the TTL bounds that too.
 
-use crate::app::App;
+use crate::context::App;
 use crate::error::ApiError;
 use serde_json::{json, Value};
-use shared::catalog::Catalog;
+use shared::catalog::{self, Catalog, StoredCatalog};
 use shared::edge::{log, ConfigError, IoError, StepExt};
-use shared::sql::Stmt;
 
 /// The KV key of the settings snapshot.
 pub const SNAPSHOT_KEY: &str = "setting:config";
 /// How long a snapshot may serve before D1 is read again.
 pub const SNAPSHOT_TTL_SECS: u64 = 300;
-/// The `settings` row that holds the catalogue.
-pub const CATALOG_KEY: &str = "catalog";
-
-/// The catalogue as stored: its JSON (what operators wrote, provider ids included), when and by
-/// whom it was last changed.
-#[derive(serde::Deserialize)]
-pub struct StoredCatalog {
-    pub value: String,
-    pub version: i64,
-    pub updated_at: i64,
-    pub updated_by: Option<String>,
-}
 
 /// The stored catalogue row, straight from D1 (the truth). An absent row is a deployment
 /// without migration 0005: misconfigured.
 pub async fn stored(app: &App) -> Result<StoredCatalog, ApiError> {
     app.db
-        .first::<StoredCatalog>(
-            "settings catalog",
-            &Stmt::new(
-                "SELECT value, version, updated_at, updated_by FROM settings WHERE key = ?1",
-                vec![CATALOG_KEY.into()],
-            ),
-        )
+        .first::<StoredCatalog>("settings catalog", &catalog::stored())
         .await?
         .ok_or_else(|| {
             ApiError::Misconfigured(ConfigError(

@@ -4,20 +4,40 @@
 //! every KV write is followed by a D1 check of the share, so a revoke racing the write never
 //! leaves a revoked share in KV. Views are counted in the isolate and written in batches.
 
-use crate::app::{json, query, App, Ctx};
 use crate::auth;
-use crate::error::{json_response, ApiError, ApiResult};
+use crate::batch::rows_at;
+use crate::context::{reply, App, Ctx, Routes};
+use crate::error::{json, json_response, ApiError, ApiResult};
 use crate::links::{self, Source, SHARE_CACHE};
+use crate::request::{page, task_id};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::edge::{log, now, now_ms, rows, StepExt};
-use shared::ids::TaskId;
+use shared::page::{CursorFormat, PageRule};
 use shared::sharing::{
     self, share_key, ShareId, ShareRecord, ShareRow, ViewBuffer, SHARE_KV_TTL_SECS,
 };
 use shared::sql::Stmt;
 use std::cell::RefCell;
 use worker::Request;
+
+pub fn routes(r: Routes<'_>) -> Routes<'_> {
+    r.post_async("/api/tasks/:id/shares", |req, ctx| async move {
+        reply(create(&req, &ctx).await)
+    })
+    .get_async("/api/shares", |req, ctx| async move {
+        reply(list(&req, &ctx.data).await)
+    })
+    .get_async("/api/shares/:id", |_, ctx| async move {
+        reply(read(&ctx).await)
+    })
+    .delete_async("/api/shares/:id", |req, ctx| async move {
+        reply(revoke(&req, &ctx).await)
+    })
+    .get_async("/api/shares/:id/images/:n", |req, ctx| async move {
+        reply(image(&req, &ctx).await)
+    })
+}
 
 thread_local! {
     /// Views counted in this isolate, not yet in D1.
@@ -57,12 +77,10 @@ struct Status {
 }
 
 /// `POST /api/tasks/:id/shares`: shares one of the caller's completed tasks.
-pub async fn create(req: &Request, ctx: &Ctx) -> ApiResult {
+async fn create(req: &Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
     let user = auth::user(req, app).await?;
-    let raw = ctx.param("id").map(String::as_str).unwrap_or_default();
-    let task =
-        TaskId::parse(raw).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+    let task = task_id(ctx)?;
     let share = ShareId::new();
     let results = app
         .db
@@ -71,15 +89,9 @@ pub async fn create(req: &Request, ctx: &Ctx) -> ApiResult {
             &sharing::create_share(&share, &user, &task, now()),
         )
         .await?;
-    let made: Option<ShareRow> = match results.get(2) {
-        Some(r) => rows::<ShareRow>(r)?.into_iter().next(),
-        None => None,
-    };
+    let made: Option<ShareRow> = rows_at(&results, 2)?.into_iter().next();
     let Some(row) = made else {
-        let state: Option<Status> = match results.get(1) {
-            Some(r) => rows::<Status>(r)?.into_iter().next(),
-            None => None,
-        };
+        let state: Option<Status> = rows_at(&results, 1)?.into_iter().next();
         return Err(match state.map(|s| s.status) {
             None => ApiError::NotFound("task"),
             Some(s) if s == "failed" => ApiError::Conflict {
@@ -178,7 +190,7 @@ async fn load(app: &App, share: &ShareId) -> Result<Option<ShareRecord>, ApiErro
 }
 
 /// `GET /api/shares/:id`: a share, for anyone; counts a view.
-pub async fn read(ctx: &Ctx) -> ApiResult {
+async fn read(ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
     let share = share_param(ctx)?;
     let record = load(app, &share)
@@ -191,7 +203,7 @@ pub async fn read(ctx: &Ctx) -> ApiResult {
 }
 
 /// `GET /api/shares/:id/images/:n`: image `n` of a share, for anyone, while the share lives.
-pub async fn image(req: &Request, ctx: &Ctx) -> ApiResult {
+async fn image(req: &Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
     let share = share_param(ctx)?;
     let n = links::index(ctx)?;
@@ -229,53 +241,24 @@ async fn count_view(app: &App, share: &ShareId) {
     }
 }
 
-fn limit_param(req: &Request) -> Result<i64, ApiError> {
-    match query(req, "limit") {
-        None => Ok(20),
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request("invalid_limit", "limit must be an integer from 1 to 100")
-            }),
-    }
-}
-
-fn encode_cursor(at: i64, id: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("h1.{at}.{id}"))
-}
-
-fn decode_cursor(c: &str) -> Option<(i64, String)> {
-    use base64::Engine;
-    let raw = String::from_utf8(
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(c)
-            .ok()?,
-    )
-    .ok()?;
-    let (at, id) = raw.strip_prefix("h1.")?.split_once('.')?;
-    Some((at.parse().ok()?, ShareId::parse(id)?.to_string()))
-}
+/// A share cursor names the last share of a page by when it was shared.
+const SHARE_CURSOR: CursorFormat = CursorFormat::Tagged("h1");
+const LIST_PAGE: PageRule = PageRule::new(20, 100).with_cursor(|c| {
+    let (at, id) = SHARE_CURSOR.decode(c)?;
+    Some((at, ShareId::parse(&id)?.to_string()))
+});
 
 /// `GET /api/shares?limit=&cursor=`: the caller's live shares, newest first, with their view
 /// counts. Views this isolate counted are written in the same batch, first.
-pub async fn list(req: &Request, app: &App) -> ApiResult {
+async fn list(req: &Request, app: &App) -> ApiResult {
     let user = auth::user(req, app).await?;
-    let limit = limit_param(req)?;
-    let before = match query(req, "cursor") {
-        None => None,
-        Some(c) => Some(decode_cursor(&c).ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
-        })?),
-    };
+    let page = page(req, &LIST_PAGE)?;
     let taken = VIEWS.with(|v| v.borrow_mut().take());
     let mut stmts: Vec<Stmt> = Vec::new();
     if !taken.is_empty() {
         stmts.push(sharing::add_views(&taken, now()));
     }
-    stmts.push(sharing::list_shares(&user, before, limit));
+    stmts.push(sharing::list_shares(&user, page.before.clone(), page.limit));
     let results = match app.db.batch("list shares", &stmts).await {
         Ok(r) => r,
         Err(e) => {
@@ -283,18 +266,11 @@ pub async fn list(req: &Request, app: &App) -> ApiResult {
             return Err(e.into());
         }
     };
-    let mut found: Vec<ShareRow> = match results.last() {
+    let found: Vec<ShareRow> = match results.last() {
         Some(r) => rows(r)?,
         None => vec![],
     };
-    let page = usize::try_from(limit).unwrap_or(20);
-    let more = found.len() > page;
-    found.truncate(page);
-    let next = if more {
-        found.last().map(|r| encode_cursor(r.shared_at, &r.id))
-    } else {
-        None
-    };
+    let (found, next) = page.split(found, |r| SHARE_CURSOR.encode(r.shared_at, &r.id));
     json(
         &json!({"shares": found.iter().map(|r| owner_view(app, r)).collect::<Vec<_>>(), "next_cursor": next}),
         200,
@@ -309,7 +285,7 @@ struct Revoked {
 /// `DELETE /api/shares/:id`: revokes one of the caller's shares. Refused for readers at once
 /// where this lands (its KV record is deleted and a miss is checked against D1), elsewhere once
 /// KV's edge caches let go (about 60 s).
-pub async fn revoke(req: &Request, ctx: &Ctx) -> ApiResult {
+async fn revoke(req: &Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
     let user = auth::user(req, app).await?;
     let share = share_param(ctx)?;

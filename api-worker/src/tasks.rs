@@ -1,89 +1,76 @@
-//! End users' task routes, balance and health.
+//! End users' tasks: submitting one (JSON or multipart with uploads; the cost is held and the
+//! task inserted in one D1 batch, then enqueued), listing them (or the sync feed, `history.rs`),
+//! reading one and streaming its results. The task's public view, the hold and the enqueue live
+//! here too: an operator's retry (`admin/tasks.rs`) goes through them. How a task is read is
+//! `shared::task_rows`.
 
-use crate::app::{json, query, App, Ctx};
 use crate::auth;
-use crate::error::{ApiError, ApiResult};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use serde::Deserialize;
+use crate::context::{reply, App, Ctx, Limit, Routes};
+use crate::error::{json, ApiError, ApiResult};
+use crate::request::{json_body, page, refuse_declared_over, task_id};
 use serde_json::{json, Value};
 use shared::edge::{changes, log, now, StepExt};
 use shared::ids::{IdempotencyKey, TaskId, UploadId, UserId};
 use shared::keys::{sniff_image, upload_key};
 use shared::ledger::{self, NewTaskHold};
 use shared::messages::TaskMessage;
-use shared::model::Model;
+use shared::page::{CursorFormat, PageRule};
 use shared::signing::signed_file_url;
-use shared::sql::{Param, Stmt};
 use shared::submit::{self, TaskInput};
 use shared::task::TaskStatus;
+use shared::task_rows::{self, TaskRow};
+use shared::validation::FieldError;
 use worker::{FormEntry, HttpMetadata, Request};
 
-pub const TASK_COLUMNS: &str =
-    "id, task_no, status, input_params, external_provider, cost, result_keys, failure_reason,
-     created_at, updated_at, submitted_at, completed_at, deadline_at";
-
-/// A task row as the API reads it.
-#[derive(Debug, Deserialize)]
-pub struct TaskRow {
-    pub id: String,
-    pub task_no: String,
-    pub status: String,
-    pub input_params: String,
-    pub external_provider: Option<String>,
-    pub cost: i64,
-    pub result_keys: Option<String>,
-    pub failure_reason: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub submitted_at: Option<i64>,
-    pub completed_at: Option<i64>,
-    pub deadline_at: Option<i64>,
+pub fn routes(r: Routes<'_>) -> Routes<'_> {
+    r.post_async("/api/tasks", |req, ctx| async move {
+        reply(submit(req, &ctx.data).await)
+    })
+    .get_async("/api/tasks", |req, ctx| async move {
+        reply(list(&req, &ctx.data).await)
+    })
+    .get_async("/api/tasks/:id", |req, ctx| async move {
+        reply(get(&req, &ctx).await)
+    })
+    .get_async("/api/tasks/:id/results/:n", |req, ctx| async move {
+        reply(result(&req, &ctx).await)
+    })
 }
 
-impl TaskRow {
-    pub fn result_keys(&self) -> Vec<String> {
-        self.result_keys
-            .as_deref()
-            .and_then(|k| serde_json::from_str(k).ok())
-            .unwrap_or_default()
-    }
-
-    /// The public view of a task: what the owner sees.
-    pub fn view(&self, app: &App) -> Value {
-        let input: Option<TaskInput> = serde_json::from_str(&self.input_params).ok();
-        let expires = now() + app.cfg.signed_url_ttl_secs;
-        let results: Vec<Value> = self
-            .result_keys()
-            .iter()
-            .enumerate()
-            .map(|(n, key)| {
-                json!({
-                    "index": n,
-                    "url": format!("/api/tasks/{}/results/{n}", self.id),
-                    "signed_url": signed_file_url(&app.cfg.public_base_url, app.cfg.files_signing_key.as_bytes(), key, expires),
-                    // lasts as long as the result: for <img> tags and history caches
-                    "link": shared::sharing::lasting_link(&app.cfg.public_base_url, app.cfg.files_signing_key.as_bytes(), &self.id, n),
-                })
+/// The public view of a task: what the owner sees.
+pub fn view(row: &TaskRow, app: &App) -> Value {
+    let input: Option<TaskInput> = serde_json::from_str(&row.input_params).ok();
+    let expires = now() + app.cfg.signed_url_ttl_secs;
+    let results: Vec<Value> = row
+        .result_keys()
+        .iter()
+        .enumerate()
+        .map(|(n, key)| {
+            json!({
+                "index": n,
+                "url": format!("/api/tasks/{}/results/{n}", row.id),
+                "signed_url": signed_file_url(&app.cfg.public_base_url, app.cfg.files_signing_key.as_bytes(), key, expires),
+                // lasts as long as the result: for <img> tags and history caches
+                "link": shared::sharing::lasting_link(&app.cfg.public_base_url, app.cfg.files_signing_key.as_bytes(), &row.id, n),
             })
-            .collect();
-        json!({
-            "id": self.id,
-            "task_no": self.task_no,
-            "status": self.status,
-            "model": self.external_provider,
-            "prompt": input.as_ref().map(|i| i.prompt.clone()),
-            "size": input.as_ref().map(|i| i.size.clone()),
-            "cost": self.cost,
-            "failure_reason": self.failure_reason,
-            "results": results,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "submitted_at": self.submitted_at,
-            "completed_at": self.completed_at,
-            "deadline_at": self.deadline_at,
         })
-    }
+        .collect();
+    json!({
+        "id": row.id,
+        "task_no": row.task_no,
+        "status": row.status,
+        "model": row.external_provider,
+        "prompt": input.as_ref().map(|i| i.prompt.clone()),
+        "size": input.as_ref().map(|i| i.size.clone()),
+        "cost": row.cost,
+        "failure_reason": row.failure_reason,
+        "results": results,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "submitted_at": row.submitted_at,
+        "completed_at": row.completed_at,
+        "deadline_at": row.deadline_at,
+    })
 }
 
 /// An image that came in a multipart submission, checked and ready to store.
@@ -94,8 +81,8 @@ struct Upload {
 }
 
 /// `POST /api/tasks`: validate, hold the cost and insert the task in one batch, enqueue.
-pub async fn submit(mut req: Request, app: &App) -> ApiResult {
-    let user = auth::user_within(&req, app, crate::app::Limit::Submit).await?;
+async fn submit(mut req: Request, app: &App) -> ApiResult {
+    let user = auth::user_within(&req, app, Limit::Submit).await?;
     let idempotency_key = match req.headers().get("idempotency-key").ok().flatten() {
         None => None,
         Some(raw) => Some(
@@ -112,7 +99,7 @@ pub async fn submit(mut req: Request, app: &App) -> ApiResult {
         .to_ascii_lowercase();
 
     let (input, uploads) = if content_type.starts_with("application/json") {
-        let body = crate::app::json_body(&mut req, 64 * 1024).await?;
+        let body = json_body(&mut req, 64 * 1024).await?;
         (submit::parse(&body, vec![])?, vec![])
     } else if content_type.starts_with("multipart/form-data") {
         read_multipart(&mut req, app, &user).await?
@@ -136,11 +123,11 @@ pub async fn submit(mut req: Request, app: &App) -> ApiResult {
             if let Ok(task) = TaskId::parse(&row.id) {
                 enqueue_submit(app, &task).await;
             }
-            json(&row.view(app), 202)
+            json(&view(&row, app), 202)
         }
         Created::Replayed(row) => {
             discard_uploads(app, &uploads).await;
-            let mut resp = json(&row.view(app), 202)?;
+            let mut resp = json(&view(&row, app), 202)?;
             let _ = resp.headers_mut().set("idempotent-replayed", "true");
             Ok(resp)
         }
@@ -200,10 +187,7 @@ pub async fn hold_and_insert(
             .db
             .first(
                 "task by idempotency key",
-                &Stmt::new(
-                    format!("SELECT {TASK_COLUMNS} FROM ai_tasks WHERE user_id = ?1 AND idempotency_key = ?2"),
-                    vec![user.to_string().into(), key.as_str().into()],
-                ),
+                &task_rows::by_idempotency_key(user, key),
             )
             .await?;
         if let Some(row) = existing {
@@ -216,7 +200,7 @@ pub async fn hold_and_insert(
             return Ok(Created::Replayed(Box::new(row)));
         }
     }
-    let balance = read_balance(app, user).await?;
+    let balance = crate::me::read_balance(app, user).await?;
     Err(ApiError::PaymentRequired(format!(
         "{} costs {} credits; the balance is {}",
         input.model,
@@ -252,18 +236,7 @@ async fn read_multipart(
     app: &App,
     user: &UserId,
 ) -> Result<(TaskInput, Vec<Upload>), ApiError> {
-    let declared = req
-        .headers()
-        .get("content-length")
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > app.cfg.max_body_bytes) {
-        return Err(ApiError::TooLarge(format!(
-            "body larger than {} bytes",
-            app.cfg.max_body_bytes
-        )));
-    }
+    refuse_declared_over(req, app.cfg.max_body_bytes)?;
     let form = req.form_data().await.map_err(|_| {
         ApiError::bad_request("invalid_multipart", "the multipart body could not be read")
     })?;
@@ -275,12 +248,7 @@ async fn read_multipart(
                 fields.insert(name.into(), Value::String(v));
             }
             Some(FormEntry::File(_)) => {
-                return Err(shared::validation::FieldError {
-                    field: name.into(),
-                    code: "invalid_type",
-                    message: "must be a text field".into(),
-                }
-                .into())
+                return Err(FieldError::new(name, "invalid_type", "must be a text field").into())
             }
         }
     }
@@ -289,11 +257,11 @@ async fn read_multipart(
         match entry {
             FormEntry::Field(v) => urls.push(Value::String(v)),
             FormEntry::File(_) => {
-                return Err(shared::validation::FieldError {
-                    field: "images".into(),
-                    code: "invalid_type",
-                    message: "image URLs are text; send files as `file`".into(),
-                }
+                return Err(FieldError::new(
+                    "images",
+                    "invalid_type",
+                    "image URLs are text; send files as `file`",
+                )
                 .into())
             }
         }
@@ -309,12 +277,9 @@ async fn read_multipart(
         .enumerate()
     {
         let FormEntry::File(file) = entry else {
-            return Err(shared::validation::FieldError {
-                field: format!("file[{i}]"),
-                code: "invalid_type",
-                message: "must be a file".into(),
-            }
-            .into());
+            return Err(
+                FieldError::new(format!("file[{i}]"), "invalid_type", "must be a file").into(),
+            );
         };
         if file.size() > app.cfg.max_upload_bytes {
             return Err(ApiError::TooLarge(format!(
@@ -326,12 +291,7 @@ async fn read_multipart(
             ApiError::bad_request("invalid_multipart", format!("file[{i}] could not be read"))
         })?;
         if bytes.is_empty() {
-            return Err(shared::validation::FieldError {
-                field: format!("file[{i}]"),
-                code: "empty",
-                message: "is empty".into(),
-            }
-            .into());
+            return Err(FieldError::new(format!("file[{i}]"), "empty", "is empty").into());
         }
         let content_type = sniff_image(&bytes).ok_or_else(|| {
             ApiError::UnsupportedMediaType(format!(
@@ -396,105 +356,50 @@ async fn discard_uploads(app: &App, uploads: &[Upload]) {
     }
 }
 
-fn task_id(ctx: &Ctx) -> Result<TaskId, ApiError> {
-    let raw = ctx.param("id").map(String::as_str).unwrap_or_default();
-    TaskId::parse(raw).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))
-}
-
 async fn owned_task(app: &App, user: &UserId, task: &TaskId) -> Result<TaskRow, ApiError> {
     app.db
-        .first(
-            "task by id and owner",
-            &Stmt::new(
-                format!("SELECT {TASK_COLUMNS} FROM ai_tasks WHERE id = ?1 AND user_id = ?2 AND deleted_at IS NULL"),
-                vec![task.to_string().into(), user.to_string().into()],
-            ),
-        )
+        .first("task by id and owner", &task_rows::owned(task, user))
         .await?
         .ok_or(ApiError::NotFound("task"))
 }
 
 /// `GET /api/tasks/:id`
-pub async fn get(req: &Request, ctx: &Ctx) -> ApiResult {
+async fn get(req: &Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
     let user = auth::user(req, app).await?;
     let task = task_id(ctx)?;
     let row = owned_task(app, &user, &task).await?;
-    json(&row.view(app), 200)
+    json(&view(&row, app), 200)
 }
 
 /// `GET /api/tasks?limit=&cursor=`: newest first; `next_cursor` continues the list. With
 /// `updated_since` (or a sync cursor), the sync feed instead (`history::sync`).
-pub async fn list(req: &Request, app: &App) -> ApiResult {
+async fn list(req: &Request, app: &App) -> ApiResult {
     let user = auth::user(req, app).await?;
     if let Some(from) = crate::history::sync_start(req)? {
         return crate::history::sync(req, app, &user, from).await;
     }
-    let limit = match query(req, "limit") {
-        None => 20,
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request("invalid_limit", "limit must be an integer from 1 to 100")
-            })?,
-    };
-    let (before_at, before_id) = match query(req, "cursor") {
-        None => (i64::MAX, String::new()),
-        Some(c) => decode_cursor(&c).ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
-        })?,
-    };
+    let page = page(req, &LIST_PAGE)?;
     let rows: Vec<TaskRow> = app
         .db
-        .all(
-            "list tasks",
-            &Stmt::new(
-                format!(
-                    "SELECT {TASK_COLUMNS} FROM ai_tasks
-                     WHERE user_id = ?1 AND deleted_at IS NULL
-                       AND (created_at < ?2 OR (created_at = ?2 AND id < ?3) OR ?4 = 1)
-                     ORDER BY created_at DESC, id DESC LIMIT ?5"
-                ),
-                vec![
-                    user.to_string().into(),
-                    Param::Int(before_at.min(1 << 52)),
-                    before_id.clone().into(),
-                    Param::Int(i64::from(before_id.is_empty())),
-                    Param::Int(limit + 1),
-                ],
-            ),
-        )
+        .all("list tasks", &task_rows::list_owned(&user, &page))
         .await?;
-    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    let page: Vec<&TaskRow> = rows
-        .iter()
-        .take(usize::try_from(limit).unwrap_or(0))
-        .collect();
-    let next = if more {
-        page.last().map(|r| encode_cursor(r.created_at, &r.id))
-    } else {
-        None
-    };
+    let (rows, next) = page.split(rows, |r| CursorFormat::Plain.encode(r.created_at, &r.id));
     json(
-        &json!({ "tasks": page.iter().map(|r| r.view(app)).collect::<Vec<_>>(), "next_cursor": next }),
+        &json!({ "tasks": rows.iter().map(|r| view(r, app)).collect::<Vec<_>>(), "next_cursor": next }),
         200,
     )
 }
 
-fn encode_cursor(created_at: i64, id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{created_at}:{id}"))
-}
-
-fn decode_cursor(c: &str) -> Option<(i64, String)> {
-    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(c).ok()?).ok()?;
-    let (at, id) = raw.split_once(':')?;
-    Some((at.parse().ok()?, TaskId::parse(id).ok()?.to_string()))
-}
+/// `GET /api/tasks?limit=&cursor=`: a list cursor names the last task of a page by its creation
+/// (a sync cursor is told apart first, by `history::sync_start`).
+const LIST_PAGE: PageRule = PageRule::new(20, 100).with_cursor(|c| {
+    let (at, id) = CursorFormat::Plain.decode(c)?;
+    Some((at, TaskId::parse(&id).ok()?.to_string()))
+});
 
 /// `GET /api/tasks/:id/results/:n`: streams a stored result to its owner.
-pub async fn result(req: &Request, ctx: &Ctx) -> ApiResult {
+async fn result(req: &Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
     let user = auth::user(req, app).await?;
     let task = task_id(ctx)?;
@@ -511,82 +416,4 @@ pub async fn result(req: &Request, ctx: &Ctx) -> ApiResult {
         .nth(n)
         .ok_or(ApiError::NotFound("result"))?;
     crate::files::stream_object(req, app, &key, "private, max-age=3600").await
-}
-
-/// The derived balance.
-pub async fn read_balance(app: &App, user: &UserId) -> Result<i64, ApiError> {
-    #[derive(Deserialize)]
-    struct Row {
-        balance: i64,
-    }
-    let row: Option<Row> = app
-        .db
-        .first("balance", &ledger::balance_query(user, now()))
-        .await?;
-    Ok(row.map_or(0, |r| r.balance))
-}
-
-/// `GET /api/balance`
-pub async fn balance(req: &Request, app: &App) -> ApiResult {
-    let user = auth::user(req, app).await?;
-    let balance = read_balance(app, &user).await?;
-    json(
-        &json!({ "balance": balance, "costs": Model::ALL.iter().map(|m| (m.as_str(), m.cost().get())).collect::<std::collections::BTreeMap<_, _>>() }),
-        200,
-    )
-}
-
-/// `GET /api/health`: whether D1, R2, KV and the queue binding answer.
-pub async fn health(app: &App) -> ApiResult {
-    let d1 = app
-        .db
-        .run("health", &Stmt::new("SELECT 1", vec![]))
-        .await
-        .map(|_| ());
-    app.io.r2();
-    let r2 = match app.bucket() {
-        Ok(b) => b.head("health/probe").await.step("r2 head").map(|_| ()),
-        Err(e) => Err(e),
-    };
-    app.io.kv();
-    let kv = match app.kv() {
-        Ok(k) => k
-            .get("health:probe")
-            .text()
-            .await
-            .step("kv get")
-            .map(|_| ()),
-        Err(e) => Err(e),
-    };
-    let queue = app.tasks_queue().map(|_| ());
-    let checks = [("d1", d1), ("r2", r2), ("kv", kv), ("queue", queue)];
-    let ok = checks.iter().all(|(_, r)| r.is_ok());
-    let detail: serde_json::Map<String, Value> = checks
-        .iter()
-        .map(|(name, r)| {
-            (
-                (*name).to_owned(),
-                json!(if r.is_ok() { "ok" } else { "failing" }),
-            )
-        })
-        .collect();
-    for (name, r) in &checks {
-        if let Err(e) = r {
-            log(
-                json!({"level": "error", "event": "health_check_failed", "check": name, "cause": e.to_string()}),
-            );
-        }
-    }
-    json(
-        &json!({ "status": if ok { "ok" } else { "degraded" }, "checks": detail }),
-        if ok { 200 } else { 503 },
-    )
-}
-
-/// `POST /api/auth/signout`: ends the caller's session; `POST /api/auth/signout-all`: every session
-/// of the caller. Tokens of ended sessions are refused from then on.
-pub async fn sign_out(req: &Request, app: &App, everywhere: bool) -> ApiResult {
-    let caller = auth::caller(req, app).await?;
-    let ended = auth::sign_out(app, &caller, everywhere).await?;
-    json(&json!({"signed_out": ended}), 200)
 }

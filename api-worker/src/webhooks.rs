@@ -2,9 +2,9 @@
 //! token, and kie.ai's signature when configured) that the provider has news, and prompts an
 //! immediate poll of record-info, which the consumer trusts instead.
 
-use crate::app::{body_bytes, json, query, Ctx};
-use crate::error::{ApiError, ApiResult};
-use serde::Deserialize;
+use crate::context::{reply, App, Ctx, Routes};
+use crate::error::{json, ApiError, ApiResult};
+use crate::request::{body_bytes, query};
 use serde_json::json;
 use shared::edge::{now, StepExt};
 use shared::ids::TaskId;
@@ -12,23 +12,25 @@ use shared::kie;
 use shared::messages::{TaskMessage, VERSION};
 use shared::model::Model;
 use shared::signing::{verify_callback_token, verify_kie_callback};
-use shared::sql::Stmt;
 use shared::task::TaskStatus;
+use shared::task_rows::{self, CallbackTask};
+use shared::webhook_events::{self, Delivery};
 use worker::Request;
+
+pub fn routes(r: Routes<'_>) -> Routes<'_> {
+    r.post_async("/webhooks/creem", |req, ctx| async move {
+        reply(creem(req, &ctx.data).await)
+    })
+    .post_async("/webhooks/ai/:provider", |req, ctx| async move {
+        reply(ai_callback(req, &ctx).await)
+    })
+}
 
 /// How far a signed callback's timestamp may be from now.
 const SIGNATURE_TOLERANCE_SECS: i64 = 300;
 
-#[derive(Deserialize)]
-struct CallbackTask {
-    status: String,
-    external_provider: Option<String>,
-    external_task_id: Option<String>,
-    deadline_at: Option<i64>,
-}
-
 /// `POST /webhooks/ai/:provider?task=&token=`
-pub async fn ai_callback(mut req: Request, ctx: &Ctx) -> ApiResult {
+async fn ai_callback(mut req: Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
     let model = ctx
         .param("provider")
@@ -70,13 +72,7 @@ pub async fn ai_callback(mut req: Request, ctx: &Ctx) -> ApiResult {
 
     let row: CallbackTask = app
         .db
-        .first(
-            "task for callback",
-            &Stmt::new(
-                "SELECT status, external_provider, external_task_id, deadline_at FROM ai_tasks WHERE id = ?1",
-                vec![task.to_string().into()],
-            ),
-        )
+        .first("task for callback", &task_rows::for_callback(&task))
         .await?
         .ok_or(ApiError::NotFound("task"))?;
     if row.external_provider.as_deref() != Some(model.as_str()) {
@@ -125,7 +121,7 @@ const STANDARD_WEBHOOK_TOLERANCE_SECS: i64 = 300;
 /// `creem-signature` or `x-creem-signature`, hex with or without `sha256=`, as the official SDK
 /// accepts it; or Standard Webhooks headers), store the event once per (provider, event id),
 /// enqueue it, answer 200. Nothing is applied here; a bad signature stores nothing.
-pub async fn creem(mut req: Request, app: &crate::app::App) -> ApiResult {
+async fn creem(mut req: Request, app: &App) -> ApiResult {
     let body = body_bytes(&mut req, MAX_WEBHOOK_BYTES).await?;
     let header = |name: &str| req.headers().get(name).ok().flatten();
     let standard_id = header("webhook-id");
@@ -179,19 +175,20 @@ pub async fn creem(mut req: Request, app: &crate::app::App) -> ApiResult {
             Some(reason),
         ),
     };
-    let row_id = format!(
-        "whe_{}",
-        &shared::signing::token_digest(&format!("creem\n{event_id}"))[..32]
-    );
+    let row_id = webhook_events::row_id("creem", &event_id);
+    let delivery = Delivery {
+        row_id: row_id.clone(),
+        event_id,
+        event_type,
+        payload,
+        status,
+        error: error.clone(),
+    };
     let inserted = app
         .db
         .run(
             "store webhook event",
-            &Stmt::new(
-                "INSERT INTO webhook_events (id, provider, event_id, event_type, payload, status, error, received_at)
-                 VALUES (?1, 'creem', ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-                vec![row_id.clone().into(), event_id.clone().into(), event_type.clone().into(), payload.into(), status.into(), error.clone().into(), now().into()],
-            ),
+            &webhook_events::store(delivery, now()),
         )
         .await?;
     if status == "rejected" {
@@ -204,22 +201,14 @@ pub async fn creem(mut req: Request, app: &crate::app::App) -> ApiResult {
         // A repeat. If the first delivery was stored but never queued, queue it now.
         let stored: Option<serde_json::Value> = app
             .db
-            .first(
-                "webhook event status",
-                &Stmt::new(
-                    "SELECT status FROM webhook_events WHERE id = ?1",
-                    vec![row_id.clone().into()],
-                ),
-            )
+            .first("webhook event status", &webhook_events::status(&row_id))
             .await?;
         if stored.as_ref().and_then(|s| s["status"].as_str()) != Some("received") {
             return json(&json!({"received": true, "duplicate": true}), 200);
         }
     }
     app.io.queue_send();
-    app.env
-        .queue(crate::config::EVENTS)
-        .step("binding EVENTS")?
+    app.events_queue()?
         .send(shared::messages::EventMessage::apply(&row_id))
         .await
         .step("queue send webhook.apply")?;

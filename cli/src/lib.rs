@@ -25,7 +25,7 @@ use std::ffi::OsString;
 
 pub use args::Cli;
 
-/// What the process exits with; `--help` and the README list them.
+/// What the process exits with; `--help` and docs/OPERATIONS.md list them.
 pub mod exit {
     /// Done.
     pub const OK: u8 = 0;

@@ -265,7 +265,7 @@ impl Handled {
             Next::DeadLetter { class, reason } => {
                 let archived = dead_letters::archive(
                     &ctx.archive(),
-                    dead_letters::Dead {
+                    shared::dead_letters::Dead {
                         queue,
                         message_id: &msg.id(),
                         body,

@@ -12,6 +12,9 @@ pub struct Config {
     pub files_signing_key: String,
     pub max_result_bytes: usize,
     pub poll: Policy,
+    /// How long the models usually take to generate (`TYPICAL_GENERATION_SECS`, 0 if unset):
+    /// the first poll waits that long, since the provider's callback normally comes first.
+    pub typical_generation_secs: u32,
     pub transient: Policy,
     /// Queue names as bound in wrangler.toml, to tell which queue a batch came from.
     pub queues: QueueNames,
@@ -74,6 +77,12 @@ impl Config {
                 max: secs(env, "POLL_MAX_SECS", Policy::POLL.max.as_secs())?,
                 ..Policy::POLL
             },
+            typical_generation_secs: u32::try_from(number(env, "TYPICAL_GENERATION_SECS", 0)?)
+                .map_err(|_| {
+                    ConfigError(
+                        "TYPICAL_GENERATION_SECS must be a number of seconds, 0 or more".into(),
+                    )
+                })?,
             transient: Policy {
                 initial: secs(
                     env,

@@ -1,27 +1,14 @@
-//! The dead-letter archive: every message we gave up on, in D1 (large bodies in R2), once per
-//! (source queue, message id).
+//! Archiving dead letters: the R2 body and the D1 row of `shared::dead_letters` (one row per
+//! source queue and message id, large bodies in R2), and the dead-letter queue's own messages.
 
 use crate::batch::{Handled, Next};
 use crate::config::QueueNames;
 use serde_json::Value;
+use shared::dead_letters::{self, Dead};
 use shared::edge::{now, Db, IoCounts, IoError, StepExt};
 use shared::keys::dead_letter_body_key;
 use shared::messages;
-use shared::signing::token_digest;
-use shared::sql::Stmt;
 use worker::HttpMetadata;
-
-/// Bodies above this go to R2 and the row keeps the key.
-const INLINE_BODY_BYTES: usize = 32 * 1024;
-
-pub struct Dead<'a> {
-    pub queue: &'a str,
-    pub message_id: &'a str,
-    pub body: &'a Value,
-    pub text: &'a str,
-    pub class: &'a str,
-    pub reason: &'a str,
-}
 
 /// What archiving needs: D1, and R2 for large bodies. Not the rest of the configuration, so a
 /// consumer whose configuration is broken still archives what reaches its dead-letter queue.
@@ -31,14 +18,11 @@ pub struct Archive<'a> {
     pub io: &'a IoCounts,
 }
 
-/// Archives one dead message. Redelivery updates the same row instead of adding one.
+/// Archives one dead message. Redelivery updates the same row instead of adding one. A large
+/// body is put in R2 before the row that points to it.
 pub async fn archive(ctx: &Archive<'_>, dead: Dead<'_>) -> Result<(), IoError> {
-    let id = format!(
-        "dl_{}",
-        &token_digest(&format!("{}\n{}", dead.queue, dead.message_id))[..32]
-    );
-    let (inline, r2_key) = if dead.text.len() > INLINE_BODY_BYTES {
-        let key = dead_letter_body_key(&id);
+    let r2_key = if dead.body_goes_to_r2() {
+        let key = dead_letter_body_key(&dead.id());
         let meta = HttpMetadata {
             content_type: Some("application/json".into()),
             ..Default::default()
@@ -52,41 +36,14 @@ pub async fn archive(ctx: &Archive<'_>, dead: Dead<'_>) -> Result<(), IoError> {
             .execute()
             .await
             .step("r2 put dead letter body")?;
-        (None, Some(key))
+        Some(key)
     } else {
-        (Some(dead.text.to_owned()), None)
+        None
     };
-    let attempts = dead
-        .body
-        .get("attempt")
-        .and_then(Value::as_i64)
-        .map_or(1, |a| a + 1);
-    let at = now();
     ctx.db
         .run(
             "archive dead letter",
-            &Stmt::new(
-                "INSERT INTO dead_letters (id, source_queue, message_id, message_type, body, body_r2_key, attempts,
-                                           error_class, error_text, first_failed_at, last_failed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)
-                 ON CONFLICT (source_queue, message_id) DO UPDATE SET
-                   last_failed_at = excluded.last_failed_at,
-                   attempts = MAX(dead_letters.attempts, excluded.attempts),
-                   error_class = excluded.error_class,
-                   error_text = excluded.error_text",
-                vec![
-                    id.into(),
-                    dead.queue.into(),
-                    dead.message_id.into(),
-                    messages::type_of(dead.body).map(str::to_owned).into(),
-                    inline.into(),
-                    r2_key.into(),
-                    attempts.into(),
-                    dead.class.into(),
-                    dead.reason.chars().take(2000).collect::<String>().into(),
-                    at.into(),
-                ],
-            ),
+            &dead_letters::archive(&dead, r2_key.as_deref(), now()),
         )
         .await?;
     Ok(())

@@ -1,5 +1,5 @@
-//! Applying stored payment events. The planning is `shared::payments`; here we read what an
-//! event refers to, run the plan and the event's own status change in one D1 batch, and decide
+//! Applying stored payment events. The planning is `shared::payments` and the stored row's
+//! statements `shared::webhook_events`; here we read the event and what it refers to, run the plan and the event's own status change in one D1 batch, and decide
 //! what happens to the message. The amounts come from the order and subscription rows, never
 //! from configuration: the consumer needs no catalogue. An event whose subject is not known yet
 //! is retried with a delay, then dead-lettered (`unresolved_reference`); one the plan holds
@@ -9,13 +9,13 @@
 
 use crate::batch::{Ctx, Handled, Next};
 use crate::config;
-use serde::Deserialize;
+use crate::store::storage;
 use serde_json::Value;
 use shared::edge::now;
 use shared::messages::{self, EventMessage};
 use shared::payments::{self, Plan, Subjects};
 use shared::retry::Failure;
-use shared::sql::Stmt;
+use shared::webhook_events::{self, StoredEvent};
 
 /// How many times an event whose subject is not known yet is tried before it is dead-lettered.
 const MAX_WAITS: u32 = 6;
@@ -31,13 +31,6 @@ enum Outcome {
     Wait(String),
     /// It cannot be applied as it stands: an operator must look at it.
     Hold(String),
-}
-
-#[derive(Deserialize)]
-struct StoredEvent {
-    id: String,
-    payload: String,
-    status: String,
 }
 
 fn done(event_row: &str) -> Handled {
@@ -132,21 +125,11 @@ async fn note(ctx: &Ctx, event_row: &str, reason: &str) {
     }
 }
 
-fn storage(e: shared::edge::IoError) -> Failure {
-    Failure::transient("storage", e.to_string())
-}
-
 /// Applies one stored event.
 async fn apply(ctx: &Ctx, event_row: &str) -> Result<Outcome, Failure> {
     let stored: Option<StoredEvent> = ctx
         .db
-        .first(
-            "stored event",
-            &Stmt::new(
-                "SELECT id, payload, status FROM webhook_events WHERE id = ?1",
-                vec![event_row.into()],
-            ),
-        )
+        .first("stored event", &webhook_events::load(event_row))
         .await
         .map_err(storage)?;
     let Some(stored) = stored else {

@@ -2,9 +2,9 @@
 //! classified [`Failure`]; nothing here decides what to do about it.
 
 use crate::batch::Ctx;
-use futures::future::{select, Either};
 use futures::StreamExt;
 use shared::budget::{ByteBudget, Permit};
+use shared::edge::{fetch_with_timeout, FetchError};
 use shared::ids::TaskId;
 use shared::keys::image_extension;
 use shared::kie::{self, Progress};
@@ -14,35 +14,21 @@ use shared::signing::callback_token;
 use std::time::Duration;
 use worker::js_sys::futures::JsFuture;
 use worker::wasm_bindgen::JsValue;
-use worker::{
-    AbortController, Delay, Fetch, Headers, Method, Request, RequestInit, Response, ResponseBody,
-};
+use worker::{Fetch, Headers, Method, Request, RequestInit, Response, ResponseBody};
 
 const API_TIMEOUT: Duration = Duration::from_secs(30);
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A fetch with a timeout. A fetch that times out is aborted, so it gives its connection back:
-/// a batch is one invocation with at most 6 connections open at once.
+/// A fetch with a timeout (`shared::edge::fetch_with_timeout`: counted, and aborted when it
+/// times out, so a batch's invocation gets its connection back). No response is transient:
+/// `network` or `timeout`.
 async fn send(ctx: &Ctx, req: Request, timeout: Duration) -> Result<Response, Failure> {
-    ctx.io.fetch();
-    let started = shared::edge::now_ms();
-    let controller = AbortController::default();
-    let signal = controller.signal();
-    let fetcher = Fetch::Request(req);
-    let fetch = Box::pin(fetcher.send_with_signal(&signal));
-    let outcome = match select(fetch, Box::pin(Delay::from(timeout))).await {
-        Either::Left((Ok(resp), _)) => Ok(resp),
-        Either::Left((Err(e), _)) => Err(Failure::transient("network", e.to_string())),
-        Either::Right(_) => {
-            controller.abort();
-            Err(Failure::transient(
-                "timeout",
-                format!("no response within {}s", timeout.as_secs()),
-            ))
-        }
-    };
-    shared::edge::IoCounts::add_ms(&ctx.io.fetch_ms, started);
-    outcome
+    fetch_with_timeout(&ctx.io, Fetch::Request(req), timeout)
+        .await
+        .map_err(|e| match e {
+            FetchError::Network(_) => Failure::transient("network", e.to_string()),
+            FetchError::TimedOut(_) => Failure::transient("timeout", e.to_string()),
+        })
 }
 
 fn api_request(

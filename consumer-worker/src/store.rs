@@ -1,23 +1,17 @@
-//! The consumer's writes to D1 and KV. Every change of a task is a conditional UPDATE from
-//! `shared::task`'s transitions; the ledger rows ride in the same batch (`shared::ledger`).
+//! The consumer's writes to D1 and KV. Every change of a task is a conditional UPDATE of one of
+//! `shared::task`'s transitions, built there; the ledger rows ride in the same batch
+//! (`shared::ledger`).
 
 use crate::batch::Ctx;
-use serde::Deserialize;
 use shared::edge::{cache_final_status, now, CachedStatus, IoError};
 use shared::ids::TaskId;
 use shared::keys::task_status_key;
 use shared::ledger::{self, classify_conflict, SettleConflict};
 use shared::retry::Failure;
 use shared::sql::Stmt;
-use shared::task::{TaskStatus, Transition};
+use shared::task::{self, Claimed, TaskStatus};
 
-/// What a claim returns: the task as the submit step needs it.
-#[derive(Debug, Deserialize)]
-pub struct Claimed {
-    pub input_params: String,
-    pub deadline_at: Option<i64>,
-}
-
+/// A failed D1, KV or R2 call: transient, the step is retried.
 pub fn storage(e: IoError) -> Failure {
     Failure::transient("storage", e.to_string())
 }
@@ -25,38 +19,14 @@ pub fn storage(e: IoError) -> Failure {
 /// `pending -> submitted`, returning the task; `None` if another delivery got there first. The
 /// claim counts a create call that may reach the provider (`provider_submissions`).
 pub async fn claim(ctx: &Ctx, task: &TaskId) -> Result<Option<Claimed>, IoError> {
-    ctx.db
-        .first(
-            "claim task",
-            &Stmt::new(
-                format!(
-                    "{} RETURNING input_params, deadline_at",
-                    Transition::Claim.update_sql(
-                        "updated_at = ?2, provider_submissions = provider_submissions + 1"
-                    )
-                ),
-                vec![task.to_string().into(), now().into()],
-            ),
-        )
-        .await
+    ctx.db.first("claim task", &task::claim(task, now())).await
 }
 
 /// `submitted -> pending`: the provider answered that it did not take the task; let the retry
 /// claim it again. That create call is no longer counted.
 pub async fn unclaim(ctx: &Ctx, task: &TaskId) -> Result<(), IoError> {
     ctx.db
-        .run(
-            "unclaim task",
-            &Stmt::new(
-                format!(
-                    "{} AND external_task_id IS NULL",
-                    Transition::Unclaim.update_sql(
-                        "updated_at = ?2, provider_submissions = MAX(provider_submissions - 1, 0)"
-                    )
-                ),
-                vec![task.to_string().into(), now().into()],
-            ),
-        )
+        .run("unclaim task", &task::unclaim(task, now()))
         .await
         .map(|_| ())
 }
@@ -64,16 +34,8 @@ pub async fn unclaim(ctx: &Ctx, task: &TaskId) -> Result<(), IoError> {
 /// `submitted -> processing` with the provider's task id, written as soon as the provider
 /// returns it: from here on recovery polls this id and never creates the task again.
 pub async fn accept(ctx: &Ctx, task: &TaskId, external_id: &str) -> Result<(), IoError> {
-    let at = now();
     ctx.db
-        .run(
-            "accept task",
-            &Stmt::new(
-                Transition::Accepted
-                    .update_sql("external_task_id = ?2, submitted_at = ?3, updated_at = ?3"),
-                vec![task.to_string().into(), external_id.into(), at.into()],
-            ),
-        )
+        .run("accept task", &task::accept(task, external_id, now()))
         .await
         .map(|_| ())
 }
@@ -82,13 +44,7 @@ pub async fn accept(ctx: &Ctx, task: &TaskId, external_id: &str) -> Result<(), I
 /// live chain alone. Not a state change; one write per half lease, not per poll.
 pub async fn renew_lease(ctx: &Ctx, task: &TaskId) -> Result<(), IoError> {
     ctx.db
-        .run(
-            "renew task lease",
-            &Stmt::new(
-                "UPDATE ai_tasks SET updated_at = ?2 WHERE id = ?1 AND status = 'processing'",
-                vec![task.to_string().into(), now().into()],
-            ),
-        )
+        .run("renew task lease", &task::renew_lease(task, now()))
         .await
         .map(|_| ())
 }
@@ -103,22 +59,7 @@ pub async fn complete(
     keys: &[String],
 ) -> Result<bool, Failure> {
     let at = now();
-    let mut stmts = vec![Stmt::new(
-        format!(
-            "{} RETURNING user_id",
-            Transition::Succeeded.update_sql(
-                "result_urls = ?2, result_keys = ?3, external_task_id = COALESCE(external_task_id, ?4),
-             completed_at = ?5, updated_at = ?5, submitted_at = COALESCE(submitted_at, ?5)",
-            )
-        ),
-        vec![
-            task.to_string().into(),
-            serde_json::to_string(urls).unwrap_or_default().into(),
-            serde_json::to_string(keys).unwrap_or_default().into(),
-            external_id.into(),
-            at.into(),
-        ],
-    )];
+    let mut stmts = vec![task::succeed(task, external_id, urls, keys, at)];
     stmts.extend(ledger::settle(task, at));
     finish(ctx, task, stmts, TaskStatus::Completed, None, keys).await
 }

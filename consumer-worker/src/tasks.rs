@@ -116,7 +116,9 @@ async fn submit(ctx: &Ctx, task: &TaskId) -> Result<Step, Failure> {
             };
             let first_poll =
                 TaskMessage::first_poll(*task, model, external_id, deadline_at, !recorded, now());
-            Ok(Step::Then(first_poll, ctx.cfg.poll.delay_secs(0)))
+            let wait =
+                shared::retry::first_poll_delay(&ctx.cfg.poll, ctx.cfg.typical_generation_secs);
+            Ok(Step::Then(first_poll, wait))
         }
         Err(Failure::Permanent { class, detail }) => {
             store::fail(ctx, task, &format!("{class}: {detail}")).await?;
@@ -162,6 +164,12 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
         store::accept(ctx, task_id, external_id)
             .await
             .map_err(storage)?;
+    }
+    // The chain is the fallback for a lost callback: when the callback's poll has already
+    // ended the task (its final status is in KV), asking the provider again would only cost a
+    // call. A KV read is cheaper than a provider call, and D1 is not touched.
+    if *follow_up && store::known_ended(ctx, task_id).await {
+        return Ok(Step::Done);
     }
     let progress = match provider::record(ctx, *model, external_id).await {
         Ok(p) => p,

@@ -1,18 +1,20 @@
 //! The named jobs and the schedules that run them. Each job works in bounded chunks, stops at its
 //! budget (time or items) with `stopped_early`, and leaves a cursor where a listing must resume.
+//! What a job reads and writes in D1 is built by the domain module it belongs to (`payments`,
+//! `task`, `webhook_events`, `dead_letters`, `retention`, `history`); here it is run in chunks,
+//! against the budget, with its R2 and queue side.
 
 use crate::runner::{Budget, Summary};
-use serde::Deserialize;
 use shared::edge::{
-    cache_final_status, changes, number, rows, send_json_batch, CachedStatus, Db, IoCounts, StepExt,
+    cache_final_status, changes, number, rows, send_json_batch, CachedStatus, Db, IoCounts,
+    IoError, StepExt,
 };
-use shared::history;
 use shared::ids::TaskId;
-use shared::ledger::{self};
 use shared::messages::{EventMessage, TaskMessage};
 use shared::model::Model;
 use shared::sql::Stmt;
-use shared::task::{recovery, Recovery, TaskStatus};
+use shared::task::{self, recovery, LiveTask, Recovery, TaskStatus};
+use shared::{dead_letters, history, ledger, payments, retention, webhook_events};
 use worker::Env;
 
 pub struct JobCtx<'a> {
@@ -39,26 +41,13 @@ pub async fn run(
         "expire_orders" => {
             let cutoff = ctx.now - setting(ctx, "ORDER_TTL_SECS", 30 * 60);
             chunked_update(ctx, budget, summary, "expire orders", |n| {
-                // Only still-pending orders: a payment that lands first (pending -> paid) wins,
-                // and a payment for an expired order still completes it.
-                Stmt::new(
-                    "UPDATE orders SET status = 'expired', updated_at = ?1
-                     WHERE id IN (SELECT id FROM orders WHERE status = 'pending' AND created_at < ?2 LIMIT ?3)",
-                    vec![ctx.now.into(), cutoff.into(), n.into()],
-                )
+                payments::expire_orders(ctx.now, cutoff, n)
             })
             .await;
         }
         "expire_subscriptions" => {
-            // The periods' credits expire with their own grants; only the status changes here.
             chunked_update(ctx, budget, summary, "expire subscriptions", |n| {
-                Stmt::new(
-                    "UPDATE subscriptions SET status = 'expired', updated_at = ?1
-                     WHERE id IN (SELECT id FROM subscriptions
-                                  WHERE status IN ('active','cancelled','past_due','trialing','paused','unpaid')
-                                    AND expires_at IS NOT NULL AND expires_at < ?1 LIMIT ?2)",
-                    vec![ctx.now.into(), n.into()],
-                )
+                payments::expire_subscriptions(ctx.now, n)
             })
             .await;
         }
@@ -99,18 +88,6 @@ async fn chunked_update(
     }
 }
 
-#[derive(Deserialize)]
-struct LiveTask {
-    id: String,
-    status: String,
-    external_provider: Option<String>,
-    external_task_id: Option<String>,
-    deadline_at: Option<i64>,
-    dead_lettered: i64,
-}
-
-const LIVE: &str = "'pending','submitted','processing'";
-
 /// Tasks past their deadline fail (reason `dead_lettered` if their message died, else
 /// `deadline_exceeded`) and their hold is released; tasks without a sign of life beyond the lease
 /// get the step `shared::task::recovery` names, once per lease: `task.submit` for one never
@@ -119,8 +96,6 @@ const LIVE: &str = "'pending','submitted','processing'";
 /// writes a status by hand: failing is the `Fail` transition, and re-sent steps move the task
 /// through the table like any other delivery.
 async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary) {
-    let columns = "id, status, external_provider, external_task_id, deadline_at,
-         EXISTS (SELECT 1 FROM dead_letters d WHERE d.status = 'dead' AND d.body LIKE '%' || ai_tasks.id || '%') AS dead_lettered";
     // 1. past the deadline
     while budget.time_left() && budget.room(summary.examined) > 0 {
         let n = 50.min(budget.room(summary.examined));
@@ -128,10 +103,7 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
             .db
             .all(
                 "overdue tasks",
-                &Stmt::new(
-                    format!("SELECT {columns} FROM ai_tasks WHERE status IN ({LIVE}) AND deadline_at < ?1 LIMIT ?2"),
-                    vec![ctx.now.into(), i64::try_from(n).unwrap_or(0).into()],
-                ),
+                &task::overdue(ctx.now, i64::try_from(n).unwrap_or(0)),
             )
             .await
         {
@@ -148,11 +120,7 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
             let Ok(task) = TaskId::parse(&t.id) else {
                 continue;
             };
-            let reason = if t.dead_lettered == 1 {
-                "dead_lettered"
-            } else {
-                "deadline_exceeded"
-            };
+            let reason = t.failure_reason();
             stmts.extend(ledger::fail_task(&task, reason, ctx.now));
             ends.push((task, reason));
         }
@@ -195,14 +163,7 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
         .db
         .all(
             "stalled tasks",
-            &Stmt::new(
-                format!(
-                    "SELECT {columns} FROM ai_tasks
-                     WHERE status IN ({LIVE}) AND deadline_at >= ?1 AND updated_at < ?2 AND (reconciled_at IS NULL OR reconciled_at < ?2)
-                     LIMIT ?3"
-                ),
-                vec![ctx.now.into(), stale_before.into(), i64::try_from(n).unwrap_or(0).into()],
-            ),
+            &task::stalled(ctx.now, stale_before, i64::try_from(n).unwrap_or(0)),
         )
         .await
     {
@@ -217,15 +178,7 @@ async fn reconcile_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary
     // re-send its step.
     let claims: Vec<Stmt> = stalled
         .iter()
-        .map(|t| {
-            Stmt::new(
-                format!(
-                    "UPDATE ai_tasks SET reconciled_at = ?2
-                     WHERE id = ?1 AND status IN ({LIVE}) AND (reconciled_at IS NULL OR reconciled_at < ?3)"
-                ),
-                vec![t.id.clone().into(), ctx.now.into(), stale_before.into()],
-            )
-        })
+        .map(|t| task::mark_reconciled(&t.id, ctx.now, stale_before))
         .collect();
     let results = match ctx.db.batch("claim stalled tasks", &claims).await {
         Ok(r) => r,
@@ -285,11 +238,6 @@ async fn resend(ctx: &JobCtx<'_>, binding: &str, bodies: &[String], summary: &mu
     }
 }
 
-#[derive(Deserialize)]
-struct StuckEvent {
-    id: String,
-}
-
 /// Payment events still `received` after `EVENT_LEASE_SECS` (default 10 minutes) are queued
 /// again, once per lease: their message was lost, dead-lettered while their subject was unknown,
 /// or never sent because the consumer was misconfigured. Applying is idempotent, so a repeat
@@ -298,16 +246,11 @@ async fn reconcile_events(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summar
     let stale_before = ctx.now - setting(ctx, "EVENT_LEASE_SECS", 600);
     while budget.time_left() && budget.room(summary.examined) > 0 {
         let n = 100.min(budget.room(summary.examined));
-        let stuck: Vec<StuckEvent> = match ctx
+        let stuck: Vec<webhook_events::StuckEvent> = match ctx
             .db
             .all(
                 "stuck events",
-                &Stmt::new(
-                    "SELECT id FROM webhook_events
-                     WHERE status = 'received' AND received_at < ?1 AND (reconciled_at IS NULL OR reconciled_at < ?1)
-                     ORDER BY received_at LIMIT ?2",
-                    vec![stale_before.into(), i64::try_from(n).unwrap_or(0).into()],
-                ),
+                &webhook_events::stuck(stale_before, i64::try_from(n).unwrap_or(0)),
             )
             .await
         {
@@ -320,13 +263,7 @@ async fn reconcile_events(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summar
         summary.examined += u64::try_from(stuck.len()).unwrap_or(0);
         let claims: Vec<Stmt> = stuck
             .iter()
-            .map(|e| {
-                Stmt::new(
-                    "UPDATE webhook_events SET reconciled_at = ?2
-                     WHERE id = ?1 AND status = 'received' AND (reconciled_at IS NULL OR reconciled_at < ?3)",
-                    vec![e.id.clone().into(), ctx.now.into(), stale_before.into()],
-                )
-            })
+            .map(|e| webhook_events::mark_reconciled(&e.id, ctx.now, stale_before))
             .collect();
         let results = match ctx.db.batch("claim stuck events", &claims).await {
             Ok(r) => r,
@@ -409,48 +346,26 @@ async fn clean_r2_cache(
     }
 }
 
-/// Deletes what is past its retention, in chunks: webhook events that were handled, dead letters
-/// already replayed or discarded (with their bodies in R2), sign-in logs, and old cron runs; then
-/// removes what is left in R2 of tasks their users deleted (`purge_deleted_tasks`).
+/// Deletes what is past its retention (`shared::retention::RULES`, in that order), in chunks:
+/// webhook events that were handled, dead letters already replayed or discarded (with their
+/// bodies in R2), sign-in logs, and old cron runs; then removes what is left in R2 of tasks
+/// their users deleted (`purge_deleted_tasks`).
 async fn retention(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary) {
-    let days = |name: &str, default: i64| ctx.now - setting(ctx, name, default) * 86_400;
-    let rules: [(&str, String, i64); 4] = [
-        (
-            "webhook_events",
-            "received_at < ?1 AND status != 'received'".into(),
-            days("WEBHOOK_RETENTION_DAYS", 90),
-        ),
-        (
-            "dead_letters",
-            "last_failed_at < ?1 AND status IN ('replayed','discarded')".into(),
-            days("DEAD_LETTER_RETENTION_DAYS", 30),
-        ),
-        (
-            "signin_logs",
-            "created_at < ?1".into(),
-            days("SIGNIN_LOG_RETENTION_DAYS", 180),
-        ),
-        (
-            "cron_runs",
-            "started_at < ?1 * 1000".into(),
-            days("CRON_RUN_RETENTION_DAYS", 30),
-        ),
-    ];
-    for (table, condition, cutoff) in rules {
-        if table == "dead_letters" {
-            expire_dead_letters(ctx, budget, summary, &condition, cutoff).await;
-            if summary.stopped_early || summary.errors > 0 {
-                return;
-            }
-            continue;
-        }
-        chunked_update(ctx, budget, summary, &format!("retention {table}"), |n| {
-            Stmt::new(
-                format!("DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {condition} LIMIT ?2)"),
-                vec![cutoff.into(), n.into()],
+    for rule in retention::RULES {
+        let days = setting(ctx, rule.setting, rule.default_days);
+        let cutoff = retention::cutoff(ctx.now, days);
+        if rule.table == retention::DEAD_LETTERS.table {
+            expire_dead_letters(ctx, budget, summary, cutoff).await;
+        } else {
+            chunked_update(
+                ctx,
+                budget,
+                summary,
+                &format!("retention {}", rule.table),
+                |n| retention::delete(&rule, cutoff, n),
             )
-        })
-        .await;
+            .await;
+        }
         if summary.stopped_early || summary.errors > 0 {
             return;
         }
@@ -458,35 +373,51 @@ async fn retention(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary) {
     purge_deleted_tasks(ctx, budget, summary).await;
 }
 
-#[derive(Deserialize)]
-struct ExpiredDeadLetter {
-    id: String,
-    body_r2_key: Option<String>,
+/// Deletes R2 objects, at most 1,000 keys per call (R2's limit); `step` names the calls in an
+/// error. Nothing to delete makes no call, not even for the binding.
+async fn delete_objects(ctx: &JobCtx<'_>, keys: Vec<String>, step: &str) -> Result<(), IoError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let bucket = ctx.env.bucket("BUCKET").step("binding BUCKET")?;
+    for chunk in keys.chunks(1000) {
+        ctx.io.r2();
+        bucket.delete_multiple(chunk.to_vec()).await.step(step)?;
+    }
+    Ok(())
+}
+
+/// Runs the write that follows a chunk's R2 deletes (deleting or marking its rows), counting
+/// the rows it changed as examined and changed; `false` if it failed (recorded).
+async fn run_counted(ctx: &JobCtx<'_>, what: &str, stmt: &Stmt, summary: &mut Summary) -> bool {
+    match ctx.db.run(what, stmt).await {
+        Ok(changed) => {
+            let changed = u64::try_from(changed).unwrap_or(0);
+            summary.examined += changed;
+            summary.changed += changed;
+            true
+        }
+        Err(e) => {
+            summary.failed(&e);
+            false
+        }
+    }
 }
 
 /// Dead letters past retention go with their bodies: a chunk's R2 bodies are deleted first, then
 /// its rows (a failed R2 delete leaves the rows for the next run, so no body is ever orphaned).
-async fn expire_dead_letters(
-    ctx: &JobCtx<'_>,
-    budget: Budget,
-    summary: &mut Summary,
-    condition: &str,
-    cutoff: i64,
-) {
+async fn expire_dead_letters(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summary, cutoff: i64) {
     loop {
         let n = CHUNK.min(budget.room(summary.changed));
         if n == 0 || !budget.time_left() {
             summary.stopped_early = true;
             return;
         }
-        let found: Vec<ExpiredDeadLetter> = match ctx
+        let found: Vec<dead_letters::Expired> = match ctx
             .db
             .all(
                 "expired dead letters",
-                &Stmt::new(
-                    format!("SELECT id, body_r2_key FROM dead_letters WHERE {condition} LIMIT ?2"),
-                    vec![cutoff.into(), i64::try_from(n).unwrap_or(0).into()],
-                ),
+                &dead_letters::expired(cutoff, i64::try_from(n).unwrap_or(0)),
             )
             .await
         {
@@ -497,39 +428,12 @@ async fn expire_dead_letters(
             return;
         }
         let bodies: Vec<String> = found.iter().filter_map(|d| d.body_r2_key.clone()).collect();
-        if !bodies.is_empty() {
-            let bucket = match ctx.env.bucket("BUCKET").step("binding BUCKET") {
-                Ok(b) => b,
-                Err(e) => return summary.failed(&e),
-            };
-            ctx.io.r2();
-            if let Err(e) = bucket
-                .delete_multiple(bodies)
-                .await
-                .step("r2 delete dead letter bodies")
-            {
-                return summary.failed(&e);
-            }
+        if let Err(e) = delete_objects(ctx, bodies, "r2 delete dead letter bodies").await {
+            return summary.failed(&e);
         }
-        let ids =
-            serde_json::json!(found.iter().map(|d| d.id.as_str()).collect::<Vec<_>>()).to_string();
-        match ctx
-            .db
-            .run(
-                "retention dead_letters",
-                &Stmt::new(
-                    format!("DELETE FROM dead_letters WHERE id IN (SELECT value FROM json_each(?2)) AND {condition}"),
-                    vec![cutoff.into(), ids.into()],
-                ),
-            )
-            .await
-        {
-            Ok(changed) => {
-                let changed = u64::try_from(changed).unwrap_or(0);
-                summary.examined += changed;
-                summary.changed += changed;
-            }
-            Err(e) => return summary.failed(&e),
+        let delete = dead_letters::delete_expired(&found, cutoff);
+        if !run_counted(ctx, "retention dead_letters", &delete, summary).await {
+            return;
         }
         if found.len() < usize::try_from(n).unwrap_or(0) {
             return;
@@ -562,38 +466,14 @@ async fn purge_deleted_tasks(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Sum
             return;
         }
         let keys = history::objects_to_remove(&found, &[]);
-        if !keys.is_empty() {
-            let bucket = match ctx.env.bucket("BUCKET").step("binding BUCKET") {
-                Ok(b) => b,
-                Err(e) => return summary.failed(&e),
-            };
-            for chunk in keys.chunks(1000) {
-                ctx.io.r2();
-                if let Err(e) = bucket
-                    .delete_multiple(chunk.to_vec())
-                    .await
-                    .step("r2 delete deleted tasks' objects")
-                {
-                    return summary.failed(&e);
-                }
-            }
+        if let Err(e) = delete_objects(ctx, keys, "r2 delete deleted tasks' objects").await {
+            return summary.failed(&e);
         }
         let ids =
             serde_json::json!(found.iter().map(|d| d.id.as_str()).collect::<Vec<_>>()).to_string();
-        match ctx
-            .db
-            .run(
-                "mark deleted tasks purged",
-                &history::mark_purged(&ids, ctx.now),
-            )
-            .await
-        {
-            Ok(changed) => {
-                let changed = u64::try_from(changed).unwrap_or(0);
-                summary.examined += changed;
-                summary.changed += changed;
-            }
-            Err(e) => return summary.failed(&e),
+        let mark = history::mark_purged(&ids, ctx.now);
+        if !run_counted(ctx, "mark deleted tasks purged", &mark, summary).await {
+            return;
         }
         if found.len() < usize::try_from(n).unwrap_or(0) {
             return;

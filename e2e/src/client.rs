@@ -54,6 +54,22 @@ fn read(resp: ureq::Response) -> Reply {
     }
 }
 
+/// The claims of a JWT the API issued (unverified: the server verified it); `Null` when it has
+/// none to read.
+pub fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
 /// A multipart/form-data body: text fields and files (field name, file name, content type, bytes).
 pub fn multipart(
     fields: &[(&str, &str)],
@@ -124,6 +140,10 @@ impl Client {
         self.send("GET", path, token, &[], None)
     }
 
+    pub fn delete(&self, path: &str, token: Option<&str>) -> Reply {
+        self.send("DELETE", path, token, &[], None)
+    }
+
     pub fn post_json(&self, path: &str, token: Option<&str>, body: &Value) -> Reply {
         self.send(
             "POST",
@@ -163,6 +183,25 @@ impl Client {
         let r = self.get("/api/balance", Some(token));
         assert_eq!(r.status, 200, "balance: {}", r.text());
         r.json()["balance"].as_i64().unwrap_or(i64::MIN)
+    }
+
+    /// Every item (`key`) of a paginated list, 200 a page, following `next_cursor`.
+    pub fn all(&self, path: &str, token: &str, key: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let url = match &cursor {
+                Some(cur) => format!("{path}{sep}limit=200&cursor={cur}"),
+                None => format!("{path}{sep}limit=200"),
+            };
+            let page = self.get(&url, Some(token)).json();
+            out.extend(page[key].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return out,
+            }
+        }
     }
 
     /// Runs a scheduled job now, as an operator does (`POST /admin/cron/{job}`); its recorded run.

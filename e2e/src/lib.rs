@@ -7,11 +7,14 @@
 
 pub mod check;
 pub mod client;
+pub mod creem;
 pub mod dev;
 pub mod floor;
 pub mod fuzz;
+pub mod recovery;
 pub mod stack;
 pub mod suite;
+pub mod tasks;
 
 pub use client::Client;
 
@@ -22,4 +25,10 @@ pub fn now_ms() -> u64 {
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
         .unwrap_or(0)
 }
+
+/// Seconds since the epoch on this machine's clock.
+pub fn now_secs() -> i64 {
+    i64::try_from(now_ms() / 1000).unwrap_or(0)
+}
+
 pub use stack::{Stack, StackOptions};

@@ -87,6 +87,8 @@ impl Default for StackOptions {
             ("POLL_MAX_SECS", "2"),
             ("RETRY_INITIAL_SECS", "1"),
             ("RETRY_MAX_SECS", "2"),
+            // the simulator generates at once: tests do not wait for a real model's time
+            ("TYPICAL_GENERATION_SECS", "1"),
         ];
         StackOptions {
             state_dir: None,
@@ -679,6 +681,17 @@ impl Stack {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// After a failure: keeps the state and prints the last `lines` of the log and where the
+    /// state is kept.
+    pub fn post_mortem(&self, lines: usize) {
+        self.keep_state();
+        eprintln!(
+            "--- wrangler log (last {lines} lines) ---\n{}\n--- state kept in {} ---",
+            self.log_tail(lines),
+            self.state_dir.display()
+        );
+    }
+
     /// Everything wrangler printed so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.state_dir.join("wrangler.log")).unwrap_or_default()
@@ -733,6 +746,11 @@ impl Stack {
             ),
             Err(e) => (false, format!("the CLI did not run: {e}")),
         }
+    }
+
+    /// How many times the provider was asked to create a task for `prompt` (`None`: never).
+    pub fn provider_creates(&self, prompt: &str) -> Option<u64> {
+        self.sim.stats().creates_by_prompt.get(prompt).copied()
     }
 
     pub fn client(&self) -> crate::Client {

@@ -17,6 +17,7 @@
 use e2e::check::{ensure, eq};
 use e2e::client::Reply;
 use e2e::stack::{root, Stack, StackOptions, ADMIN_TOKEN};
+use e2e::tasks;
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
 use std::io::Read;
@@ -301,16 +302,9 @@ fn answers_to_an_allowed_origin_carry_cors_headers(stack: &Stack) -> Result<(), 
     }
     // a stored file, with its caching headers, through the task's signed URL
     let (_, owner) = c.new_user(ADMIN_TOKEN, 100);
-    let submitted = c.post_json(
-        "/api/tasks",
-        Some(&owner),
-        &json!({"prompt": "cors file", "model": "kie_4o"}),
-    );
+    let submitted = tasks::submit(&c, &owner, "cors file", "kie_4o");
     eq(submitted.status, 202, &submitted.text())?;
-    let id = submitted.json()["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let id = tasks::id(&submitted);
     let task = c.wait_task(&owner, &id, Duration::from_secs(60));
     eq(task["status"].as_str(), Some("completed"), "task")?;
     let signed = task["results"][0]["signed_url"]
@@ -586,27 +580,12 @@ fn main() {
     e2e::suite::run(
         options,
         |_| {},
-        vec![
-            (
-                "a_real_browser_page_submits_a_task_and_shows_its_image",
-                a_real_browser_page_submits_a_task_and_shows_its_image,
-            ),
-            (
-                "preflight_from_an_allowed_origin_is_granted",
-                preflight_from_an_allowed_origin_is_granted,
-            ),
-            (
-                "preflight_from_other_origins_is_refused",
-                preflight_from_other_origins_is_refused,
-            ),
-            (
-                "answers_to_an_allowed_origin_carry_cors_headers",
-                answers_to_an_allowed_origin_carry_cors_headers,
-            ),
-            (
-                "other_origins_and_plain_requests_get_no_cors_headers",
-                other_origins_and_plain_requests_get_no_cors_headers,
-            ),
+        e2e::cases![
+            a_real_browser_page_submits_a_task_and_shows_its_image,
+            preflight_from_an_allowed_origin_is_granted,
+            preflight_from_other_origins_is_refused,
+            answers_to_an_allowed_origin_carry_cors_headers,
+            other_origins_and_plain_requests_get_no_cors_headers
         ],
     )
 }

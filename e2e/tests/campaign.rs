@@ -18,6 +18,7 @@
 //! `CAMPAIGN_SCALE=large` runs five times as much. `E2E_KEEP_STATE=1` keeps the stack's state.
 
 use e2e::client::{Client, Reply};
+use e2e::creem;
 use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN, CREEM_WEBHOOK_SECRET};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{json, Value};
@@ -290,10 +291,6 @@ fn model_cost(model: &str) -> i64 {
     }
 }
 
-fn now_secs() -> i64 {
-    i64::try_from(e2e::now_ms() / 1000).unwrap_or(0)
-}
-
 /// ISO 8601 the way Creem writes it (milliseconds, UTC).
 fn iso(secs: i64) -> String {
     format!("{}.000Z", shared::ids::iso8601(secs).trim_end_matches('Z'))
@@ -516,8 +513,7 @@ impl Campaign<'_> {
         refunds: Option<usize>,
     ) -> usize {
         let id = self.id("evt");
-        let body = json!({"id": id, "eventType": kind, "created_at": created_ms, "object": object})
-            .to_string();
+        let body = creem::envelope(&id, kind, created_ms, object).to_string();
         let event = self.events.len();
         self.events.push(Event {
             id,
@@ -627,7 +623,8 @@ impl Campaign<'_> {
             "customer": customer, "metadata": {"order_id": order_id, "user_id": user_id},
         });
         self.emit("checkout.completed", t, object, None);
-        let base = now_secs() - i64::try_from(self.rng.range(3600, 2 * 86_400)).unwrap_or(3600);
+        let base =
+            e2e::now_secs() - i64::try_from(self.rng.range(3600, 2 * 86_400)).unwrap_or(3600);
         self.subs.push(Sub {
             user,
             order,
@@ -827,15 +824,7 @@ impl Campaign<'_> {
 
     /// Delivers one copy; false when the provider would have to try again.
     fn deliver(&mut self, event: usize) -> Result<bool, String> {
-        let body = self.events[event].body.clone();
-        let sig = shared::signing::hmac_hex(CREEM_WEBHOOK_SECRET.as_bytes(), body.as_bytes());
-        let r = self.c.send(
-            "POST",
-            "/webhooks/creem",
-            None,
-            &[("creem-signature", &sig)],
-            Some(("application/json", body.as_bytes())),
-        );
+        let r = creem::deliver_body(&self.c, &self.events[event].body, CREEM_WEBHOOK_SECRET);
         match r.status {
             200 => {
                 if self.newest_delivered.is_some_and(|n| event < n) {

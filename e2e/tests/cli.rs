@@ -12,6 +12,7 @@
 use e2e::check::{ensure, eq};
 use e2e::client::Client;
 use e2e::stack::{free_port, root, Seed, Stack, StackOptions, ADMIN_TOKEN};
+use e2e::tasks;
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -139,35 +140,33 @@ fn run(c: &mut Command) -> Result<Out, String> {
     run_checked(c, None)
 }
 
-/// The CLI against this stack, with the flags.
-fn cli(stack: &Stack, args: &[&str]) -> Result<Out, String> {
-    run(bare(args).args([
+/// The CLI pointed at this stack by its flags (URL, admin token, actor), not yet run.
+fn against(stack: &Stack, args: &[&str]) -> Command {
+    let mut c = bare(args);
+    c.args([
         "--url",
         &stack.api,
         "--token",
         ADMIN_TOKEN,
         "--actor",
         ACTOR,
-    ]))
+    ]);
+    c
+}
+
+/// The CLI against this stack, with the flags.
+fn cli(stack: &Stack, args: &[&str]) -> Result<Out, String> {
+    run(&mut against(stack, args))
 }
 
 /// How many dead letters match a list query, through the API.
 fn count(c: &Client, q: &str) -> usize {
-    let mut n = 0;
-    let mut cursor = String::new();
-    loop {
-        let v = c
-            .get(
-                &format!("/admin/dead-letters?{q}&limit=200{cursor}"),
-                Some(ADMIN_TOKEN),
-            )
-            .json();
-        n += v["dead_letters"].as_array().map_or(0, Vec::len);
-        match v["next_cursor"].as_str() {
-            Some(next) => cursor = format!("&cursor={next}"),
-            None => return n,
-        }
-    }
+    c.all(
+        &format!("/admin/dead-letters?{q}"),
+        ADMIN_TOKEN,
+        "dead_letters",
+    )
+    .len()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -608,23 +607,18 @@ fn bulk_replay_over_pages_and_ctrl_c(stack: &Stack) -> Result<(), Failed> {
     )?;
 
     // Ctrl-C after the first page: that page stays done, no other is cut, exit 130
-    let mut child = bare(&[
-        "dlq",
-        "replay",
-        "--filter",
-        "--error-class",
-        "cli_interrupt",
-        "--json",
-        "--verbose",
-    ])
-    .args([
-        "--url",
-        &stack.api,
-        "--token",
-        ADMIN_TOKEN,
-        "--actor",
-        ACTOR,
-    ])
+    let mut child = against(
+        stack,
+        &[
+            "dlq",
+            "replay",
+            "--filter",
+            "--error-class",
+            "cli_interrupt",
+            "--json",
+            "--verbose",
+        ],
+    )
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .spawn()
@@ -786,13 +780,9 @@ fn users_tokens_and_tasks(stack: &Stack) -> Result<(), Failed> {
     ensure(v["signins"].is_array(), format!("sign-ins: {v}"))?;
 
     let prompt = "a cli retry [sim:fail]";
-    let r = c.post_json(
-        "/api/tasks",
-        Some(&token),
-        &json!({"prompt": prompt, "model": "kie_4o"}),
-    );
+    let r = tasks::submit(&c, &token, prompt, "kie_4o");
     eq(r.status, 202, &r.text())?;
-    let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
+    let id = tasks::id(&r);
     eq(
         c.wait_task(&token, &id, WAIT)["status"].as_str(),
         Some("failed"),
@@ -971,23 +961,18 @@ fn catalog_show_and_set(stack: &Stack) -> Result<(), Failed> {
         out.stderr.clone(),
     )?;
     // the catalogue alone, from stdin
-    let mut child = bare(&[
-        "catalog",
-        "set",
-        "--file",
-        "-",
-        "--expected-version",
-        &(version + 1).to_string(),
-        "--json",
-    ])
-    .args([
-        "--url",
-        &stack.api,
-        "--token",
-        ADMIN_TOKEN,
-        "--actor",
-        ACTOR,
-    ])
+    let mut child = against(
+        stack,
+        &[
+            "catalog",
+            "set",
+            "--file",
+            "-",
+            "--expected-version",
+            &(version + 1).to_string(),
+            "--json",
+        ],
+    )
     .stdin(Stdio::piped())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -1202,34 +1187,19 @@ fn main() {
     e2e::suite::run(
         options,
         |_| {},
-        vec![
-            (
-                "bulk_replay_over_pages_and_ctrl_c",
-                bulk_replay_over_pages_and_ctrl_c,
-            ),
-            (
-                "help_on_every_verb_and_the_figures",
-                help_on_every_verb_and_the_figures,
-            ),
-            (
-                "usage_errors_exit_2_and_name_the_argument",
-                usage_errors_exit_2_and_name_the_argument,
-            ),
-            (
-                "unreachable_exits_4_and_a_wrong_token_3",
-                unreachable_exits_4_and_a_wrong_token_3,
-            ),
-            ("dead_letters_one_by_one", dead_letters_one_by_one),
-            ("users_tokens_and_tasks", users_tokens_and_tasks),
-            ("ops_views_cron_and_the_audit", ops_views_cron_and_the_audit),
-            ("catalog_show_and_set", catalog_show_and_set),
-            ("queue_send_in_batches", queue_send_in_batches),
-            ("completions_for_every_shell", completions_for_every_shell),
-            (
-                "configuration_from_env_and_file",
-                configuration_from_env_and_file,
-            ),
-            ("xtask_admin_is_the_same_cli", xtask_admin_is_the_same_cli),
+        e2e::cases![
+            bulk_replay_over_pages_and_ctrl_c,
+            help_on_every_verb_and_the_figures,
+            usage_errors_exit_2_and_name_the_argument,
+            unreachable_exits_4_and_a_wrong_token_3,
+            dead_letters_one_by_one,
+            users_tokens_and_tasks,
+            ops_views_cron_and_the_audit,
+            catalog_show_and_set,
+            queue_send_in_batches,
+            completions_for_every_shell,
+            configuration_from_env_and_file,
+            xtask_admin_is_the_same_cli
         ],
     )
 }

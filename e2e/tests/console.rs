@@ -19,6 +19,7 @@
 use e2e::check::{ensure, eq};
 use e2e::client::Client;
 use e2e::stack::{root, Stack, StackOptions, ADMIN_TOKEN};
+use e2e::tasks::submitted;
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -28,16 +29,6 @@ use std::time::{Duration, Instant};
 const ACTOR: &str = "console-e2e";
 const FLAKY: &str = "the provider is down for this one [sim:flaky=100]";
 const WAIT: Duration = Duration::from_secs(90);
-
-fn submit(c: &Client, token: &str, prompt: &str) -> String {
-    let r = c.post_json(
-        "/api/tasks",
-        Some(token),
-        &json!({"prompt": prompt, "model": "kie_4o"}),
-    );
-    assert_eq!(r.status, 202, "submit: {}", r.text());
-    r.json()["id"].as_str().unwrap_or_default().to_owned()
-}
 
 /// Polls `GET path` (admin) until `done` holds for its JSON.
 fn until(
@@ -56,25 +47,6 @@ fn until(
             return Err(format!("{what}: not within {}s: {v}", WAIT.as_secs()).into());
         }
         std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// Every item of an admin list, page after page.
-fn all(c: &Client, path: &str, key: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let url = match &cursor {
-            Some(cur) => format!("{path}{sep}limit=200&cursor={cur}"),
-            None => format!("{path}{sep}limit=200"),
-        };
-        let page = c.get(&url, Some(ADMIN_TOKEN)).json();
-        out.extend(page[key].as_array().cloned().unwrap_or_default());
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => return out,
-        }
     }
 }
 
@@ -133,7 +105,13 @@ fn api_numbers(stats: &Value, audit: &Value) -> BTreeMap<String, i64> {
 /// `GET /admin/stats` against the lists it summarises.
 fn stats_match_the_lists(c: &Client, stats: &Value) -> Result<(), Failed> {
     for status in ["pending", "submitted", "processing", "completed", "failed"] {
-        let n = all(c, &format!("/admin/tasks?status={status}"), "tasks").len();
+        let n = c
+            .all(
+                &format!("/admin/tasks?status={status}"),
+                ADMIN_TOKEN,
+                "tasks",
+            )
+            .len();
         eq(
             stats["tasks"]["by_status"][status].as_u64(),
             Some(n as u64),
@@ -147,12 +125,13 @@ fn stats_match_the_lists(c: &Client, stats: &Value) -> Result<(), Failed> {
     {
         let name = class["error_class"].as_str().unwrap_or_default();
         for status in ["dead", "replayed", "discarded"] {
-            let n = all(
-                c,
-                &format!("/admin/dead-letters?error_class={name}&status={status}"),
-                "dead_letters",
-            )
-            .len();
+            let n = c
+                .all(
+                    &format!("/admin/dead-letters?error_class={name}&status={status}"),
+                    ADMIN_TOKEN,
+                    "dead_letters",
+                )
+                .len();
             eq(
                 class[status].as_u64(),
                 Some(n as u64),
@@ -187,12 +166,12 @@ fn the_console_as_an_operator(stack: &Stack) -> Result<(), Failed> {
     let token = c.session(ADMIN_TOKEN, &user);
 
     // a task whose submission keeps failing: dead-lettered, its hold kept
-    let task = submit(&c, &token, FLAKY);
+    let task = submitted(&c, &token, FLAKY, "kie_4o");
     // two that complete, one the provider refuses for good
     let done: Vec<String> = (0..2)
-        .map(|i| submit(&c, &token, &format!("a quiet harbour {i}")))
+        .map(|i| submitted(&c, &token, &format!("a quiet harbour {i}"), "kie_4o"))
         .collect();
-    let failed = submit(&c, &token, "refused [sim:fail]");
+    let failed = submitted(&c, &token, "refused [sim:fail]", "kie_4o");
     // garbage injected into the tasks queue: archived as parse errors
     let sent = c.post_json(
         "/admin/queues/tasks/messages",
@@ -384,9 +363,9 @@ fn the_console_as_an_operator(stack: &Stack) -> Result<(), Failed> {
         Some(0),
         "none left dead",
     )?;
-    let discarded = all(
-        &c,
+    let discarded = c.all(
         "/admin/dead-letters?error_class=parse_error&status=discarded",
+        ADMIN_TOKEN,
         "dead_letters",
     );
     eq(discarded.len(), 3, "discarded, as the API says")?;
@@ -574,36 +553,18 @@ fn main() {
     ] {
         options.vars.insert(k.into(), v.into());
     }
-    let stack = match Stack::start(options) {
-        Ok(s) => std::sync::Arc::new(s),
-        Err(e) => {
-            eprintln!("could not start the local stack: {e}");
-            std::process::exit(1);
-        }
-    };
-    let cases: Vec<(&str, e2e::suite::Case)> = vec![
-        ("the_console_is_served", the_console_is_served),
-        (
-            "the_console_knows_the_schedule",
+    let stack = e2e::suite::start(options);
+    let trials = e2e::suite::trials(
+        &stack,
+        e2e::cases![
+            the_console_is_served,
             the_console_knows_the_schedule,
-        ),
-        ("the_console_as_an_operator", the_console_as_an_operator),
-    ];
-    let trials = cases
-        .into_iter()
-        .map(|(name, case)| {
-            let stack = stack.clone();
-            libtest_mimic::Trial::test(name, move || case(&stack))
-        })
-        .collect();
+            the_console_as_an_operator
+        ],
+    );
     let conclusion = libtest_mimic::run(&args, trials);
     if conclusion.has_failed() {
-        stack.keep_state();
-        eprintln!(
-            "--- wrangler log (last 120 lines) ---\n{}",
-            stack.log_tail(120)
-        );
-        eprintln!("--- state kept in {} ---", stack.state_dir.display());
+        stack.post_mortem(120);
     }
     drop(stack);
     println!(

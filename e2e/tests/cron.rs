@@ -6,6 +6,7 @@
 
 use e2e::check::{ensure, eq};
 use e2e::client::Client;
+use e2e::creem;
 use e2e::stack::{Seed, Stack, StackOptions, ADMIN_TOKEN, CREEM_WEBHOOK_SECRET};
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
@@ -164,17 +165,8 @@ fn expire_orders_expires_exactly_the_stale_ones(stack: &Stack) -> Result<(), Fai
     let event = json!({"id": "evt_after_expiry", "eventType": "checkout.completed", "created_at": 1_800_000_000_000i64,
         "object": {"object": "checkout", "id": "ch_seed_late", "request_id": "ord_seed_1", "order": {"id": "or_late", "amount": 499, "currency": "USD"},
                    "product": {"id": "prod_pack_starter"}, "metadata": {"order_id": "ord_seed_1", "user_id": ORDERS_USER}}});
-    let body = event.to_string();
-    let sig = shared::signing::hmac_hex(CREEM_WEBHOOK_SECRET.as_bytes(), body.as_bytes());
     eq(
-        c.send(
-            "POST",
-            "/webhooks/creem",
-            None,
-            &[("creem-signature", &sig)],
-            Some(("application/json", body.as_bytes())),
-        )
-        .status,
+        creem::deliver(&c, &event, CREEM_WEBHOOK_SECRET).status,
         200,
         "delivered",
     )?;
@@ -277,12 +269,7 @@ fn reconcile_recovers_and_fails_stuck_tasks(stack: &Stack) -> Result<(), Failed>
         "left as it is",
     )?;
     eq(
-        stack
-            .sim
-            .stats()
-            .creates_by_prompt
-            .get(&format!("reconcile {UNKNOWN}"))
-            .copied(),
+        stack.provider_creates(&format!("reconcile {UNKNOWN}")),
         None,
         "not submitted again",
     )?;
@@ -439,27 +426,12 @@ fn main() {
     e2e::suite::run(
         options,
         |_| {},
-        vec![
-            (
-                "expire_orders_expires_exactly_the_stale_ones",
-                expire_orders_expires_exactly_the_stale_ones,
-            ),
-            (
-                "clean_r2_cache_in_bounded_runs",
-                clean_r2_cache_in_bounded_runs,
-            ),
-            (
-                "reconcile_recovers_and_fails_stuck_tasks",
-                reconcile_recovers_and_fails_stuck_tasks,
-            ),
-            (
-                "expire_subscriptions_and_retention",
-                expire_subscriptions_and_retention,
-            ),
-            (
-                "stuck_events_are_requeued_and_the_auditor_reports_violations",
-                stuck_events_are_requeued_and_the_auditor_reports_violations,
-            ),
+        e2e::cases![
+            expire_orders_expires_exactly_the_stale_ones,
+            clean_r2_cache_in_bounded_runs,
+            reconcile_recovers_and_fails_stuck_tasks,
+            expire_subscriptions_and_retention,
+            stuck_events_are_requeued_and_the_auditor_reports_violations
         ],
     )
 }

@@ -12,10 +12,10 @@
 
 use e2e::check::{ensure, eq};
 use e2e::dev::{schedules, Cadence, CronFirer, CRON_ACTOR, CRON_EVERY_ENV};
-use e2e::stack::{free_port, root, Stack, StackOptions, ADMIN_TOKEN};
-use e2e::Client;
+use e2e::recovery::{self, LEASE_SECS, TASKS};
+use e2e::stack::{free_port, root, Stack, ADMIN_TOKEN};
+use e2e::{tasks, Client};
 use libtest_mimic::{Arguments, Failed, Trial};
-use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -334,19 +334,10 @@ fn no_cron_fires_none_and_sigint_and_sighup_stop_everything() -> Result<(), Fail
     Ok(())
 }
 
-const TASKS: usize = 20;
-const LEASE_SECS: u64 = 6;
 const FIRE_EVERY_SECS: u64 = 3;
 
 fn recovery_after_a_restart_with_crons_firing() -> Result<(), Failed> {
-    let mut options = StackOptions::default();
-    options
-        .vars
-        .insert("TASK_LEASE_SECS".into(), LEASE_SECS.to_string());
-    options
-        .vars
-        .insert("TASK_DEADLINE_SECS".into(), "150".into());
-    let mut stack = Stack::start(options)?;
+    let mut stack = Stack::start(recovery::options())?;
     // the dev command's cron firing, from the start and through the restart; the test only watches
     let firer = CronFirer::start(
         &stack.api,
@@ -356,21 +347,7 @@ fn recovery_after_a_restart_with_crons_firing() -> Result<(), Failed> {
         |_| {},
     );
     let outcome = (|| -> Result<(), Failed> {
-        let c = stack.client();
-        let (_, token) = c.new_user(ADMIN_TOKEN, 100);
-        let ids: Vec<String> = (0..TASKS)
-            .map(|i| {
-                let r = c.post_json(
-                    "/api/tasks",
-                    Some(&token),
-                    &json!({"prompt": format!("in flight {i} [sim:slow=8000]"), "model": "kie_4o"}),
-                );
-                assert_eq!(r.status, 202, "submit: {}", r.text());
-                r.json()["id"].as_str().unwrap_or_default().to_owned()
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs(3));
-        let accepted_before = stack.sim.stats().creates_by_task.len();
+        let (token, ids, accepted_before) = recovery::work_in_flight(&stack);
         let fired_before = firer.fired();
         stack.restart(BTreeMap::new())?;
         let restarted = Instant::now();
@@ -381,14 +358,8 @@ fn recovery_after_a_restart_with_crons_firing() -> Result<(), Failed> {
         let c = stack.client();
         let limit = Duration::from_secs(180);
         let statuses = loop {
-            let statuses: Vec<Value> = ids
-                .iter()
-                .map(|id| c.get(&format!("/api/tasks/{id}"), Some(&token)).json())
-                .collect();
-            if statuses
-                .iter()
-                .all(|t| matches!(t["status"].as_str(), Some("completed" | "failed")))
-            {
+            let statuses = tasks::states(&c, &token, &ids);
+            if tasks::all_ended(&statuses) {
                 break statuses;
             }
             ensure(
@@ -408,14 +379,8 @@ fn recovery_after_a_restart_with_crons_firing() -> Result<(), Failed> {
             .filter(|t| t["status"] == "completed")
             .count();
         for (id, task) in ids.iter().zip(&statuses) {
-            let n = creates.get(id).copied().unwrap_or(0);
-            ensure(
-                n <= 1,
-                format!("task {id} created at the provider {n} times"),
-            )?;
-            if task["status"] == "completed" {
-                eq(n, 1, &format!("completed task {id} was created once"))?;
-            } else {
+            recovery::created_once(id, task, &creates)?;
+            if task["status"] != "completed" {
                 ensure(
                     task["failure_reason"]
                         .as_str()
@@ -424,19 +389,7 @@ fn recovery_after_a_restart_with_crons_firing() -> Result<(), Failed> {
                 )?;
             }
         }
-        eq(
-            c.balance(&token),
-            100 - 2 * i64::try_from(completed).unwrap_or(0),
-            "completed tasks charged once, failed ones released",
-        )?;
-        let audit = c
-            .get("/admin/audit?stuck_secs=60", Some(ADMIN_TOKEN))
-            .json();
-        eq(
-            audit["ok"].as_bool(),
-            Some(true),
-            &format!("the auditor finds nothing: {audit}"),
-        )?;
+        recovery::settled(&c, &token, completed)?;
         let by_hand = c
             .get(
                 "/admin/audit-log?action=cron.run&limit=200",
@@ -464,12 +417,7 @@ fn recovery_after_a_restart_with_crons_firing() -> Result<(), Failed> {
     })();
     firer.stop();
     if outcome.is_err() {
-        stack.keep_state();
-        eprintln!(
-            "--- wrangler log (last 80 lines) ---\n{}\n--- state kept in {} ---",
-            stack.log_tail(80),
-            stack.state_dir.display()
-        );
+        stack.post_mortem(80);
     }
     outcome
 }
@@ -479,20 +427,16 @@ fn main() {
     let mut args = Arguments::from_args();
     // each case runs a whole stack (or two): one at a time on a small machine
     args.test_threads = Some(1);
-    let trials = vec![
-        Trial::test(
-            "crons_fire_on_their_own_and_sigterm_stops_everything",
-            crons_fire_on_their_own_and_sigterm_stops_everything,
-        ),
-        Trial::test(
-            "no_cron_fires_none_and_sigint_and_sighup_stop_everything",
-            no_cron_fires_none_and_sigint_and_sighup_stop_everything,
-        ),
-        Trial::test(
-            "recovery_after_a_restart_with_crons_firing",
-            recovery_after_a_restart_with_crons_firing,
-        ),
+    type Case = fn() -> Result<(), Failed>;
+    let cases: Vec<(&str, Case)> = e2e::cases![
+        crons_fire_on_their_own_and_sigterm_stops_everything,
+        no_cron_fires_none_and_sigint_and_sighup_stop_everything,
+        recovery_after_a_restart_with_crons_firing,
     ];
+    let trials = cases
+        .into_iter()
+        .map(|(name, case)| Trial::test(name, case))
+        .collect();
     let conclusion = libtest_mimic::run(&args, trials);
     println!(
         "devstack suite wall time: {:.1} s",

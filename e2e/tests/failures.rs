@@ -5,22 +5,13 @@
 use e2e::check::{ensure, eq};
 use e2e::client::Client;
 use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN};
+use e2e::tasks::{self, submitted};
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(90);
 const DEADLINE_SECS: u64 = 40;
-
-fn submit(c: &Client, token: &str, prompt: &str) -> String {
-    let r = c.post_json(
-        "/api/tasks",
-        Some(token),
-        &json!({"prompt": prompt, "model": "kie_4o"}),
-    );
-    assert_eq!(r.status, 202, "submit: {}", r.text());
-    r.json()["id"].as_str().unwrap_or_default().to_owned()
-}
 
 /// The dead letter archived for a task, once it shows up.
 fn dead_letter_for(c: &Client, filter: &str, task: &str, limit: Duration) -> Option<Value> {
@@ -48,14 +39,20 @@ fn flaky_provider_still_completes(stack: &Stack) -> Result<(), Failed> {
     let (_, token) = c.new_user(ADMIN_TOKEN, 100);
     let ids: Vec<String> = (0..5)
         .map(|i| {
-            submit(
+            submitted(
                 &c,
                 &token,
                 &format!("half the calls fail {i} [sim:flaky=50]"),
+                "kie_4o",
             )
         })
         .collect();
-    let worst = submit(&c, &token, "three in four calls fail [sim:flaky=75]");
+    let worst = submitted(
+        &c,
+        &token,
+        "three in four calls fail [sim:flaky=75]",
+        "kie_4o",
+    );
     for id in ids.iter().chain([&worst]) {
         let task = c.wait_task(&token, id, WAIT);
         eq(
@@ -102,7 +99,7 @@ fn flaky_provider_still_completes(stack: &Stack) -> Result<(), Failed> {
 fn stuck_provider_fails_at_the_deadline(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 5);
-    let id = submit(&c, &token, "never finishes [sim:stuck]");
+    let id = submitted(&c, &token, "never finishes [sim:stuck]", "kie_4o");
     eq(c.balance(&token), 3, "held while running")?;
     let task = c.wait_task(&token, &id, Duration::from_secs(DEADLINE_SECS + 30));
     eq(task["status"].as_str(), Some("failed"), "failed")?;
@@ -119,7 +116,7 @@ fn permanent_failure_fails_at_once(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 5);
     let started = Instant::now();
-    let id = submit(&c, &token, "refused at once [sim:refuse]");
+    let id = submitted(&c, &token, "refused at once [sim:refuse]", "kie_4o");
     let task = c.wait_task(&token, &id, WAIT);
     eq(task["status"].as_str(), Some("failed"), "failed")?;
     ensure(
@@ -146,7 +143,7 @@ fn dead_letter_then_replay_completes_once(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 10);
     let prompt = "the provider is down for this one [sim:flaky=100]";
-    let id = submit(&c, &token, prompt);
+    let id = submitted(&c, &token, prompt, "kie_4o");
     let dl = dead_letter_for(
         &c,
         "type=task.submit&error_class=server_error&status=dead",
@@ -264,7 +261,7 @@ fn dead_letter_then_replay_completes_once(stack: &Stack) -> Result<(), Failed> {
 fn garbage_is_archived_and_neighbours_complete(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 10);
-    let id = submit(&c, &token, "a neighbour of garbage");
+    let id = submitted(&c, &token, "a neighbour of garbage", "kie_4o");
     let marker = format!("garbage-{id}");
     let r = c.post_json(
         "/admin/queues/tasks/messages",
@@ -405,7 +402,7 @@ fn failed_tasks_can_be_retried(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 4);
     let prompt = "fails until fixed [sim:fail]";
-    let id = submit(&c, &token, prompt);
+    let id = submitted(&c, &token, prompt, "kie_4o");
     eq(
         c.wait_task(&token, &id, WAIT)["status"].as_str(),
         Some("failed"),
@@ -470,9 +467,9 @@ fn failed_tasks_can_be_retried(stack: &Stack) -> Result<(), Failed> {
 
     // a retry needs the credits like any task
     let (_, poor) = c.new_user(ADMIN_TOKEN, 2);
-    let failing = submit(&c, &poor, "fails for the poor user [sim:fail]");
+    let failing = submitted(&c, &poor, "fails for the poor user [sim:fail]", "kie_4o");
     c.wait_task(&poor, &failing, WAIT);
-    submit(&c, &poor, "holds the last credits [sim:stuck]");
+    submitted(&c, &poor, "holds the last credits [sim:stuck]", "kie_4o");
     let r = c.post_json(
         &format!("/admin/tasks/{failing}/retry"),
         Some(ADMIN_TOKEN),
@@ -489,7 +486,7 @@ fn failed_tasks_can_be_retried(stack: &Stack) -> Result<(), Failed> {
 fn every_message_logs_one_structured_line(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 5);
-    let id = submit(&c, &token, "log me");
+    let id = submitted(&c, &token, "log me", "kie_4o");
     c.wait_task(&token, &id, WAIT);
     let lines: Vec<Value> = stack
         .events(Some("message"))
@@ -531,12 +528,15 @@ fn every_message_logs_one_structured_line(stack: &Stack) -> Result<(), Failed> {
 fn a_permanent_record_error_fails_the_task_at_once(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 10);
-    let id = submit(&c, &token, "waits forever [sim:stuck]");
-    let started = Instant::now();
-    while c.get(&format!("/api/tasks/{id}"), Some(&token)).json()["status"] != "processing" {
-        ensure(started.elapsed() < WAIT, "the task reaches processing")?;
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let id = submitted(&c, &token, "waits forever [sim:stuck]", "kie_4o");
+    tasks::wait_status(
+        &c,
+        &token,
+        &id,
+        "processing",
+        WAIT,
+        "the task reaches processing",
+    )?;
     eq(c.balance(&token), 8, "held")?;
     let r = c.post_json(
         "/admin/queues/tasks/messages",
@@ -564,7 +564,7 @@ fn money_never_rides_in_a_message(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (victim, v_token) = c.new_user(ADMIN_TOKEN, 10);
     let (_, token) = c.new_user(ADMIN_TOKEN, 10);
-    let id = submit(&c, &token, "settled once");
+    let id = submitted(&c, &token, "settled once", "kie_4o");
     let task = c.wait_task(&token, &id, WAIT);
     eq(task["status"].as_str(), Some("completed"), "completed")?;
     let r = c.post_json(
@@ -605,40 +605,16 @@ fn main() {
                 ..sim::Knobs::default()
             })
         },
-        vec![
-            (
-                "flaky_provider_still_completes",
-                flaky_provider_still_completes,
-            ),
-            (
-                "stuck_provider_fails_at_the_deadline",
-                stuck_provider_fails_at_the_deadline,
-            ),
-            (
-                "permanent_failure_fails_at_once",
-                permanent_failure_fails_at_once,
-            ),
-            (
-                "dead_letter_then_replay_completes_once",
-                dead_letter_then_replay_completes_once,
-            ),
-            (
-                "garbage_is_archived_and_neighbours_complete",
-                garbage_is_archived_and_neighbours_complete,
-            ),
-            ("failed_tasks_can_be_retried", failed_tasks_can_be_retried),
-            (
-                "a_permanent_record_error_fails_the_task_at_once",
-                a_permanent_record_error_fails_the_task_at_once,
-            ),
-            (
-                "money_never_rides_in_a_message",
-                money_never_rides_in_a_message,
-            ),
-            (
-                "every_message_logs_one_structured_line",
-                every_message_logs_one_structured_line,
-            ),
+        e2e::cases![
+            flaky_provider_still_completes,
+            stuck_provider_fails_at_the_deadline,
+            permanent_failure_fails_at_once,
+            dead_letter_then_replay_completes_once,
+            garbage_is_archived_and_neighbours_complete,
+            failed_tasks_can_be_retried,
+            a_permanent_record_error_fails_the_task_at_once,
+            money_never_rides_in_a_message,
+            every_message_logs_one_structured_line
         ],
     )
 }

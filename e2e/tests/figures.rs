@@ -9,7 +9,8 @@
 //! and wall time.
 
 use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN};
-use serde_json::{json, Value};
+use e2e::tasks;
+use serde_json::Value;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -37,13 +38,9 @@ fn phase(stack: &Stack, name: &'static str, fail_rate: f64) -> Phase {
     let started = Instant::now();
     let ids: Vec<String> = (0..TASKS)
         .map(|i| {
-            let r = c.post_json(
-                "/api/tasks",
-                Some(&token),
-                &json!({"prompt": format!("{name} {i}"), "model": "kie_4o"}),
-            );
+            let r = tasks::submit(&c, &token, &format!("{name} {i}"), "kie_4o");
             assert_eq!(r.status, 202, "{}", r.text());
-            r.json()["id"].as_str().unwrap_or_default().to_owned()
+            tasks::id(&r)
         })
         .collect();
     let mut pending: HashSet<String> = ids.iter().cloned().collect();

@@ -9,6 +9,7 @@
 use e2e::check::{ensure, eq};
 use e2e::client::{multipart, Client, Reply};
 use e2e::stack::{free_port, Seed, Stack, StackOptions, ADMIN_TOKEN};
+use e2e::tasks;
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -129,13 +130,9 @@ fn str_of(v: &Value, pointer: &str) -> String {
 
 /// Submits a task and waits for it to end.
 fn run_task(c: &Client, token: &str, prompt: &str, model: &str) -> Result<Value, Failed> {
-    let r = c.post_json(
-        "/api/tasks",
-        Some(token),
-        &json!({"prompt": prompt, "model": model}),
-    );
+    let r = tasks::submit(c, token, prompt, model);
     eq(r.status, 202, &format!("submit {}", r.text()))?;
-    let id = str_of(&r.json(), "/id");
+    let id = tasks::id(&r);
     Ok(c.wait_task(token, &id, WAIT))
 }
 
@@ -147,10 +144,6 @@ fn completed(c: &Client, token: &str, prompt: &str) -> Result<(String, Value), F
         &format!("completed: {task}"),
     )?;
     Ok((str_of(&task, "/id"), task))
-}
-
-fn delete(c: &Client, path: &str, token: Option<&str>) -> Reply {
-    c.send("DELETE", path, token, &[], None)
 }
 
 fn share(c: &Client, token: &str, task: &str) -> Reply {
@@ -183,8 +176,8 @@ fn requests(
     }
 }
 
-/// Mean D1 round trips, R2 and KV calls per request, as a printable line.
-fn round_trips(lines: &[Value]) -> String {
+/// Prints the figure `what`: mean D1 round trips, R2 and KV calls and fetches per request.
+fn figure(what: &str, lines: &[Value]) {
     let n = lines.len().max(1) as f64;
     let sum = |k: &str| {
         lines
@@ -193,14 +186,14 @@ fn round_trips(lines: &[Value]) -> String {
             .sum::<f64>()
             / n
     };
-    format!(
-        "{:.2} D1 round trips, {:.2} R2 calls, {:.2} KV calls, {:.2} fetches (mean of {} requests)",
+    println!(
+        "FIGURE {what}: {:.2} D1 round trips, {:.2} R2 calls, {:.2} KV calls, {:.2} fetches (mean of {} requests)",
         sum("d1_round_trips"),
         sum("r2"),
         sum("kv"),
         sum("fetch"),
         lines.len()
-    )
+    );
 }
 
 fn no_user_data(text: &str, user_id: &str, task_id: &str) -> Result<(), Failed> {
@@ -290,7 +283,8 @@ fn shares_are_public_count_views_and_revoke_at_once(stack: &Stack) -> Result<(),
     // another user can neither revoke it nor share the task
     let (_, other) = c.new_user(ADMIN_TOKEN, 0);
     eq(
-        delete(&c, &format!("/api/shares/{share_id}"), Some(&other)).status,
+        c.delete(&format!("/api/shares/{share_id}"), Some(&other))
+            .status,
         404,
         "another user's revoke",
     )?;
@@ -303,7 +297,7 @@ fn shares_are_public_count_views_and_revoke_at_once(stack: &Stack) -> Result<(),
 
     // revoke, then read until refused
     let revoke_sent = Instant::now();
-    let revoked = delete(&c, &format!("/api/shares/{share_id}"), Some(&token));
+    let revoked = c.delete(&format!("/api/shares/{share_id}"), Some(&token));
     let revoke_ms = revoke_sent.elapsed().as_secs_f64() * 1000.0;
     eq(revoked.status, 200, &revoked.text())?;
     let mut reads = 0;
@@ -327,7 +321,8 @@ fn shares_are_public_count_views_and_revoke_at_once(stack: &Stack) -> Result<(),
     eq(reads, 1, "refused at once where the revoke landed")?;
     eq(c.get(&image, None).status, 404, "its image too")?;
     eq(
-        delete(&c, &format!("/api/shares/{share_id}"), Some(&token)).status,
+        c.delete(&format!("/api/shares/{share_id}"), Some(&token))
+            .status,
         404,
         "revoked once",
     )?;
@@ -340,10 +335,7 @@ fn shares_are_public_count_views_and_revoke_at_once(stack: &Stack) -> Result<(),
 
     let reads = requests(stack, "GET", |p| p == format!("/api/shares/{share_id}"), 4);
     let served: Vec<Value> = reads.into_iter().filter(|l| l["status"] == 200).collect();
-    println!(
-        "FIGURE per share read (GET /api/shares/{{id}}, 200): {}",
-        round_trips(&served)
-    );
+    figure("per share read (GET /api/shares/{id}, 200)", &served);
     let images = requests(
         stack,
         "GET",
@@ -351,10 +343,7 @@ fn shares_are_public_count_views_and_revoke_at_once(stack: &Stack) -> Result<(),
         3,
     );
     let served: Vec<Value> = images.into_iter().filter(|l| l["status"] == 200).collect();
-    println!(
-        "FIGURE per share image read (200): {}",
-        round_trips(&served)
-    );
+    figure("per share image read (200)", &served);
     Ok(())
 }
 
@@ -372,13 +361,14 @@ fn shares_of_what_cannot_be_shared_are_refused(stack: &Stack) -> Result<(), Fail
         "a failed task",
     )?;
 
-    let running = c.post_json(
-        "/api/tasks",
-        Some(&token),
-        &json!({"prompt": "history: still running [sim:slow=6000]", "model": "kie_4o"}),
+    let running = tasks::submit(
+        &c,
+        &token,
+        "history: still running [sim:slow=6000]",
+        "kie_4o",
     );
     eq(running.status, 202, "submit")?;
-    let running_id = str_of(&running.json(), "/id");
+    let running_id = tasks::id(&running);
     let r = share(&c, &token, &running_id);
     eq(
         (r.status, r.code()),
@@ -396,7 +386,7 @@ fn shares_of_what_cannot_be_shared_are_refused(stack: &Stack) -> Result<(), Fail
 
     let (gone, _) = completed(&c, &token, "history: deleted before sharing")?;
     eq(
-        delete(&c, &format!("/api/tasks/{gone}"), Some(&token)).status,
+        c.delete(&format!("/api/tasks/{gone}"), Some(&token)).status,
         200,
         "delete",
     )?;
@@ -522,15 +512,9 @@ fn lasting_links_serve_images_without_a_token(stack: &Stack) -> Result<(), Faile
         .filter(|l| l["status"] == 200 || l["status"] == 206)
         .cloned()
         .collect();
-    println!(
-        "FIGURE per image-link read (200/206): {}",
-        round_trips(&served)
-    );
+    figure("per image-link read (200/206)", &served);
     let revalidated: Vec<Value> = reads.into_iter().filter(|l| l["status"] == 304).collect();
-    println!(
-        "FIGURE per image-link revalidation (304): {}",
-        round_trips(&revalidated)
-    );
+    figure("per image-link revalidation (304)", &revalidated);
     Ok(())
 }
 
@@ -641,7 +625,7 @@ fn deleting_removes_objects_and_keeps_the_ledger(stack: &Stack) -> Result<(), Fa
         "its result in R2",
     )?;
 
-    let deleted = delete(&c, &format!("/api/tasks/{id}"), Some(&token));
+    let deleted = c.delete(&format!("/api/tasks/{id}"), Some(&token));
     eq(deleted.status, 200, &deleted.text())?;
     let d = deleted.json();
     eq(d["shares_revoked"].as_i64(), Some(1), "its share revoked")?;
@@ -708,14 +692,15 @@ fn deleting_removes_objects_and_keeps_the_ledger(stack: &Stack) -> Result<(), Fa
         "counted as deleted",
     )?;
     eq(
-        delete(&c, &format!("/api/tasks/{id}"), Some(&token)).status,
+        c.delete(&format!("/api/tasks/{id}"), Some(&token)).status,
         404,
         "deleted once",
     )?;
     let (_, other) = c.new_user(ADMIN_TOKEN, 10);
     let (theirs, _) = completed(&c, &other, "history: someone else's")?;
     eq(
-        delete(&c, &format!("/api/tasks/{theirs}"), Some(&token)).status,
+        c.delete(&format!("/api/tasks/{theirs}"), Some(&token))
+            .status,
         404,
         "another user's task",
     )?;
@@ -732,14 +717,10 @@ fn deleting_removes_objects_and_keeps_the_ledger(stack: &Stack) -> Result<(), Fa
 fn a_running_task_is_deleted_only_once_it_ends(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 10);
-    let r = c.post_json(
-        "/api/tasks",
-        Some(&token),
-        &json!({"prompt": "history: slow [sim:slow=8000]", "model": "kie_4o"}),
-    );
+    let r = tasks::submit(&c, &token, "history: slow [sim:slow=8000]", "kie_4o");
     eq(r.status, 202, "submit")?;
-    let id = str_of(&r.json(), "/id");
-    let refused = delete(&c, &format!("/api/tasks/{id}"), Some(&token));
+    let id = tasks::id(&r);
+    let refused = c.delete(&format!("/api/tasks/{id}"), Some(&token));
     eq(
         (refused.status, refused.code()),
         (409, "task_running".to_owned()),
@@ -768,7 +749,7 @@ fn a_running_task_is_deleted_only_once_it_ends(stack: &Stack) -> Result<(), Fail
         "it ran to the end",
     )?;
     eq(c.balance(&token), 6, "both charged once, nothing lost")?;
-    let ok = delete(&c, &format!("/api/tasks/{id}"), Some(&token));
+    let ok = c.delete(&format!("/api/tasks/{id}"), Some(&token));
     eq(
         ok.status,
         200,
@@ -839,9 +820,10 @@ fn a_second_device_converges_through_the_sync_feed(stack: &Stack) -> Result<(), 
     )?;
 
     // changes on device A
-    let since = i64::try_from(e2e::now_ms() / 1000).unwrap_or(0) - 1;
+    let since = e2e::now_secs() - 1;
     eq(
-        delete(&c, &format!("/api/tasks/{}", ids[0]), Some(&token)).status,
+        c.delete(&format!("/api/tasks/{}", ids[0]), Some(&token))
+            .status,
         200,
         "delete",
     )?;
@@ -939,7 +921,7 @@ fn me_adds_up(stack: &Stack) -> Result<(), Failed> {
     let failed = run_task(&c, &token, "history: me fails [sim:fail]", "kie_4o")?;
     eq(failed["status"].as_str(), Some("failed"), "failed")?;
     // a promo granted after the tasks, left to lapse unspent: the statement shows its expiry
-    let now = i64::try_from(e2e::now_ms() / 1000).unwrap_or(0);
+    let now = e2e::now_secs();
     let g = c.post_json(
         &format!("/admin/users/{user_id}/grants"),
         Some(ADMIN_TOKEN),
@@ -1088,40 +1070,16 @@ fn main() {
     e2e::suite::run(
         options,
         |_| {},
-        vec![
-            (
-                "shares_are_public_count_views_and_revoke_at_once",
-                shares_are_public_count_views_and_revoke_at_once,
-            ),
-            (
-                "shares_of_what_cannot_be_shared_are_refused",
-                shares_of_what_cannot_be_shared_are_refused,
-            ),
-            (
-                "lasting_links_serve_images_without_a_token",
-                lasting_links_serve_images_without_a_token,
-            ),
-            (
-                "a_missing_object_falls_back_to_the_provider",
-                a_missing_object_falls_back_to_the_provider,
-            ),
-            (
-                "deleting_removes_objects_and_keeps_the_ledger",
-                deleting_removes_objects_and_keeps_the_ledger,
-            ),
-            (
-                "a_running_task_is_deleted_only_once_it_ends",
-                a_running_task_is_deleted_only_once_it_ends,
-            ),
-            (
-                "a_second_device_converges_through_the_sync_feed",
-                a_second_device_converges_through_the_sync_feed,
-            ),
-            ("me_adds_up", me_adds_up),
-            (
-                "retention_deletes_dead_letter_bodies",
-                retention_deletes_dead_letter_bodies,
-            ),
+        e2e::cases![
+            shares_are_public_count_views_and_revoke_at_once,
+            shares_of_what_cannot_be_shared_are_refused,
+            lasting_links_serve_images_without_a_token,
+            a_missing_object_falls_back_to_the_provider,
+            deleting_removes_objects_and_keeps_the_ledger,
+            a_running_task_is_deleted_only_once_it_ends,
+            a_second_device_converges_through_the_sync_feed,
+            me_adds_up,
+            retention_deletes_dead_letter_bodies
         ],
     )
 }

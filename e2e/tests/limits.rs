@@ -4,6 +4,7 @@
 
 use e2e::check::{ensure, eq};
 use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN};
+use e2e::{creem, tasks};
 use libtest_mimic::Failed;
 use serde_json::json;
 
@@ -11,13 +12,8 @@ fn submissions_and_orders_per_user(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, alice) = c.new_user(ADMIN_TOKEN, 100);
     let (_, bob) = c.new_user(ADMIN_TOKEN, 100);
-    let submit = |t: &str, i: usize| {
-        c.post_json(
-            "/api/tasks",
-            Some(t),
-            &json!({"prompt": format!("limit {i} [sim:stuck]"), "model": "kie_4o"}),
-        )
-    };
+    let submit =
+        |t: &str, i: usize| tasks::submit(&c, t, &format!("limit {i} [sim:stuck]"), "kie_4o");
     for i in 0..3 {
         eq(submit(&alice, i).status, 202, "within the limit")?;
     }
@@ -45,28 +41,18 @@ fn submissions_and_orders_per_user(stack: &Stack) -> Result<(), Failed> {
         "and created nothing",
     )?;
     eq(submit(&bob, 0).status, 202, "limits are per user")?;
-    for _ in 0..2 {
-        eq(
-            c.post_json(
-                "/api/orders",
-                Some(&alice),
-                &json!({"product_id": "pack_starter"}),
-            )
-            .status,
-            201,
-            "order",
-        )?;
-    }
-    eq(
+    let order = || {
         c.post_json(
             "/api/orders",
             Some(&alice),
             &json!({"product_id": "pack_starter"}),
         )
-        .status,
-        429,
-        "third order in a minute",
-    )?;
+        .status
+    };
+    for _ in 0..2 {
+        eq(order(), 201, "order")?;
+    }
+    eq(order(), 429, "third order in a minute")?;
     eq(
         c.get("/api/orders", Some(&alice)).json()["orders"]
             .as_array()
@@ -90,16 +76,7 @@ fn failures_per_client(stack: &Stack) -> Result<(), Failed> {
     )?;
     let mut statuses = Vec::new();
     for _ in 0..7 {
-        statuses.push(
-            c.send(
-                "POST",
-                "/webhooks/creem",
-                None,
-                &[("creem-signature", "00")],
-                Some(("application/json", b"{}")),
-            )
-            .status,
-        );
+        statuses.push(creem::post(&c, &[("creem-signature", "00")], "{}").status);
     }
     eq(
         statuses,
@@ -129,12 +106,6 @@ fn main() {
     e2e::suite::run(
         options,
         |_| {},
-        vec![
-            (
-                "submissions_and_orders_per_user",
-                submissions_and_orders_per_user,
-            ),
-            ("failures_per_client", failures_per_client),
-        ],
+        e2e::cases![submissions_and_orders_per_user, failures_per_client],
     )
 }

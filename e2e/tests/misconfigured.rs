@@ -50,9 +50,6 @@ fn main() {
     e2e::suite::run(
         options,
         |_| {},
-        vec![(
-            "misconfiguration_is_a_503_with_a_clear_log_line",
-            misconfiguration_is_a_503_with_a_clear_log_line,
-        )],
+        e2e::cases![misconfiguration_is_a_503_with_a_clear_log_line],
     )
 }

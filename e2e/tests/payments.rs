@@ -5,42 +5,29 @@
 
 use e2e::check::{ensure, eq, Check};
 use e2e::client::{Client, Reply};
+use e2e::creem::{self, envelope};
 use e2e::stack::{
     Stack, StackOptions, ADMIN_TOKEN, CREEM_OLD_SECRET, CREEM_WEBHOOK_SECRET,
     STANDARD_WEBHOOK_SECRET,
 };
+use e2e::{now_secs, tasks};
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const DAY: i64 = 86_400;
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 fn iso(t: i64) -> String {
     shared::ids::iso8601(t)
 }
 
-/// Delivers an event the way Creem does: `creem-signature` = hex HMAC-SHA256 of the raw body.
-fn deliver(c: &Client, event: &Value, secret: &str) -> Reply {
-    let body = event.to_string();
-    let sig = shared::signing::hmac_hex(secret.as_bytes(), body.as_bytes());
-    c.send(
-        "POST",
-        "/webhooks/creem",
-        None,
-        &[("creem-signature", &sig)],
-        Some(("application/json", body.as_bytes())),
+/// Delivers an event signed with the current secret; it must be acknowledged.
+fn delivered(c: &Client, event: &Value, what: &str) -> Check {
+    eq(
+        creem::deliver(c, event, CREEM_WEBHOOK_SECRET).status,
+        200,
+        what,
     )
-}
-
-fn envelope(id: &str, kind: &str, created_ms: i64, object: Value) -> Value {
-    json!({"id": id, "eventType": kind, "created_at": created_ms, "object": object})
 }
 
 /// An order through the API, and the checkout the simulated provider made for it.
@@ -73,6 +60,11 @@ fn order(stack: &Stack, token: &str, product: &str) -> Result<(String, String), 
         order_id,
         checkout["id"].as_str().unwrap_or_default().to_owned(),
     ))
+}
+
+/// An order's status, as its owner reads it.
+fn order_status(c: &Client, token: &str, order: &str) -> Value {
+    c.get(&format!("/api/orders/{order}"), Some(token)).json()["status"].clone()
 }
 
 /// Every checkout this suite asked Creem for was one Creem accepts: the strict simulator checks
@@ -154,6 +146,21 @@ fn paid_subscription(
     s
 }
 
+/// Period `n` (0 the first) of a monthly plan whose first period started at `start`.
+fn nth_period(start: i64, n: i64) -> (i64, i64) {
+    (start + n * 30 * DAY, start + (n + 1) * 30 * DAY)
+}
+
+/// The transaction that paid period `n` of the plan ordered as `order_id`: the first period is
+/// the checkout's own payment.
+fn period_tx(checkout: &str, order_id: &str, n: i64) -> String {
+    if n == 0 {
+        format!("tran_{checkout}")
+    } else {
+        format!("tran_{order_id}_{n}")
+    }
+}
+
 fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Result<(), String> {
     let started = Instant::now();
     while !check() {
@@ -181,13 +188,11 @@ fn buying_a_pack_grants_once(stack: &Stack) -> Result<(), Failed> {
     let (a_order, a_checkout) = order(stack, &a_token, "pack_starter")?;
     let (b_order, b_checkout) = order(stack, &b_token, "pack_large")?;
     eq(
-        c.get(&format!("/api/orders/{a_order}"), Some(&a_token))
-            .json()["status"]
-            .as_str(),
+        order_status(&c, &a_token, &a_order).as_str(),
         Some("pending"),
         "pending until paid",
     )?;
-    let t = now() * 1000;
+    let t = now_secs() * 1000;
     let a_paid = checkout_completed(
         &format!("evt_a_{a_order}"),
         &a_order,
@@ -214,7 +219,7 @@ fn buying_a_pack_grants_once(stack: &Stack) -> Result<(), Failed> {
         (&b_paid, 1),
         (&a_paid, 2),
     ] {
-        let r = deliver(&c, event, CREEM_WEBHOOK_SECRET);
+        let r = creem::deliver(&c, event, CREEM_WEBHOOK_SECRET);
         eq(r.status, 200, &format!("delivery: {}", r.text()))?;
     }
     balance_becomes(&c, &a_token, 50)?;
@@ -222,9 +227,7 @@ fn buying_a_pack_grants_once(stack: &Stack) -> Result<(), Failed> {
     std::thread::sleep(Duration::from_secs(2));
     eq(c.balance(&a_token), 50, "granted once")?;
     eq(
-        c.get(&format!("/api/orders/{a_order}"), Some(&a_token))
-            .json()["status"]
-            .as_str(),
+        order_status(&c, &a_token, &a_order).as_str(),
         Some("completed"),
         "order completed",
     )?;
@@ -242,7 +245,7 @@ fn buying_a_pack_grants_once(stack: &Stack) -> Result<(), Failed> {
     )?;
     // a key from the old secret is still accepted during rotation; the repeat changes nothing
     eq(
-        deliver(&c, &a_paid, CREEM_OLD_SECRET).json()["duplicate"].as_bool(),
+        creem::deliver(&c, &a_paid, CREEM_OLD_SECRET).json()["duplicate"].as_bool(),
         Some(true),
         "rotated secret, duplicate",
     )?;
@@ -265,16 +268,10 @@ fn subscription_lifecycle(stack: &Stack) -> Result<(), Failed> {
     let (user, token) = c.new_user(ADMIN_TOKEN, 0);
     let (order_id, checkout) = order(stack, &token, "pro_monthly")?;
     let sub_id = format!("sub_{order_id}");
-    let start = now() - DAY;
-    let period = |n: i64| (start + n * 30 * DAY, start + (n + 1) * 30 * DAY);
-    let tx = |n: i64| {
-        if n == 0 {
-            format!("tran_{checkout}")
-        } else {
-            format!("tran_{order_id}_{n}")
-        }
-    };
-    let t = now() * 1000;
+    let start = now_secs() - DAY;
+    let period = |n: i64| nth_period(start, n);
+    let tx = |n: i64| period_tx(&checkout, &order_id, n);
+    let t = now_secs() * 1000;
     let status = |c: &Client| c.get("/api/subscription", Some(&token)).json();
     // the checkout of a plan, as Creem sends it: its subscription carries no period dates
     let first = checkout_completed(
@@ -286,16 +283,10 @@ fn subscription_lifecycle(stack: &Stack) -> Result<(), Failed> {
         Some(nested_subscription(&sub_id, "prod_pro_monthly", &user)),
         t,
     );
-    eq(
-        deliver(&c, &first, CREEM_WEBHOOK_SECRET).status,
-        200,
-        "checkout",
-    )?;
+    delivered(&c, &first, "checkout")?;
     balance_becomes(&c, &token, 300)?;
     wait_for("the order completes", Duration::from_secs(20), || {
-        c.get(&format!("/api/orders/{order_id}"), Some(&token))
-            .json()["status"]
-            == "completed"
+        order_status(&c, &token, &order_id) == "completed"
     })?;
     let s = status(&c);
     eq(
@@ -319,11 +310,7 @@ fn subscription_lifecycle(stack: &Stack) -> Result<(), Failed> {
                 period(n),
             ),
         );
-        eq(
-            deliver(&c, &paid, CREEM_WEBHOOK_SECRET).status,
-            200,
-            "period paid",
-        )?;
+        delivered(&c, &paid, "period paid")?;
         balance_becomes(&c, &token, 300 * (n + 1))?;
         wait_for("the period is extended", Duration::from_secs(20), || {
             status(&c)["subscription"]["current_period_end"].as_i64() == Some(period(n).1)
@@ -346,11 +333,7 @@ fn subscription_lifecycle(stack: &Stack) -> Result<(), Failed> {
         t + 2600,
         skewed,
     );
-    eq(
-        deliver(&c, &again, CREEM_WEBHOOK_SECRET).status,
-        200,
-        "same payment again",
-    )?;
+    delivered(&c, &again, "same payment again")?;
     // refunding the second renewal takes back that period, not the first order's
     let refund = envelope(
         &format!("evt_s2r_{order_id}"),
@@ -362,16 +345,10 @@ fn subscription_lifecycle(stack: &Stack) -> Result<(), Failed> {
                                "currency": "USD", "type": "invoice", "status": "refunded"},
                "order": format!("or_{order_id}_2")}),
     );
-    eq(
-        deliver(&c, &refund, CREEM_WEBHOOK_SECRET).status,
-        200,
-        "renewal refunded",
-    )?;
+    delivered(&c, &refund, "renewal refunded")?;
     balance_becomes(&c, &token, 600)?;
     eq(
-        c.get(&format!("/api/orders/{order_id}"), Some(&token))
-            .json()["status"]
-            .as_str(),
+        order_status(&c, &token, &order_id).as_str(),
         Some("completed"),
         "the first order is not the refunded payment",
     )?;
@@ -381,11 +358,7 @@ fn subscription_lifecycle(stack: &Stack) -> Result<(), Failed> {
         t + 3000,
         subscription(&sub_id, "prod_pro_monthly", &user, "canceled", period(2)),
     );
-    eq(
-        deliver(&c, &canceled, CREEM_WEBHOOK_SECRET).status,
-        200,
-        "cancel",
-    )?;
+    delivered(&c, &canceled, "cancel")?;
     wait_for("cancelled", Duration::from_secs(20), || {
         status(&c)["subscription"]["status"] == "cancelled"
     })?;
@@ -405,11 +378,7 @@ fn subscription_lifecycle(stack: &Stack) -> Result<(), Failed> {
         t + 4000,
         subscription(&sub_id, "prod_pro_monthly", &user, "expired", period(2)),
     );
-    eq(
-        deliver(&c, &expired, CREEM_WEBHOOK_SECRET).status,
-        200,
-        "expire",
-    )?;
+    delivered(&c, &expired, "expire")?;
     wait_for("expired", Duration::from_secs(20), || {
         status(&c)["subscription"]["status"] == "expired"
     })?;
@@ -429,8 +398,8 @@ fn events_waiting_for_their_subject_are_never_lost(stack: &Stack) -> Result<(), 
     let (user, token) = c.new_user(ADMIN_TOKEN, 0);
     let (order_id, checkout) = order(stack, &token, "basic_monthly")?;
     let sub_id = format!("sub_w_{order_id}");
-    let start = now() - DAY;
-    let t = now() * 1000;
+    let start = now_secs() - DAY;
+    let t = now_secs() * 1000;
     // a renewal paid before we know the subscription (its checkout has not arrived)
     let renewal = envelope(
         &format!("evt_w1_{order_id}"),
@@ -445,20 +414,7 @@ fn events_waiting_for_their_subject_are_never_lost(stack: &Stack) -> Result<(), 
             (start + 30 * DAY, start + 60 * DAY),
         ),
     );
-    eq(
-        deliver(&c, &renewal, CREEM_WEBHOOK_SECRET).status,
-        200,
-        "renewal",
-    )?;
-    let find = |event_id: &str| {
-        c.get("/admin/webhook-events?limit=200", Some(ADMIN_TOKEN))
-            .json()["webhook_events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .find(|e| e["event_id"] == event_id)
-    };
+    delivered(&c, &renewal, "renewal")?;
     let dead = |c: &Client| {
         c.get(
             "/admin/dead-letters?queue=edgeline-events&error_class=unresolved_reference",
@@ -478,12 +434,12 @@ fn events_waiting_for_their_subject_are_never_lost(stack: &Stack) -> Result<(), 
         "the waiting event is dead-lettered",
         Duration::from_secs(60),
         || {
-            find(&format!("evt_w1_{order_id}"))
+            stored_event(&c, &format!("evt_w1_{order_id}"))
                 .is_some_and(|e| e["error"].as_str().is_some_and(|m| m.contains("gave up")))
         },
     )?;
     eq(
-        find(&format!("evt_w1_{order_id}")).map(|e| e["status"].clone()),
+        stored_event(&c, &format!("evt_w1_{order_id}")).map(|e| e["status"].clone()),
         Some(json!("received")),
         "still received: nothing marked done that was not done",
     )?;
@@ -498,21 +454,13 @@ fn events_waiting_for_their_subject_are_never_lost(stack: &Stack) -> Result<(), 
         Some(nested_subscription(&sub_id, "prod_basic_monthly", &user)),
         t,
     );
-    eq(
-        deliver(&c, &first, CREEM_WEBHOOK_SECRET).status,
-        200,
-        "checkout",
-    )?;
+    delivered(&c, &first, "checkout")?;
     balance_becomes(&c, &token, 100)?;
     // the provider's own redelivery is queued again, not answered "done"
-    eq(
-        deliver(&c, &renewal, CREEM_WEBHOOK_SECRET).status,
-        200,
-        "redelivery",
-    )?;
+    delivered(&c, &renewal, "redelivery")?;
     balance_becomes(&c, &token, 200)?;
     wait_for("applied", Duration::from_secs(20), || {
-        find(&format!("evt_w1_{order_id}")).is_some_and(|e| e["status"] == "applied")
+        stored_event(&c, &format!("evt_w1_{order_id}")).is_some_and(|e| e["status"] == "applied")
     })?;
     // replaying the dead letter now changes nothing
     if let Some(d) = dead(&c) {
@@ -535,35 +483,28 @@ fn forged_deliveries_store_nothing(stack: &Stack) -> Result<(), Failed> {
     let event = envelope(
         "evt_forged_1",
         "checkout.completed",
-        now() * 1000,
+        now_secs() * 1000,
         json!({"object": "checkout", "id": "ch_x", "request_id": "ord_x"}),
     );
     let body = event.to_string();
     let good = shared::signing::hmac_hex(CREEM_WEBHOOK_SECRET.as_bytes(), body.as_bytes());
-    let post = |headers: &[(&str, &str)], body: &str| {
-        c.send(
-            "POST",
-            "/webhooks/creem",
-            None,
-            headers,
-            Some(("application/json", body.as_bytes())),
-        )
-    };
     let cases = [
         (
             "forged signature",
-            post(&[("creem-signature", &"ab".repeat(32))], &body),
+            creem::post(&c, &[("creem-signature", &"ab".repeat(32))], &body),
         ),
         (
             "body modified after signing",
-            post(
+            creem::post(
+                &c,
                 &[("creem-signature", &good)],
                 &body.replace("ord_x", "ord_y"),
             ),
         ),
         (
             "another secret",
-            post(
+            creem::post(
+                &c,
                 &[(
                     "creem-signature",
                     &shared::signing::hmac_hex(b"not-ours", body.as_bytes()),
@@ -571,7 +512,7 @@ fn forged_deliveries_store_nothing(stack: &Stack) -> Result<(), Failed> {
                 &body,
             ),
         ),
-        ("missing header", post(&[], &body)),
+        ("missing header", creem::post(&c, &[], &body)),
     ];
     for (what, r) in cases {
         eq(r.status, 401, what)?;
@@ -593,8 +534,9 @@ fn forged_deliveries_store_nothing(stack: &Stack) -> Result<(), Failed> {
             base64::engine::general_purpose::STANDARD.encode(raw)
         )
     };
-    let stale_ts = now() - 3600;
-    let stale = post(
+    let stale_ts = now_secs() - 3600;
+    let stale = creem::post(
+        &c,
         &[
             ("webhook-id", "msg_stale"),
             ("webhook-timestamp", &stale_ts.to_string()),
@@ -603,8 +545,9 @@ fn forged_deliveries_store_nothing(stack: &Stack) -> Result<(), Failed> {
         &body,
     );
     eq(stale.status, 401, "stale standard-webhooks timestamp")?;
-    let ts = now();
-    let fresh = post(
+    let ts = now_secs();
+    let fresh = creem::post(
+        &c,
         &[
             ("webhook-id", "msg_fresh_1"),
             ("webhook-timestamp", &ts.to_string()),
@@ -639,7 +582,8 @@ fn forged_deliveries_store_nothing(stack: &Stack) -> Result<(), Failed> {
 
     // signed but unreadable: stored as rejected, acknowledged, visible to operators
     let garbage = "{not json";
-    let r = post(
+    let r = creem::post(
+        &c,
         &[(
             "creem-signature",
             &shared::signing::hmac_hex(CREEM_WEBHOOK_SECRET.as_bytes(), garbage.as_bytes()),
@@ -668,47 +612,30 @@ fn forged_deliveries_store_nothing(stack: &Stack) -> Result<(), Failed> {
     let unknown = envelope(
         "evt_unknown_1",
         "payout.sent",
-        now() * 1000,
+        now_secs() * 1000,
         json!({"object": "payout", "id": "po_1"}),
     );
-    eq(
-        deliver(&c, &unknown, CREEM_WEBHOOK_SECRET).status,
-        200,
-        "unknown type acknowledged",
-    )?;
+    delivered(&c, &unknown, "unknown type acknowledged")?;
     let dispute = envelope(
         "evt_dispute_1",
         "dispute.created",
-        now() * 1000,
+        now_secs() * 1000,
         json!({"object": "dispute", "id": "dp_1", "order": {"id": "or_unknown"}}),
     );
-    eq(
-        deliver(&c, &dispute, CREEM_WEBHOOK_SECRET).status,
-        200,
-        "dispute acknowledged",
-    )?;
-    let find = |id: &str| {
-        c.get("/admin/webhook-events?limit=200", Some(ADMIN_TOKEN))
-            .json()["webhook_events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .find(|e| e["event_id"] == id)
-    };
+    delivered(&c, &dispute, "dispute acknowledged")?;
     wait_for(
         "the unknown event is settled",
         Duration::from_secs(20),
-        || find("evt_unknown_1").is_some_and(|e| e["status"] == "ignored"),
+        || stored_event(&c, "evt_unknown_1").is_some_and(|e| e["status"] == "ignored"),
     )?;
     wait_for("the dispute is recorded", Duration::from_secs(20), || {
-        find("evt_dispute_1").is_some_and(|e| {
+        stored_event(&c, "evt_dispute_1").is_some_and(|e| {
             e["status"] == "applied" && e["error"].as_str().is_some_and(|n| n.contains("dispute"))
         })
     })?;
     let big = "x".repeat(300 * 1024);
     eq(
-        post(&[("creem-signature", &good)], &big).status,
+        creem::post(&c, &[("creem-signature", &good)], &big).status,
         413,
         "oversized body",
     )?;
@@ -719,31 +646,22 @@ fn refund_after_spending_goes_negative(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (user, token) = c.new_user(ADMIN_TOKEN, 0);
     let (order_id, checkout) = order(stack, &token, "pack_starter")?;
-    eq(
-        deliver(
-            &c,
-            &checkout_completed(
-                &format!("evt_r_{order_id}"),
-                &order_id,
-                &checkout,
-                "prod_pack_starter",
-                &user,
-                None,
-                now() * 1000,
-            ),
-            CREEM_WEBHOOK_SECRET,
-        )
-        .status,
-        200,
+    delivered(
+        &c,
+        &checkout_completed(
+            &format!("evt_r_{order_id}"),
+            &order_id,
+            &checkout,
+            "prod_pack_starter",
+            &user,
+            None,
+            now_secs() * 1000,
+        ),
         "paid",
     )?;
     balance_becomes(&c, &token, 50)?;
     for i in 0..3 {
-        let r = c.post_json(
-            "/api/tasks",
-            Some(&token),
-            &json!({"prompt": format!("spend {i}"), "model": "kie_4o"}),
-        );
+        let r = tasks::submit(&c, &token, &format!("spend {i}"), "kie_4o");
         eq(r.status, 202, "spend")?;
         c.wait_task(
             &token,
@@ -755,65 +673,41 @@ fn refund_after_spending_goes_negative(stack: &Stack) -> Result<(), Failed> {
     let refund = envelope(
         &format!("evt_refund_{order_id}"),
         "refund.created",
-        now() * 1000,
+        now_secs() * 1000,
         json!({"object": "refund", "id": "re_1", "status": "succeeded", "refund_amount": 499, "refund_currency": "USD",
                "order": format!("or_{checkout}"), "checkout": checkout,
                "transaction": {"object": "transaction", "id": format!("tran_{checkout}"), "order": format!("or_{checkout}"),
                                "amount": 499, "currency": "USD", "type": "payment", "status": "refunded"}}),
     );
-    eq(
-        deliver(&c, &refund, CREEM_WEBHOOK_SECRET).status,
-        200,
-        "refund",
-    )?;
+    delivered(&c, &refund, "refund")?;
     balance_becomes(&c, &token, -6)?;
     eq(
-        c.get(&format!("/api/orders/{order_id}"), Some(&token))
-            .json()["status"]
-            .as_str(),
+        order_status(&c, &token, &order_id).as_str(),
         Some("refunded"),
         "order refunded",
     )?;
-    let r = c.post_json(
-        "/api/tasks",
-        Some(&token),
-        &json!({"prompt": "on credit", "model": "kie_4o"}),
-    );
+    let r = tasks::submit(&c, &token, "on credit", "kie_4o");
     eq(r.status, 402, "no tasks on a negative balance")?;
-    eq(
-        deliver(&c, &refund, CREEM_WEBHOOK_SECRET).status,
-        200,
-        "refund again",
-    )?;
+    delivered(&c, &refund, "refund again")?;
     std::thread::sleep(Duration::from_secs(2));
     eq(c.balance(&token), -6, "clawed back once")?;
     let (again, checkout2) = order(stack, &token, "pack_starter")?;
-    eq(
-        deliver(
-            &c,
-            &checkout_completed(
-                &format!("evt_r2_{again}"),
-                &again,
-                &checkout2,
-                "prod_pack_starter",
-                &user,
-                None,
-                now() * 1000,
-            ),
-            CREEM_WEBHOOK_SECRET,
-        )
-        .status,
-        200,
+    delivered(
+        &c,
+        &checkout_completed(
+            &format!("evt_r2_{again}"),
+            &again,
+            &checkout2,
+            "prod_pack_starter",
+            &user,
+            None,
+            now_secs() * 1000,
+        ),
         "paid again",
     )?;
     balance_becomes(&c, &token, 44)?;
     eq(
-        c.post_json(
-            "/api/tasks",
-            Some(&token),
-            &json!({"prompt": "service restored", "model": "kie_4o"}),
-        )
-        .status,
+        tasks::submit(&c, &token, "service restored", "kie_4o").status,
         202,
         "a new purchase restores service",
     )?;
@@ -823,21 +717,15 @@ fn refund_after_spending_goes_negative(stack: &Stack) -> Result<(), Failed> {
 
 fn out_of_order_ends_in_the_same_state(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
-    let start = now() - DAY;
-    let period = |n: i64| (start + n * 30 * DAY, start + (n + 1) * 30 * DAY);
-    let t = now() * 1000;
+    let start = now_secs() - DAY;
+    let period = |n: i64| nth_period(start, n);
+    let t = now_secs() * 1000;
     let run = |order_of_delivery: &[usize]| -> Result<(Value, i64), String> {
         let (user, token) = c.new_user(ADMIN_TOKEN, 0);
         let (order_id, checkout) = order(stack, &token, "basic_monthly")?;
         let sub = format!("sub_{order_id}");
         let p = "prod_basic_monthly";
-        let tx = |n: i64| {
-            if n == 0 {
-                format!("tran_{checkout}")
-            } else {
-                format!("tran_{order_id}_{n}")
-            }
-        };
+        let tx = |n: i64| period_tx(&checkout, &order_id, n);
         let paid = |id: &str, at: i64, n: i64, skew: i64| {
             let (s0, s1) = period(n);
             envelope(
@@ -883,7 +771,7 @@ fn out_of_order_ends_in_the_same_state(stack: &Stack) -> Result<(), Failed> {
             e["object"]["metadata"]["order_id"] = json!(order_id);
         }
         for &i in order_of_delivery {
-            let r = deliver(&c, &events[i], CREEM_WEBHOOK_SECRET);
+            let r = creem::deliver(&c, &events[i], CREEM_WEBHOOK_SECRET);
             if r.status != 200 {
                 return Err(format!("delivery {i}: {}", r.text()));
             }
@@ -941,13 +829,13 @@ fn concurrent_submissions_never_overdraw(stack: &Stack) -> Result<(), Failed> {
                 let token = token.clone();
                 let base = c.base.clone();
                 s.spawn(move || {
-                    Client::new(&base)
-                        .post_json(
-                            "/api/tasks",
-                            Some(&token),
-                            &json!({"prompt": format!("race {i} [sim:stuck]"), "model": "kie_4o"}),
-                        )
-                        .status
+                    tasks::submit(
+                        &Client::new(&base),
+                        &token,
+                        &format!("race {i} [sim:stuck]"),
+                        "kie_4o",
+                    )
+                    .status
                 })
             })
             .collect();
@@ -1188,13 +1076,9 @@ fn operators_change_the_catalogue_and_orders_keep_their_terms(stack: &Stack) -> 
         "prod_e2e_terms",
         &user,
         None,
-        now() * 1000,
+        now_secs() * 1000,
     );
-    eq(
-        deliver(&c, &paid, CREEM_WEBHOOK_SECRET).status,
-        200,
-        "payment delivered",
-    )?;
+    delivered(&c, &paid, "payment delivered")?;
     balance_becomes(&c, &token, 10)?;
     no_checkout_refused(stack)?;
     Ok(())
@@ -1349,7 +1233,7 @@ fn admin_writes_to_users_sessions_and_grants_are_audited(stack: &Stack) -> Resul
     };
     let created = post(
         "/admin/users",
-        json!({"email": format!("audited-{}@e2e.test", now()), "name": "Audited", "credits": 5}),
+        json!({"email": format!("audited-{}@e2e.test", now_secs()), "name": "Audited", "credits": 5}),
     );
     eq(created.status, 201, &created.text())?;
     let user = created.json()["id"].as_str().unwrap_or_default().to_owned();
@@ -1408,25 +1292,16 @@ fn creem_signature_forms_the_sdk_accepts(stack: &Stack) -> Result<(), Failed> {
         envelope(
             id,
             "payout.sent",
-            now() * 1000,
+            now_secs() * 1000,
             json!({"object": "payout", "id": id}),
         )
         .to_string()
     };
     let sig =
         |body: &str| shared::signing::hmac_hex(CREEM_WEBHOOK_SECRET.as_bytes(), body.as_bytes());
-    let post = |headers: &[(&str, &str)], body: &str| {
-        c.send(
-            "POST",
-            "/webhooks/creem",
-            None,
-            headers,
-            Some(("application/json", body.as_bytes())),
-        )
-    };
     /// A header and how the hex signature is written into it.
     type Form = (&'static str, fn(&str) -> String);
-    let t = now();
+    let t = now_secs();
     let accepted: [Form; 4] = [
         ("x-creem-signature", |s| s.to_owned()),
         ("x-creem-signature", |s| format!("sha256={s}")),
@@ -1437,7 +1312,7 @@ fn creem_signature_forms_the_sdk_accepts(stack: &Stack) -> Result<(), Failed> {
     for (n, (header, form)) in accepted.iter().enumerate() {
         let id = format!("evt_sigform_{t}_{n}");
         let body = body_for(&id);
-        let r = post(&[(header, &form(&sig(&body)))], &body);
+        let r = creem::post(&c, &[(header, &form(&sig(&body)))], &body);
         eq(
             r.status,
             200,
@@ -1455,14 +1330,15 @@ fn creem_signature_forms_the_sdk_accepts(stack: &Stack) -> Result<(), Failed> {
     for (n, (header, form)) in refused.iter().enumerate() {
         let id = format!("evt_sigbad_{t}_{n}");
         let body = body_for(&id);
-        let r = post(&[(header, &form(&sig(&body)))], &body);
+        let r = creem::post(&c, &[(header, &form(&sig(&body)))], &body);
         eq(r.status, 401, &format!("{header} {}", form("HEX")))?;
         forged.push(id);
     }
     // creem-signature wins over x-creem-signature, as in the SDK: a bad one is not rescued
     let id = format!("evt_sigboth_{t}");
     let body = body_for(&id);
-    let r = post(
+    let r = creem::post(
+        &c,
         &[
             ("creem-signature", &"ab".repeat(32)),
             ("x-creem-signature", &sig(&body)),
@@ -1510,7 +1386,7 @@ fn stored_event(c: &Client, event_id: &str) -> Option<Value> {
 fn what_was_paid_is_checked_against_the_order(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (user, token) = c.new_user(ADMIN_TOKEN, 0);
-    let t = now() * 1000;
+    let t = now_secs() * 1000;
     let mut held = Vec::new();
     for (n, (field, value)) in [("amount", json!(99)), ("currency", json!("EUR"))]
         .into_iter()
@@ -1528,11 +1404,7 @@ fn what_was_paid_is_checked_against_the_order(stack: &Stack) -> Result<(), Faile
             t,
         );
         paid["object"]["order"][field] = value;
-        eq(
-            deliver(&c, &paid, CREEM_WEBHOOK_SECRET).status,
-            200,
-            "delivered",
-        )?;
+        delivered(&c, &paid, "delivered")?;
         wait_for("the mismatch is held", Duration::from_secs(30), || {
             stored_event(&c, &event_id).is_some_and(|e| {
                 e["error"]
@@ -1552,9 +1424,7 @@ fn what_was_paid_is_checked_against_the_order(stack: &Stack) -> Result<(), Faile
             ),
         )?;
         eq(
-            c.get(&format!("/api/orders/{order_id}"), Some(&token))
-                .json()["status"]
-                .as_str(),
+            order_status(&c, &token, &order_id).as_str(),
             Some("pending"),
             "the order is not completed",
         )?;
@@ -1599,11 +1469,7 @@ fn what_was_paid_is_checked_against_the_order(stack: &Stack) -> Result<(), Faile
     );
     paid["object"]["order"]["amount"] = json!(399);
     paid["object"]["order"]["discount_amount"] = json!(100);
-    eq(
-        deliver(&c, &paid, CREEM_WEBHOOK_SECRET).status,
-        200,
-        "discounted",
-    )?;
+    delivered(&c, &paid, "discounted")?;
     balance_becomes(&c, &token, 50)?;
     wait_for("the discount is noted", Duration::from_secs(20), || {
         stored_event(&c, &event_id).is_some_and(|e| {
@@ -1635,7 +1501,7 @@ fn pack_refund(
     envelope(
         event_id,
         "refund.created",
-        now() * 1000,
+        now_secs() * 1000,
         json!({"object": "refund", "id": refund_id, "status": "succeeded", "refund_amount": refunded,
                "refund_currency": "USD", "reason": "requested_by_customer", "order": format!("or_{checkout}"),
                "checkout": checkout, "transaction": transaction}),
@@ -1657,9 +1523,9 @@ fn partial_refunds_claw_back_their_share(stack: &Stack) -> Result<(), Failed> {
         "prod_pack_large",
         &user,
         None,
-        now() * 1000,
+        now_secs() * 1000,
     );
-    eq(deliver(&c, &paid, CREEM_WEBHOOK_SECRET).status, 200, "paid")?;
+    delivered(&c, &paid, "paid")?;
     balance_becomes(&c, &token, 250)?;
     let r = |n: i64, amount: i64, total: i64| {
         pack_refund(
@@ -1673,31 +1539,23 @@ fn partial_refunds_claw_back_their_share(stack: &Stack) -> Result<(), Failed> {
     };
     let (r1, r2, r3) = (r(1, 500, 500), r(2, 700, 1200), r(3, 799, 1999));
     for e in [&r2, &r1, &r2, &r1] {
-        eq(
-            deliver(&c, e, CREEM_WEBHOOK_SECRET).status,
-            200,
-            "partial refund",
-        )?;
+        delivered(&c, e, "partial refund")?;
     }
     // 1200 of 1999 refunded: round(250 × 1200 / 1999) = round(150.08) = 150
     balance_becomes(&c, &token, 100)?;
     std::thread::sleep(Duration::from_secs(2));
     eq(c.balance(&token), 100, "clawed back once")?;
     eq(
-        c.get(&format!("/api/orders/{large}"), Some(&token)).json()["status"].as_str(),
+        order_status(&c, &token, &large).as_str(),
         Some("completed"),
         "partly refunded: still completed",
     )?;
     for e in [&r3, &r1] {
-        eq(
-            deliver(&c, e, CREEM_WEBHOOK_SECRET).status,
-            200,
-            "the rest refunded",
-        )?;
+        delivered(&c, e, "the rest refunded")?;
     }
     balance_becomes(&c, &token, 0)?;
     wait_for("the order is refunded", Duration::from_secs(20), || {
-        c.get(&format!("/api/orders/{large}"), Some(&token)).json()["status"] == "refunded"
+        order_status(&c, &token, &large) == "refunded"
     })?;
     // no cumulative refunded_amount: 100 + 150 of 499 refunded, summed: round(50 × 250 / 499) = 25
     let (starter, starter_checkout) = order(stack, &token, "pack_starter")?;
@@ -1708,9 +1566,9 @@ fn partial_refunds_claw_back_their_share(stack: &Stack) -> Result<(), Failed> {
         "prod_pack_starter",
         &user,
         None,
-        now() * 1000,
+        now_secs() * 1000,
     );
-    eq(deliver(&c, &paid, CREEM_WEBHOOK_SECRET).status, 200, "paid")?;
+    delivered(&c, &paid, "paid")?;
     balance_becomes(&c, &token, 50)?;
     let a = pack_refund(
         &format!("evt_psa_{starter}"),
@@ -1729,11 +1587,7 @@ fn partial_refunds_claw_back_their_share(stack: &Stack) -> Result<(), Failed> {
         499,
     );
     for e in [&b, &a, &b] {
-        eq(
-            deliver(&c, e, CREEM_WEBHOOK_SECRET).status,
-            200,
-            "refund without a cumulative figure",
-        )?;
+        delivered(&c, e, "refund without a cumulative figure")?;
     }
     balance_becomes(&c, &token, 25)?;
     // the auditor finds the clawbacks of these orders exact
@@ -1774,57 +1628,21 @@ fn main() {
     e2e::suite::run(
         StackOptions::default(),
         |_| {},
-        vec![
-            ("buying_a_pack_grants_once", buying_a_pack_grants_once),
-            (
-                "creem_signature_forms_the_sdk_accepts",
-                creem_signature_forms_the_sdk_accepts,
-            ),
-            (
-                "what_was_paid_is_checked_against_the_order",
-                what_was_paid_is_checked_against_the_order,
-            ),
-            (
-                "partial_refunds_claw_back_their_share",
-                partial_refunds_claw_back_their_share,
-            ),
-            (
-                "admin_writes_to_users_sessions_and_grants_are_audited",
-                admin_writes_to_users_sessions_and_grants_are_audited,
-            ),
-            ("subscription_lifecycle", subscription_lifecycle),
-            (
-                "events_waiting_for_their_subject_are_never_lost",
-                events_waiting_for_their_subject_are_never_lost,
-            ),
-            (
-                "forged_deliveries_store_nothing",
-                forged_deliveries_store_nothing,
-            ),
-            (
-                "refund_after_spending_goes_negative",
-                refund_after_spending_goes_negative,
-            ),
-            (
-                "out_of_order_ends_in_the_same_state",
-                out_of_order_ends_in_the_same_state,
-            ),
-            (
-                "concurrent_submissions_never_overdraw",
-                concurrent_submissions_never_overdraw,
-            ),
-            (
-                "the_public_catalogue_hides_provider_ids",
-                the_public_catalogue_hides_provider_ids,
-            ),
-            (
-                "operators_change_the_catalogue_and_orders_keep_their_terms",
-                operators_change_the_catalogue_and_orders_keep_their_terms,
-            ),
-            (
-                "invalid_catalogues_are_refused_and_change_nothing",
-                invalid_catalogues_are_refused_and_change_nothing,
-            ),
+        e2e::cases![
+            buying_a_pack_grants_once,
+            creem_signature_forms_the_sdk_accepts,
+            what_was_paid_is_checked_against_the_order,
+            partial_refunds_claw_back_their_share,
+            admin_writes_to_users_sessions_and_grants_are_audited,
+            subscription_lifecycle,
+            events_waiting_for_their_subject_are_never_lost,
+            forged_deliveries_store_nothing,
+            refund_after_spending_goes_negative,
+            out_of_order_ends_in_the_same_state,
+            concurrent_submissions_never_overdraw,
+            the_public_catalogue_hides_provider_ids,
+            operators_change_the_catalogue_and_orders_keep_their_terms,
+            invalid_catalogues_are_refused_and_change_nothing
         ],
     )
 }

@@ -3,17 +3,14 @@
 //! One stack for the whole run; tests isolate themselves by user.
 
 use e2e::check::{ensure, eq};
-use e2e::client::{multipart, Client, Reply};
+use e2e::client::{jwt_claims, multipart, Reply};
 use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN, FILES_SIGNING_KEY};
+use e2e::tasks;
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn submit(c: &Client, token: &str, body: Value) -> e2e::client::Reply {
-    c.post_json("/api/tasks", Some(token), &body)
-}
 
 /// The simulator refuses what the real kie.ai would refuse: our code must have sent nothing of it.
 fn nothing_refused_by_the_provider(stack: &Stack) -> Result<(), Failed> {
@@ -29,7 +26,7 @@ fn golden_path_4o(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 10);
     let prompt = "golden path: a red fox in snow";
-    let r = submit(&c, &token, json!({"prompt": prompt, "model": "kie_4o"}));
+    let r = tasks::submit(&c, &token, prompt, "kie_4o");
     eq(r.status, 202, &format!("submit {}", r.text()))?;
     let created = r.json();
     eq(
@@ -138,7 +135,7 @@ fn golden_path_4o(stack: &Stack) -> Result<(), Failed> {
     std::thread::sleep(Duration::from_secs(3));
     eq(c.balance(&token), 8, "balance stays settled")?;
     eq(
-        stack.sim.stats().creates_by_prompt.get(prompt).copied(),
+        stack.provider_creates(prompt),
         Some(1),
         "one provider submission",
     )?;
@@ -156,7 +153,7 @@ fn kontext_with_upload(stack: &Stack) -> Result<(), Failed> {
     );
     let r = c.send("POST", "/api/tasks", Some(&token), &[], Some((&ct, &body)));
     eq(r.status, 202, &format!("multipart submit {}", r.text()))?;
-    let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
+    let id = tasks::id(&r);
     let task = c.wait_task(&token, &id, WAIT);
     eq(
         task["status"].as_str(),
@@ -196,10 +193,10 @@ fn sizes_are_checked_per_model(stack: &Stack) -> Result<(), Failed> {
         ("kie_4o", "16:9", "1:1, 3:2, 2:3"),
     ] {
         let prompt = format!("sizes: {model} at {size}");
-        let r = submit(
+        let r = tasks::submit_json(
             &c,
             &token,
-            json!({"prompt": prompt, "model": model, "size": size}),
+            &json!({"prompt": prompt, "model": model, "size": size}),
         );
         let err = r.json();
         eq(
@@ -219,7 +216,7 @@ fn sizes_are_checked_per_model(stack: &Stack) -> Result<(), Failed> {
             format!("{model} {size}: the message lists what {model} accepts: {message}"),
         )?;
         eq(
-            stack.sim.stats().creates_by_prompt.get(&prompt).copied(),
+            stack.provider_creates(&prompt),
             None,
             "nothing sent to the provider",
         )?;
@@ -251,17 +248,13 @@ fn sizes_are_checked_per_model(stack: &Stack) -> Result<(), Failed> {
     let mut ids = Vec::new();
     for (model, size) in [("kie_kontext", "9:16"), ("kie_4o", "3:2")] {
         let prompt = format!("sizes: {model} at {size}");
-        let r = submit(
+        let r = tasks::submit_json(
             &c,
             &token,
-            json!({"prompt": prompt, "model": model, "size": size}),
+            &json!({"prompt": prompt, "model": model, "size": size}),
         );
         eq(r.status, 202, &format!("{model} {size}: {}", r.text()))?;
-        ids.push((
-            prompt,
-            size,
-            r.json()["id"].as_str().unwrap_or_default().to_owned(),
-        ));
+        ids.push((prompt, size, tasks::id(&r)));
     }
     for (prompt, size, id) in &ids {
         let task = c.wait_task(&token, id, WAIT);
@@ -315,14 +308,10 @@ fn sizes_are_checked_per_model(stack: &Stack) -> Result<(), Failed> {
 fn failed_generation_restores_balance(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 5);
-    let r = submit(
-        &c,
-        &token,
-        json!({"prompt": "this one fails [sim:fail]", "model": "kie_4o"}),
-    );
+    let r = tasks::submit(&c, &token, "this one fails [sim:fail]", "kie_4o");
     eq(r.status, 202, "submit")?;
     eq(c.balance(&token), 3, "held while running")?;
-    let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
+    let id = tasks::id(&r);
     let task = c.wait_task(&token, &id, WAIT);
     eq(task["status"].as_str(), Some("failed"), "failed")?;
     ensure(
@@ -333,12 +322,8 @@ fn failed_generation_restores_balance(stack: &Stack) -> Result<(), Failed> {
     )?;
     eq(c.balance(&token), 5, "hold released")?;
 
-    let refused = submit(
-        &c,
-        &token,
-        json!({"prompt": "refused [sim:refuse]", "model": "kie_kontext"}),
-    );
-    let id = refused.json()["id"].as_str().unwrap_or_default().to_owned();
+    let refused = tasks::submit(&c, &token, "refused [sim:refuse]", "kie_kontext");
+    let id = tasks::id(&refused);
     let task = c.wait_task(&token, &id, WAIT);
     eq(
         task["status"].as_str(),
@@ -397,7 +382,7 @@ fn idempotent_submit(stack: &Stack) -> Result<(), Failed> {
     );
     eq(reused.status, 422, "key reused for another body")?;
     eq(reused.code(), "idempotency_key_reused".into(), "code")?;
-    let id = first.json()["id"].as_str().unwrap_or_default().to_owned();
+    let id = tasks::id(&first);
     c.wait_task(&token, &id, WAIT);
     eq(c.balance(&token), 8, "charged once")?;
     let list = c.get("/api/tasks", Some(&token)).json();
@@ -407,12 +392,7 @@ fn idempotent_submit(stack: &Stack) -> Result<(), Failed> {
         "one task exists",
     )?;
     eq(
-        stack
-            .sim
-            .stats()
-            .creates_by_prompt
-            .get("idempotent please")
-            .copied(),
+        stack.provider_creates("idempotent please"),
         Some(1),
         "submitted once",
     )?;
@@ -422,11 +402,7 @@ fn idempotent_submit(stack: &Stack) -> Result<(), Failed> {
 fn short_balance_is_402_and_writes_nothing(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (user, token) = c.new_user(ADMIN_TOKEN, 1);
-    let r = submit(
-        &c,
-        &token,
-        json!({"prompt": "too expensive", "model": "kie_4o"}),
-    );
+    let r = tasks::submit(&c, &token, "too expensive", "kie_4o");
     eq(r.status, 402, "402")?;
     eq(r.code(), "insufficient_credits".into(), "code")?;
     eq(c.balance(&token), 1, "balance unchanged")?;
@@ -446,12 +422,7 @@ fn short_balance_is_402_and_writes_nothing(stack: &Stack) -> Result<(), Failed> 
     eq(g.status, 201, &format!("grant {}", g.text()))?;
     eq(c.balance(&token), 1, "expired grant not in balance")?;
     eq(
-        submit(
-            &c,
-            &token,
-            json!({"prompt": "still too expensive", "model": "kie_4o"}),
-        )
-        .status,
+        tasks::submit(&c, &token, "still too expensive", "kie_4o").status,
         402,
         "still 402",
     )?;
@@ -470,12 +441,7 @@ fn short_balance_is_402_and_writes_nothing(stack: &Stack) -> Result<(), Failed> 
     eq(again.status, 409, "same grant reference twice")?;
     eq(c.balance(&token), 2, "live grant counts once")?;
     eq(
-        submit(
-            &c,
-            &token,
-            json!({"prompt": "affordable now", "model": "kie_4o"}),
-        )
-        .status,
+        tasks::submit(&c, &token, "affordable now", "kie_4o").status,
         202,
         "now affordable",
     )?;
@@ -486,12 +452,8 @@ fn other_users_tasks_are_404(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, alice) = c.new_user(ADMIN_TOKEN, 10);
     let (_, bob) = c.new_user(ADMIN_TOKEN, 10);
-    let r = submit(
-        &c,
-        &alice,
-        json!({"prompt": "alice's private cat", "model": "kie_4o"}),
-    );
-    let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
+    let r = tasks::submit(&c, &alice, "alice's private cat", "kie_4o");
+    let id = tasks::id(&r);
     c.wait_task(&alice, &id, WAIT);
     let missing = c.get(&format!("/api/tasks/{id}"), Some(&bob));
     eq(missing.status, 404, "bob reads alice's task")?;
@@ -568,7 +530,7 @@ fn bad_input_gets_json_4xx(stack: &Stack) -> Result<(), Failed> {
     let (_, token) = c.new_user(ADMIN_TOKEN, 10);
     let raw =
         |ct: &str, body: &[u8]| c.send("POST", "/api/tasks", Some(&token), &[], Some((ct, body)));
-    let cases: Vec<(&str, e2e::client::Reply, u16, &str)> = vec![
+    let cases: Vec<(&str, Reply, u16, &str)> = vec![
         (
             "malformed json",
             raw("application/json", b"{\"prompt\": "),
@@ -583,22 +545,22 @@ fn bad_input_gets_json_4xx(stack: &Stack) -> Result<(), Failed> {
         ),
         (
             "unknown model",
-            submit(&c, &token, json!({"prompt": "x", "model": "dall-e"})),
+            tasks::submit(&c, &token, "x", "dall-e"),
             422,
             "unknown_model",
         ),
         (
             "empty prompt",
-            submit(&c, &token, json!({"prompt": "   ", "model": "kie_4o"})),
+            tasks::submit(&c, &token, "   ", "kie_4o"),
             422,
             "empty",
         ),
         (
             "unknown field",
-            submit(
+            tasks::submit_json(
                 &c,
                 &token,
-                json!({"prompt": "x", "model": "kie_4o", "seed": 1}),
+                &json!({"prompt": "x", "model": "kie_4o", "seed": 1}),
             ),
             422,
             "unknown_field",
@@ -629,7 +591,7 @@ fn bad_input_gets_json_4xx(stack: &Stack) -> Result<(), Failed> {
         ),
         (
             "wrong method",
-            c.send("DELETE", "/api/balance", Some(&token), &[], None),
+            c.delete("/api/balance", Some(&token)),
             405,
             "method_not_allowed",
         ),
@@ -662,7 +624,7 @@ fn bad_input_gets_json_4xx(stack: &Stack) -> Result<(), Failed> {
             format!("{what}: JSON"),
         )?;
     }
-    let field = submit(&c, &token, json!({"prompt": "x", "model": "dall-e"})).json();
+    let field = tasks::submit(&c, &token, "x", "dall-e").json();
     eq(
         field["error"]["field"].as_str(),
         Some("model"),
@@ -699,12 +661,8 @@ fn listing_is_newest_first_and_paginated(stack: &Stack) -> Result<(), Failed> {
     let (_, token) = c.new_user(ADMIN_TOKEN, 20);
     let mut ids = Vec::new();
     for i in 0..3 {
-        let r = submit(
-            &c,
-            &token,
-            json!({"prompt": format!("list me {i} [sim:stuck]"), "model": "kie_4o"}),
-        );
-        ids.push(r.json()["id"].as_str().unwrap_or_default().to_owned());
+        let r = tasks::submit(&c, &token, &format!("list me {i} [sim:stuck]"), "kie_4o");
+        ids.push(tasks::id(&r));
         std::thread::sleep(Duration::from_millis(1100));
     }
     let page1 = c.get("/api/tasks?limit=2", Some(&token)).json();
@@ -736,33 +694,17 @@ fn tokens_are_checked_and_revocable(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (user, token) = c.new_user(ADMIN_TOKEN, 3);
     let uid = shared::ids::UserId::parse(&user).map_err(|e| e.to_string())?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = e2e::now_secs();
     eq(
         c.get("/api/balance", Some(&token)).status,
         200,
         "a live session",
     )?;
     let jwt = e2e::stack::JWT_SECRET.as_bytes();
-    let sid_of = |t: &str| -> String {
-        use base64::Engine;
-        let claims = t
-            .split('.')
-            .nth(1)
-            .and_then(|p| {
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(p)
-                    .ok()
-            })
-            .unwrap_or_default();
-        serde_json::from_slice::<Value>(&claims)
-            .ok()
-            .and_then(|v| v["sid"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    };
-    let sid = sid_of(&token);
+    let sid = jwt_claims(&token)["sid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let expired =
         mint(jwt, "edgeline", &uid, &sid, now - 7200, now - 3600).map_err(|e| e.to_string())?;
     let wrong_key = mint(
@@ -943,9 +885,31 @@ fn admin_and_files_are_guarded(stack: &Stack) -> Result<(), Failed> {
 }
 
 /// The routes the api worker registers, from its router's source, in OpenAPI form.
+/// The api's source, every file: each module registers its own routes.
+fn api_source() -> String {
+    fn walk(dir: &std::path::Path, out: &mut String) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+    }
+    let mut src = String::new();
+    walk(&e2e::stack::root().join("api-worker/src"), &mut src);
+    src
+}
+
 fn registered_routes() -> std::collections::BTreeSet<(String, String)> {
-    let src = std::fs::read_to_string(e2e::stack::root().join("api-worker/src/app.rs"))
-        .unwrap_or_default();
+    let src = api_source();
     let mut routes = std::collections::BTreeSet::new();
     for method in ["get", "post", "put", "patch", "delete"] {
         for pattern in [format!(".{method}_async(\""), format!(".{method}(\"")] {
@@ -1068,7 +1032,7 @@ fn fuzzing_finds_nothing_the_contract_does_not_allow(stack: &Stack) -> Result<()
 /// in, grants without expiry after them, and a grant that lapsed while the task ran last.
 fn settlement_draws_grants_in_allocation_order(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
-    let now = i64::try_from(e2e::now_ms() / 1000).unwrap_or(0);
+    let now = e2e::now_secs();
     let grant = |user: &str,
                  reference: &str,
                  credits: i64,
@@ -1091,20 +1055,12 @@ fn settlement_draws_grants_in_allocation_order(stack: &Stack) -> Result<(), Fail
     let sooner = grant(&b, "sooner", 1, Some(now + 1000))?;
     grant(&b, "forever", 5, None)?;
 
-    let a_task = submit(
-        &c,
-        &token_a,
-        json!({"prompt": "allocation a [sim:slow=7000]", "model": "kie_kontext"}),
-    );
+    let a_task = tasks::submit(&c, &token_a, "allocation a [sim:slow=7000]", "kie_kontext");
     eq(a_task.status, 202, &a_task.text())?;
-    let b_task = submit(
-        &c,
-        &token_b,
-        json!({"prompt": "allocation b", "model": "kie_4o"}),
-    );
+    let b_task = tasks::submit(&c, &token_b, "allocation b", "kie_4o");
     eq(b_task.status, 202, &b_task.text())?;
     let drawn = |token: &str, task: &Reply| -> Result<Vec<(String, i64)>, Failed> {
-        let id = task.json()["id"].as_str().unwrap_or_default().to_owned();
+        let id = tasks::id(task);
         eq(
             c.wait_task(token, &id, WAIT)["status"].as_str(),
             Some("completed"),
@@ -1150,42 +1106,21 @@ fn main() {
     e2e::suite::run(
         StackOptions::default(),
         |_| {},
-        vec![
-            ("golden_path_4o", golden_path_4o),
-            ("kontext_with_upload", kontext_with_upload),
-            ("sizes_are_checked_per_model", sizes_are_checked_per_model),
-            (
-                "failed_generation_restores_balance",
-                failed_generation_restores_balance,
-            ),
-            (
-                "settlement_draws_grants_in_allocation_order",
-                settlement_draws_grants_in_allocation_order,
-            ),
-            ("idempotent_submit", idempotent_submit),
-            (
-                "short_balance_is_402_and_writes_nothing",
-                short_balance_is_402_and_writes_nothing,
-            ),
-            ("other_users_tasks_are_404", other_users_tasks_are_404),
-            ("bad_input_gets_json_4xx", bad_input_gets_json_4xx),
-            (
-                "listing_is_newest_first_and_paginated",
-                listing_is_newest_first_and_paginated,
-            ),
-            ("admin_and_files_are_guarded", admin_and_files_are_guarded),
-            (
-                "tokens_are_checked_and_revocable",
-                tokens_are_checked_and_revocable,
-            ),
-            (
-                "the_contract_matches_the_routes",
-                the_contract_matches_the_routes,
-            ),
-            (
-                "fuzzing_finds_nothing_the_contract_does_not_allow",
-                fuzzing_finds_nothing_the_contract_does_not_allow,
-            ),
+        e2e::cases![
+            golden_path_4o,
+            kontext_with_upload,
+            sizes_are_checked_per_model,
+            failed_generation_restores_balance,
+            settlement_draws_grants_in_allocation_order,
+            idempotent_submit,
+            short_balance_is_402_and_writes_nothing,
+            other_users_tasks_are_404,
+            bad_input_gets_json_4xx,
+            listing_is_newest_first_and_paginated,
+            admin_and_files_are_guarded,
+            tokens_are_checked_and_revocable,
+            the_contract_matches_the_routes,
+            fuzzing_finds_nothing_the_contract_does_not_allow
         ],
     )
 }

@@ -4,7 +4,9 @@
 
 use e2e::check::{ensure, eq};
 use e2e::client::Client;
+use e2e::now_secs;
 use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN, FILES_SIGNING_KEY};
+use e2e::tasks::{self, submitted};
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
 use shared::signing::{callback_token, kie_callback_signature};
@@ -17,16 +19,6 @@ const REPLAY_WAIT: Duration = Duration::from_secs(30);
 /// The attempt the replayed poll carries, so its log line is its own.
 const REPLAYED_POLL_ATTEMPT: u64 = 100;
 const WEBHOOK_SECRET: &str = "e2e-kie-webhook-secret";
-
-fn submit(c: &Client, token: &str, prompt: &str, model: &str) -> String {
-    let r = c.post_json(
-        "/api/tasks",
-        Some(token),
-        &json!({"prompt": prompt, "model": model}),
-    );
-    assert_eq!(r.status, 202, "submit: {}", r.text());
-    r.json()["id"].as_str().unwrap_or_default().to_owned()
-}
 
 fn count(stack: &Stack, event: &str, task: &str) -> usize {
     stack
@@ -45,16 +37,9 @@ fn message_ids(stack: &Stack) -> HashSet<String> {
         .collect()
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Posts a kie.ai callback the way kie.ai signs it.
 fn post_callback(c: &Client, url: &str, body: &str, provider_task: &str) -> e2e::client::Reply {
-    let ts = now().to_string();
+    let ts = now_secs().to_string();
     let sig = kie_callback_signature(WEBHOOK_SECRET.as_bytes(), provider_task, &ts);
     c.send(
         "POST",
@@ -70,17 +55,17 @@ fn duplicates_change_nothing_twice(stack: &Stack) -> Result<(), Failed> {
     let (_, token) = c.new_user(ADMIN_TOKEN, 20);
     let tasks = [
         (
-            submit(&c, &token, "duplicated one", "kie_4o"),
+            submitted(&c, &token, "duplicated one", "kie_4o"),
             "duplicated one",
             2,
         ),
         (
-            submit(&c, &token, "duplicated two", "kie_kontext"),
+            submitted(&c, &token, "duplicated two", "kie_kontext"),
             "duplicated two",
             3,
         ),
         (
-            submit(&c, &token, "duplicated three", "kie_4o"),
+            submitted(&c, &token, "duplicated three", "kie_4o"),
             "duplicated three",
             2,
         ),
@@ -101,7 +86,7 @@ fn duplicates_change_nothing_twice(stack: &Stack) -> Result<(), Failed> {
             format!("{id}: the submit really was delivered twice ({submits})"),
         )?;
         eq(
-            stack.sim.stats().creates_by_prompt.get(*prompt).copied(),
+            stack.provider_creates(prompt),
             Some(1),
             "one provider submission",
         )?;
@@ -155,7 +140,7 @@ fn duplicates_change_nothing_twice(stack: &Stack) -> Result<(), Failed> {
     // poll of that chain; the replayed submits are the only submits handled from here on.
     // (A poll carries no user and no cost: those come from the task row.)
     let poll = json!({"v": 1, "type": "task.poll", "task_id": id, "model": "kie_4o",
-        "external_id": detail["external_task_id"], "deadline_at": now() + 600, "attempt": REPLAYED_POLL_ATTEMPT});
+        "external_id": detail["external_task_id"], "deadline_at": now_secs() + 600, "attempt": REPLAYED_POLL_ATTEMPT});
     let submit_again = json!({"v": 1, "type": "task.submit", "task_id": id, "attempt": 0});
     let handled_before = message_ids(stack);
     let r = c.post_json(
@@ -212,7 +197,7 @@ fn duplicates_change_nothing_twice(stack: &Stack) -> Result<(), Failed> {
     }
     eq(c.balance(&token), 13, "replayed messages charged nothing")?;
     eq(
-        stack.sim.stats().creates_by_prompt.get(*prompt).copied(),
+        stack.provider_creates(prompt),
         Some(1),
         "nor submitted again",
     )?;
@@ -229,7 +214,7 @@ fn callback_beats_polling(stack: &Stack) -> Result<(), Failed> {
     let (_, token) = c.new_user(ADMIN_TOKEN, 5);
     let prompt = "finished by callback";
     let started = Instant::now();
-    let id = submit(&c, &token, prompt, "kie_4o");
+    let id = submitted(&c, &token, prompt, "kie_4o");
     let task = c.wait_task(&token, &id, WAIT);
     eq(task["status"].as_str(), Some("completed"), "completed")?;
     // the first poll is 12 s (±30%) away; only the callback can have finished it this soon
@@ -253,16 +238,16 @@ fn callback_beats_polling(stack: &Stack) -> Result<(), Failed> {
 fn forged_callbacks_are_rejected(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 5);
-    let id = submit(&c, &token, "waits forever [sim:stuck]", "kie_4o");
-    let started = Instant::now();
-    while c.get(&format!("/api/tasks/{id}"), Some(&token)).json()["status"] != "processing" {
-        // processing once the first poll (12 s ±30% away) finds it generating
-        ensure(
-            started.elapsed() < Duration::from_secs(40),
-            "the provider accepted the task",
-        )?;
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let id = submitted(&c, &token, "waits forever [sim:stuck]", "kie_4o");
+    // processing once the first poll (12 s ±30% away) finds it generating
+    tasks::wait_status(
+        &c,
+        &token,
+        &id,
+        "processing",
+        Duration::from_secs(40),
+        "the provider accepted the task",
+    )?;
     let good_token = callback_token(FILES_SIGNING_KEY.as_bytes(), &id);
     let body = json!({"code": 200, "msg": "success", "data": {"taskId": "4o-forged", "info": {"result_urls": ["http://evil/x.png"]}}}).to_string();
     let url = format!("/webhooks/ai/kie_4o?task={id}&token={good_token}");
@@ -291,14 +276,14 @@ fn forged_callbacks_are_rejected(stack: &Stack) -> Result<(), Failed> {
         &url,
         None,
         &[
-            ("x-webhook-timestamp", &now().to_string()),
+            ("x-webhook-timestamp", &now_secs().to_string()),
             ("x-webhook-signature", "AAAA"),
         ],
         Some(("application/json", body.as_bytes())),
     );
     eq(wrong_sig.status, 401, "bad signature")?;
     let stale = {
-        let ts = (now() - 3600).to_string();
+        let ts = (now_secs() - 3600).to_string();
         let sig = kie_callback_signature(WEBHOOK_SECRET.as_bytes(), "4o-forged", &ts);
         c.send(
             "POST",
@@ -391,7 +376,7 @@ fn duplicate_callbacks_are_harmless(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 5);
     let prompt = "called back twice";
-    let id = submit(&c, &token, prompt, "kie_kontext");
+    let id = submitted(&c, &token, prompt, "kie_kontext");
     eq(
         c.wait_task(&token, &id, WAIT)["status"].as_str(),
         Some("completed"),
@@ -445,20 +430,11 @@ fn main() {
                 ..sim::Knobs::default()
             })
         },
-        vec![
-            (
-                "duplicates_change_nothing_twice",
-                duplicates_change_nothing_twice,
-            ),
-            ("callback_beats_polling", callback_beats_polling),
-            (
-                "forged_callbacks_are_rejected",
-                forged_callbacks_are_rejected,
-            ),
-            (
-                "duplicate_callbacks_are_harmless",
-                duplicate_callbacks_are_harmless,
-            ),
+        e2e::cases![
+            duplicates_change_nothing_twice,
+            callback_beats_polling,
+            forged_callbacks_are_rejected,
+            duplicate_callbacks_are_harmless
         ],
     )
 }

@@ -4,32 +4,17 @@
 //! again. No task the provider accepted is created there a second time, every task ends (completed,
 //! or failed with its hold released), and each is charged at most once.
 
-use e2e::check::{ensure, eq};
-use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN};
+use e2e::check::ensure;
+use e2e::recovery::{self, LEASE_SECS, TASKS};
+use e2e::stack::{Stack, ADMIN_TOKEN};
+use e2e::tasks;
 use libtest_mimic::{Arguments, Failed, Trial};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-const TASKS: usize = 20;
-const LEASE_SECS: u64 = 6;
-
 fn crash_mid_flight_recovers_without_paying_twice(stack: &mut Stack) -> Result<(), Failed> {
-    let c = stack.client();
-    let (_, token) = c.new_user(ADMIN_TOKEN, 100);
-    let ids: Vec<String> = (0..TASKS)
-        .map(|i| {
-            let r = c.post_json(
-                "/api/tasks",
-                Some(&token),
-                &json!({"prompt": format!("in flight {i} [sim:slow=8000]"), "model": "kie_4o"}),
-            );
-            assert_eq!(r.status, 202, "submit: {}", r.text());
-            r.json()["id"].as_str().unwrap_or_default().to_owned()
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(3));
-    let accepted_before = stack.sim.stats().creates_by_task.len();
+    let (token, ids, accepted_before) = recovery::work_in_flight(stack);
     stack.restart(BTreeMap::new())?;
     let restarted = Instant::now();
     println!(
@@ -46,14 +31,8 @@ fn crash_mid_flight_recovers_without_paying_twice(stack: &mut Stack) -> Result<(
         stack
             .client()
             .run_cron_job(ADMIN_TOKEN, "reconcile_tasks")?;
-        statuses = ids
-            .iter()
-            .map(|id| c.get(&format!("/api/tasks/{id}"), Some(&token)).json())
-            .collect();
-        if statuses
-            .iter()
-            .all(|t| matches!(t["status"].as_str(), Some("completed" | "failed")))
-        {
+        statuses = tasks::states(&c, &token, &ids);
+        if tasks::all_ended(&statuses) {
             break;
         }
         ensure(
@@ -68,28 +47,9 @@ fn crash_mid_flight_recovers_without_paying_twice(stack: &mut Stack) -> Result<(
         .filter(|t| t["status"] == "completed")
         .count();
     for (id, task) in ids.iter().zip(&statuses) {
-        let n = creates.get(id).copied().unwrap_or(0);
-        ensure(
-            n <= 1,
-            format!("task {id} created at the provider {n} times"),
-        )?;
-        if task["status"] == "completed" {
-            eq(n, 1, &format!("completed task {id} was created once"))?;
-        }
+        recovery::created_once(id, task, &creates)?;
     }
-    eq(
-        c.balance(&token),
-        100 - 2 * i64::try_from(completed).unwrap_or(0),
-        "completed tasks charged once, failed ones released",
-    )?;
-    let audit = c
-        .get("/admin/audit?stuck_secs=60", Some(ADMIN_TOKEN))
-        .json();
-    eq(
-        audit["ok"].as_bool(),
-        Some(true),
-        &format!("the auditor finds nothing: {audit}"),
-    )?;
+    recovery::settled(&c, &token, completed)?;
     println!(
         "recovered in {:.1} s after the restart: {completed} completed, {} failed, {} provider creates for {TASKS} tasks",
         recovered_in.as_secs_f64(),
@@ -101,25 +61,14 @@ fn crash_mid_flight_recovers_without_paying_twice(stack: &mut Stack) -> Result<(
 
 fn main() {
     let args = Arguments::from_args();
-    let mut options = StackOptions::default();
-    options
-        .vars
-        .insert("TASK_LEASE_SECS".into(), LEASE_SECS.to_string());
-    options
-        .vars
-        .insert("TASK_DEADLINE_SECS".into(), "150".into());
+    let options = recovery::options();
     let trial = Trial::test(
         "crash_mid_flight_recovers_without_paying_twice",
         move || {
             let mut stack = Stack::start(options.clone())?;
             let outcome = crash_mid_flight_recovers_without_paying_twice(&mut stack);
             if outcome.is_err() {
-                stack.keep_state();
-                eprintln!(
-                    "--- wrangler log (last 80 lines) ---\n{}\n--- state kept in {} ---",
-                    stack.log_tail(80),
-                    stack.state_dir.display()
-                );
+                stack.post_mortem(80);
             }
             outcome
         },

@@ -6,8 +6,9 @@
 //! `signin_logs`.
 
 use e2e::check::{ensure, eq};
-use e2e::client::{Client, Reply};
+use e2e::client::{jwt_claims, Client, Reply};
 use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN};
+use e2e::tasks;
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -69,21 +70,6 @@ fn joined(h: std::thread::ScopedJoinHandle<'_, Reply>) -> Reply {
         headers: vec![],
         body: b"the request thread panicked".to_vec(),
     })
-}
-
-/// The claims of a JWT (unverified: the server verified it).
-fn claims(token: &str) -> Value {
-    use base64::Engine;
-    token
-        .split('.')
-        .nth(1)
-        .and_then(|p| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(p)
-                .ok()
-        })
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null)
 }
 
 fn ten_sign_ins_at_once_all_work(stack: &Stack) -> Result<(), Failed> {
@@ -265,15 +251,7 @@ fn list_and_revoke_by_id(stack: &Stack) -> Result<(), Failed> {
             format!("{field} is a time: {p}"),
         )?;
     }
-    let del = |token: &str, sid: &str| {
-        c.send(
-            "DELETE",
-            &format!("/api/auth/sessions/{sid}"),
-            Some(token),
-            &[],
-            None,
-        )
-    };
+    let del = |token: &str, sid: &str| c.delete(&format!("/api/auth/sessions/{sid}"), Some(token));
     let r = del(&phone, &laptop_sid);
     eq(
         (
@@ -322,13 +300,7 @@ fn another_users_session_is_a_404(stack: &Stack) -> Result<(), Failed> {
     let (_, mine) = c.new_user(ADMIN_TOKEN, 0);
     let (theirs_user, theirs) = c.new_user(ADMIN_TOKEN, 0);
     let (_, their_sid) = opened(&sign_in(&c, &theirs_user, "e2e-theirs", &json!({})))?;
-    let r = c.send(
-        "DELETE",
-        &format!("/api/auth/sessions/{their_sid}"),
-        Some(&mine),
-        &[],
-        None,
-    );
+    let r = c.delete(&format!("/api/auth/sessions/{their_sid}"), Some(&mine));
     eq(
         (r.status, r.code()),
         (404, "not_found".to_owned()),
@@ -349,7 +321,10 @@ fn another_users_session_is_a_404(stack: &Stack) -> Result<(), Failed> {
 fn a_token_past_its_refresh_time_gets_a_new_one(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, t0) = c.new_user(ADMIN_TOKEN, 10);
-    let sid = claims(&t0)["sid"].as_str().unwrap_or_default().to_owned();
+    let sid = jwt_claims(&t0)["sid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let r = c.get("/api/balance", Some(&t0));
     eq(
         (r.status, r.header(HEADER)),
@@ -376,7 +351,7 @@ fn a_token_past_its_refresh_time_gets_a_new_one(stack: &Stack) -> Result<(), Fai
     }
     eq(handed.len(), 1, &format!("one new token: {handed:?}"))?;
     let t1 = handed.into_iter().next().unwrap_or_default();
-    let (old, new) = (claims(&t0), claims(&t1));
+    let (old, new) = (jwt_claims(&t0), jwt_claims(&t1));
     eq(new["sid"].as_str(), Some(sid.as_str()), "the same session")?;
     ensure(
         new["iat"].as_i64() > old["iat"].as_i64() && new["exp"].as_i64() > old["exp"].as_i64(),
@@ -419,11 +394,7 @@ fn a_token_past_its_refresh_time_gets_a_new_one(stack: &Stack) -> Result<(), Fai
     )?;
     // task submission stays at one KV read: it does not renew
     std::thread::sleep(Duration::from_secs(REFRESH_SECS + 1));
-    let r = c.post_json(
-        "/api/tasks",
-        Some(&t1),
-        &json!({"prompt": "renewal [sim:stuck]", "model": "kie_4o"}),
-    );
+    let r = tasks::submit(&c, &t1, "renewal [sim:stuck]", "kie_4o");
     eq(
         (r.status, r.header(HEADER)),
         (202, None),
@@ -528,29 +499,14 @@ fn main() {
     e2e::suite::run(
         options,
         |_| {},
-        vec![
-            (
-                "ten_sign_ins_at_once_all_work",
-                ten_sign_ins_at_once_all_work,
-            ),
-            (
-                "sign_out_everywhere_racing_sign_ins",
-                sign_out_everywhere_racing_sign_ins,
-            ),
-            (
-                "sign_out_of_one_session_leaves_the_others",
-                sign_out_of_one_session_leaves_the_others,
-            ),
-            ("list_and_revoke_by_id", list_and_revoke_by_id),
-            (
-                "another_users_session_is_a_404",
-                another_users_session_is_a_404,
-            ),
-            (
-                "a_token_past_its_refresh_time_gets_a_new_one",
-                a_token_past_its_refresh_time_gets_a_new_one,
-            ),
-            ("sign_ins_are_logged", sign_ins_are_logged),
+        e2e::cases![
+            ten_sign_ins_at_once_all_work,
+            sign_out_everywhere_racing_sign_ins,
+            sign_out_of_one_session_leaves_the_others,
+            list_and_revoke_by_id,
+            another_users_session_is_a_404,
+            a_token_past_its_refresh_time_gets_a_new_one,
+            sign_ins_are_logged
         ],
     )
 }

@@ -1,6 +1,13 @@
 //! What users can buy: credit packs and subscription plans, read from configuration (`CATALOG`,
 //! JSON) and checked once; an invalid catalogue is a startup error, never a wrong charge.
+//!
+//! The catalogue is stored in D1, the `settings` row [`SETTINGS_KEY`] ([`stored`]), with a
+//! version that grows by one per change. A change applies only to the version its author read
+//! ([`update`], a compare-and-set): of two changes made at once, one wins and the other changes
+//! nothing. Its audit row goes before it in the same batch, on the same condition
+//! ([`AT_VERSION`]).
 
+use crate::sql::{Param, Stmt};
 use serde::Deserialize;
 use std::collections::HashSet;
 
@@ -166,6 +173,58 @@ impl Catalog {
     }
 }
 
+// -------------------------------------------------------------------------------------------------
+// Stored in D1
+// -------------------------------------------------------------------------------------------------
+
+/// The `settings` row that holds the catalogue.
+pub const SETTINGS_KEY: &str = "catalog";
+
+/// The catalogue as stored ([`stored`]): its JSON (what operators wrote, provider ids included),
+/// its version, when and by whom it was last changed.
+#[derive(Debug, Deserialize)]
+pub struct StoredCatalog {
+    pub value: String,
+    pub version: i64,
+    pub updated_at: i64,
+    pub updated_by: Option<String>,
+}
+
+/// The stored catalogue row ([`StoredCatalog`]).
+pub fn stored() -> Stmt {
+    Stmt::new(
+        "SELECT value, version, updated_at, updated_by FROM settings WHERE key = ?1",
+        vec![SETTINGS_KEY.into()],
+    )
+}
+
+/// The condition under which [`update`] changes the row, for the audit row written before it
+/// (`admin_audit::record_when`, whose own params end at ?6): the catalogue is still at the
+/// version of [`at_version`]'s params.
+pub const AT_VERSION: &str = "EXISTS (SELECT 1 FROM settings WHERE key = ?7 AND version = ?8)";
+
+/// The params of [`AT_VERSION`]: the catalogue's row, at version `expected`.
+pub fn at_version(expected: i64) -> Vec<Param> {
+    vec![SETTINGS_KEY.into(), Param::Int(expected)]
+}
+
+/// Stores `value` (a checked catalogue's JSON) as the next version, by `actor` at `at`, only if
+/// the stored catalogue is still at version `expected`: `changes` is 0 when another change came
+/// first.
+pub fn update(value: &str, expected: i64, actor: &str, at: i64) -> Stmt {
+    Stmt::new(
+        "UPDATE settings SET value = ?1, version = version + 1, updated_at = ?2, updated_by = ?3
+         WHERE key = ?4 AND version = ?5",
+        vec![
+            value.into(),
+            at.into(),
+            actor.into(),
+            SETTINGS_KEY.into(),
+            Param::Int(expected),
+        ],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +255,60 @@ mod tests {
             .unwrap_err()
             .contains("not a valid catalogue"));
         assert!(bad("\"price\":499", "\"price\":499,\"colour\":1").contains("unknown field"));
+    }
+
+    #[test]
+    fn the_stored_catalogue_changes_only_from_the_version_read_and_is_audited_with_it() {
+        use crate::admin_audit::record_when;
+        use crate::audit::tests::{db, exec};
+        use crate::history::tests::rows;
+        let conn = db();
+        let read = |conn: &rusqlite::Connection| -> StoredCatalog {
+            serde_json::from_value(rows(conn, &stored()).remove(0)).unwrap()
+        };
+        let seeded = read(&conn);
+        assert_eq!(
+            (seeded.version, seeded.updated_by.as_deref()),
+            (1, Some("migration"))
+        );
+        assert!(
+            Catalog::parse(&seeded.value).is_ok(),
+            "the seed is a valid catalogue"
+        );
+
+        let change = |expected: i64, at: i64| -> (u64, u64) {
+            let audit = record_when(
+                "op",
+                "catalog.update",
+                "settings:catalog",
+                &serde_json::json!({}),
+                at,
+                AT_VERSION,
+                at_version(expected),
+            );
+            (
+                exec(&conn, &audit),
+                exec(&conn, &update(GOOD, expected, "op", at)),
+            )
+        };
+        assert_eq!(change(1, 10), (1, 1));
+        let now = read(&conn);
+        assert_eq!(
+            (
+                now.value.as_str(),
+                now.version,
+                now.updated_at,
+                now.updated_by.as_deref()
+            ),
+            (GOOD, 2, 10, Some("op"))
+        );
+        assert_eq!(
+            change(1, 11),
+            (0, 0),
+            "another change came first: nothing, and no audit row"
+        );
+        assert_eq!(read(&conn).version, 2);
+        let audited = rows(&conn, &crate::admin_audit::list(None, None, None, 10));
+        assert_eq!(audited.len(), 1);
     }
 }

@@ -1,5 +1,6 @@
 //! Adapters over the Workers runtime that every worker uses: counted D1 access that binds
-//! [`Stmt`]s, I/O errors with context, JSON log lines, clock and configuration.
+//! [`Stmt`]s, counted outbound fetches with a timeout, I/O errors with context, JSON log lines,
+//! clock and configuration.
 //! Only built with the `edge` feature (the workers); the domain above stays runtime-free.
 
 use crate::sql::{Param, Stmt};
@@ -7,11 +8,15 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::cell::Cell;
 use std::fmt;
+use std::future::Future;
+use std::pin::pin;
 use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
 use worker::wasm_bindgen::JsValue;
 use worker::{
-    BatchMessageBuilder, D1Database, D1PreparedStatement, D1Result, Env, Queue, QueueContentType,
-    RawMessageBuilder,
+    AbortController, BatchMessageBuilder, D1Database, D1PreparedStatement, D1Result, Delay, Env,
+    Fetch, Queue, QueueContentType, RawMessageBuilder, Response,
 };
 
 /// Calls this invocation made, by kind, for the per-message log line and the cost benchmark.
@@ -238,6 +243,60 @@ pub fn changes(result: &D1Result) -> usize {
 /// Rows of a statement inside a batch result.
 pub fn rows<T: DeserializeOwned>(result: &D1Result) -> Result<Vec<T>, IoError> {
     result.results::<T>().step("decode batch rows")
+}
+
+/// Why a [`fetch_with_timeout`] got no response.
+#[derive(Debug)]
+pub enum FetchError {
+    /// The runtime's fetch failed (DNS, connection, TLS, ...).
+    Network(worker::Error),
+    /// No response within the timeout; the fetch was aborted.
+    TimedOut(Duration),
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::Network(e) => write!(f, "{e}"),
+            FetchError::TimedOut(t) => write!(f, "no response within {}s", t.as_secs()),
+        }
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+/// Fetches `fetch` (a request or a URL), giving up after `timeout`, counted in `io` (`fetch`,
+/// and the time waited in `fetch_ms`). A fetch that times out is aborted, so it gives its
+/// connection back: an invocation has at most 6 connections open at once, and an abandoned
+/// fetch would hold one until the invocation ends. Any HTTP status is a response: what it means
+/// is the caller's.
+pub async fn fetch_with_timeout(
+    io: &IoCounts,
+    fetch: Fetch,
+    timeout: Duration,
+) -> Result<Response, FetchError> {
+    io.fetch();
+    let started = now_ms();
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let mut sent = pin!(fetch.send_with_signal(&signal));
+    let mut timer = pin!(Delay::from(timeout));
+    // the response wins a tie, as it would with `futures::select`
+    let outcome = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = sent.as_mut().poll(cx) {
+            return Poll::Ready(r.map_err(FetchError::Network));
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(FetchError::TimedOut(timeout)));
+        }
+        Poll::Pending
+    })
+    .await;
+    if matches!(outcome, Err(FetchError::TimedOut(_))) {
+        controller.abort();
+    }
+    IoCounts::add_ms(&io.fetch_ms, started);
+    outcome
 }
 
 /// Unix seconds, from the runtime's clock (`SystemTime` panics on wasm).

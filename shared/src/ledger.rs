@@ -193,6 +193,48 @@ fn grant_sql(g: NewGrant<'_>, insert: &str, tail: &str) -> Stmt {
     )
 }
 
+/// The starting gift of a user an operator created: `amount` credits that do not expire, once
+/// per user.
+pub fn signup_gift(user: &str, amount: Credits, now: i64) -> Stmt {
+    grant(NewGrant {
+        id: format!("gift:{user}:signup"),
+        user,
+        kind: EntryKind::Gift,
+        amount,
+        entity: ("signup", user),
+        expires_at: None,
+        note: "starting credits",
+        now,
+    })
+}
+
+/// The id of an operator's gift to `user` under `reference` ([`operator_gift`]).
+pub fn operator_gift_id(user: &str, reference: &str) -> String {
+    format!("gift:{user}:{reference}")
+}
+
+/// An operator's gift of `amount` credits to `user`, once per `reference`: a repeat fails on the
+/// grant's id, and with it the batch it is in.
+pub fn operator_gift(
+    user: &str,
+    reference: &str,
+    amount: Credits,
+    expires_at: Option<i64>,
+    note: &str,
+    now: i64,
+) -> Stmt {
+    grant(NewGrant {
+        id: operator_gift_id(user, reference),
+        user,
+        kind: EntryKind::Gift,
+        amount,
+        entity: ("admin", &format!("{user}:{reference}")),
+        expires_at,
+        note,
+        now,
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Holds
 // ---------------------------------------------------------------------------------------------
@@ -415,6 +457,37 @@ pub fn fail_task(task: &TaskId, reason: &str, now: i64) -> [Stmt; 2] {
     ]
 }
 
+// ---------------------------------------------------------------------------------------------
+// The ledger as operators read it
+// ---------------------------------------------------------------------------------------------
+
+/// A task's ledger rows (its hold, release and consumption), oldest first.
+pub fn task_entries(task: &TaskId) -> Stmt {
+    Stmt::new(
+        "SELECT id, type, amount, created_at FROM credit_records WHERE entity_type = 'task' AND entity_id = ?1 ORDER BY created_at, id",
+        vec![task.to_string().into()],
+    )
+}
+
+/// Which grants a task's consumption drew on, and how much from each.
+pub fn task_allocation(task: &TaskId) -> Stmt {
+    Stmt::new(
+        "SELECT from_record_id, amount FROM credit_consumptions WHERE entity_type = 'task' AND entity_id = ?1 ORDER BY id",
+        vec![task.to_string().into()],
+    )
+}
+
+/// The `limit` newest ledger rows of `user`, with what consumptions have drawn from each grant
+/// (`drawn`; none for a row that is not a grant).
+pub fn recent_entries(user: &UserId, limit: i64) -> Stmt {
+    Stmt::new(
+        "SELECT r.id, r.type, r.amount, r.entity_type, r.entity_id, r.expires_at, r.note, r.created_at,
+                CASE WHEN r.amount > 0 THEN COALESCE((SELECT SUM(c.amount) FROM credit_consumptions c WHERE c.from_record_id = r.id), 0) END AS drawn
+         FROM credit_records r WHERE r.user_id = ?1 ORDER BY r.created_at DESC, r.id DESC LIMIT ?2",
+        vec![user.to_string().into(), Param::Int(limit)],
+    )
+}
+
 /// What a failed settlement batch means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SettleConflict {
@@ -598,6 +671,7 @@ mod tests {
     mod sql {
         use super::super::*;
         use crate::audit::tests::{db, exec, user, value};
+        use crate::history::tests::rows;
         use rusqlite::{params, params_from_iter, Connection};
 
         const U: &str = "11111111-1111-4111-8111-111111111111";
@@ -780,6 +854,82 @@ mod tests {
                 vec![("purchase:o1".to_owned(), 20), ("gift".to_owned(), 5)]
             );
             assert_eq!(rust.unbacked, 0);
+            // (`key`, amount) of each row of `s`
+            let pairs = |s: &Stmt, key: &str| -> Vec<(String, i64)> {
+                rows(&conn, s)
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            r[key].as_str().unwrap().to_owned(),
+                            r["amount"].as_i64().unwrap(),
+                        )
+                    })
+                    .collect()
+            };
+            assert_eq!(
+                pairs(&task_entries(&task), "type"),
+                [
+                    ("reserve".to_owned(), -25),
+                    ("consumption".to_owned(), -25),
+                    ("release".to_owned(), 25)
+                ],
+                "by time, then id"
+            );
+            let mut sorted = draws.clone();
+            sorted.sort();
+            assert_eq!(pairs(&task_allocation(&task), "from_record_id"), sorted);
+        }
+
+        #[test]
+        fn gifts_are_made_once_per_reference_and_the_newest_rows_show_what_was_drawn() {
+            let conn = ledger();
+            let u = UserId::parse(U).unwrap();
+            assert_eq!(exec(&conn, &signup_gift(U, Credits(5), 30)), 1);
+            let gift = operator_gift(U, "r1", Credits(7), Some(900), "thanks", 31);
+            assert_eq!(exec(&conn, &gift), 1);
+            let again = operator_gift(U, "r1", Credits(3), None, "again", 32);
+            let refused = conn
+                .execute(&again.sql, params_from_iter(again.params.iter().map(value)))
+                .unwrap_err();
+            assert!(
+                refused.to_string().contains("UNIQUE constraint failed"),
+                "{refused}"
+            );
+            assert_eq!(operator_gift_id(U, "r1"), format!("gift:{U}:r1"));
+
+            let newest = rows(&conn, &recent_entries(&u, 2));
+            assert_eq!(newest.len(), 2, "bounded");
+            assert_eq!(
+                newest[0],
+                serde_json::json!({"id": format!("gift:{U}:r1"), "type": "gift", "amount": 7, "entity_type": "admin",
+                                   "entity_id": format!("{U}:r1"), "expires_at": 900, "note": "thanks",
+                                   "created_at": 31, "drawn": 0})
+            );
+            assert_eq!(
+                (
+                    &newest[1]["id"],
+                    &newest[1]["entity_type"],
+                    &newest[1]["note"]
+                ),
+                (
+                    &serde_json::json!(format!("gift:{U}:signup")),
+                    &serde_json::json!("signup"),
+                    &serde_json::json!("starting credits")
+                )
+            );
+            let drawn = |id: &str| -> serde_json::Value {
+                rows(&conn, &recent_entries(&u, 100))
+                    .into_iter()
+                    .find(|r| r["id"] == id)
+                    .unwrap()["drawn"]
+                    .clone()
+            };
+            assert_eq!(drawn("purchase:o1"), 50);
+            assert_eq!(
+                drawn("consumption:t0"),
+                serde_json::Value::Null,
+                "not a grant"
+            );
         }
     }
 

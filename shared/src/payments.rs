@@ -44,6 +44,10 @@
 //!   then dead-letters it with the event still `received`, where the event reconciler and an
 //!   operator's replay find it again. An event is marked `applied` only in the batch that
 //!   applies it.
+//! - Expiry (the cron's jobs, in bounded chunks): an order still `pending` past its time becomes
+//!   `expired` ([`expire_orders`]), and a subscription whose `expires_at` has passed becomes
+//!   `expired` ([`expire_subscriptions`]). Neither takes anything back: a payment that lands
+//!   for an expired order still completes it, and a period's credits expire with their grant.
 
 use crate::ids::Credits;
 use crate::ledger::{self, EntryKind, NewGrant};
@@ -913,6 +917,34 @@ pub fn note_waiting(row_id: &str, why: &str) -> Stmt {
     Stmt::new(
         "UPDATE webhook_events SET error = ?2 WHERE id = ?1 AND status = 'received'",
         vec![row_id.into(), why.into()],
+    )
+}
+
+/// Our subscription statuses that still end when `expires_at` passes: every one but `expired`.
+const EXPIRING: &str = "'active','cancelled','past_due','trialing','paused','unpaid'";
+
+/// Expires up to `limit` orders still `pending` that were created before `created_before`.
+/// Only pending ones: a payment that lands first (pending -> paid) wins, and a payment for an
+/// expired order still completes it. `changes` is how many it expired.
+pub fn expire_orders(now: i64, created_before: i64, limit: i64) -> Stmt {
+    Stmt::new(
+        "UPDATE orders SET status = 'expired', updated_at = ?1
+                     WHERE id IN (SELECT id FROM orders WHERE status = 'pending' AND created_at < ?2 LIMIT ?3)",
+        vec![now.into(), created_before.into(), limit.into()],
+    )
+}
+
+/// Expires up to `limit` subscriptions whose `expires_at` is before `now`. Only the status
+/// changes: the periods' credits expire with their own grants.
+pub fn expire_subscriptions(now: i64, limit: i64) -> Stmt {
+    Stmt::new(
+        format!(
+            "UPDATE subscriptions SET status = 'expired', updated_at = ?1
+                     WHERE id IN (SELECT id FROM subscriptions
+                                  WHERE status IN ({EXPIRING})
+                                    AND expires_at IS NOT NULL AND expires_at < ?1 LIMIT ?2)"
+        ),
+        vec![now.into(), limit.into()],
     )
 }
 
@@ -2184,5 +2216,76 @@ mod tests {
             }
         }
         assert_eq!(names.len(), 15);
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Expiry on the real schema
+    // ---------------------------------------------------------------------------------------------
+
+    #[test]
+    fn expiry_takes_only_pending_orders_and_lapsed_subscriptions_in_chunks() {
+        let conn = db();
+        user(&conn, "u");
+        for (id, status, created_at) in [
+            ("o_old", "pending", 10),
+            ("o_old2", "pending", 20),
+            ("o_paid", "paid", 10),
+            ("o_new", "pending", 500),
+        ] {
+            crate::audit::tests::order(&conn, id, status, Some("pack"), 5);
+            conn.execute(
+                "UPDATE orders SET created_at = ?2 WHERE id = ?1",
+                params![id, created_at],
+            )
+            .unwrap();
+        }
+        let status = |table: &str, id: &str| -> String {
+            conn.query_row(
+                &format!("SELECT status FROM {table} WHERE id = ?1"),
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(exec(&conn, &expire_orders(1_000, 100, 1)), 1, "bounded");
+        assert_eq!(exec(&conn, &expire_orders(1_000, 100, 10)), 1);
+        assert_eq!(exec(&conn, &expire_orders(1_000, 100, 10)), 0);
+        for (id, want) in [
+            ("o_old", "expired"),
+            ("o_old2", "expired"),
+            ("o_paid", "paid"),
+            ("o_new", "pending"),
+        ] {
+            assert_eq!(status("orders", id), want, "{id}");
+        }
+
+        for (id, st, expires_at) in [
+            ("s_lapsed", "active", Some(50)),
+            ("s_cancelled", "cancelled", Some(50)),
+            ("s_live", "active", Some(5_000)),
+            ("s_open", "active", None),
+            ("s_gone", "expired", Some(50)),
+        ] {
+            conn.execute(
+                "INSERT INTO subscriptions (id, user_id, plan_type, status, expires_at, updated_at)
+                 VALUES (?1, 'u', 'pro', ?2, ?3, 0)",
+                params![id, st, expires_at],
+            )
+            .unwrap();
+        }
+        assert_eq!(exec(&conn, &expire_subscriptions(1_000, 10)), 2);
+        for (id, want) in [
+            ("s_lapsed", "expired"),
+            ("s_cancelled", "expired"),
+            ("s_live", "active"),
+            ("s_open", "active"),
+            ("s_gone", "expired"),
+        ] {
+            assert_eq!(status("subscriptions", id), want, "{id}");
+        }
+        // every status we map Creem's onto, but `expired`, still expires
+        for (_, ours) in STATUSES.iter().filter(|(_, ours)| *ours != "expired") {
+            assert!(EXPIRING.contains(&format!("'{ours}'")), "{ours}");
+        }
     }
 }

@@ -123,6 +123,16 @@ impl Policy {
     }
 }
 
+/// The wait before a task's first poll: the model's typical generation time when it is longer
+/// than the poll policy's first wait. The provider's callback is the way a result normally
+/// arrives; polling is the fallback for a lost callback, so asking before a generation can
+/// have ended would only cost provider calls and queue operations. Never more than the queue
+/// accepts.
+pub fn first_poll_delay(poll: &Policy, typical_generation_secs: u32) -> u32 {
+    poll.delay_secs(0)
+        .max(typical_generation_secs.min(QUEUE_MAX_DELAY_SECS))
+}
+
 /// The decision for a failed step at `attempt` (0 for the first try).
 pub fn decide(failure: &Failure, attempt: u32, policy: &Policy) -> Decision {
     match failure {
@@ -406,5 +416,29 @@ mod tests {
             classify_status(422, None),
             Some(Failure::Permanent { .. })
         ));
+    }
+
+    #[test]
+    fn the_first_poll_waits_for_the_typical_generation_time() {
+        let poll = Policy {
+            jitter: 0.0,
+            ..Policy::POLL
+        };
+        assert_eq!(
+            first_poll_delay(&poll, 0),
+            2,
+            "no typical time: the policy's first wait"
+        );
+        assert_eq!(
+            first_poll_delay(&poll, 1),
+            2,
+            "a shorter typical time does not hurry it"
+        );
+        assert_eq!(first_poll_delay(&poll, 9), 9);
+        assert_eq!(
+            first_poll_delay(&poll, u32::MAX),
+            QUEUE_MAX_DELAY_SECS,
+            "no longer than the queue accepts"
+        );
     }
 }

@@ -305,6 +305,23 @@ pub fn share_image_link(base: &str, share: &str, n: usize) -> String {
     format!("{base}/api/shares/{share}/images/{n}")
 }
 
+/// A task's stored results (R2 keys) and the provider's URLs of them, as JSON lists.
+#[derive(Debug, Deserialize)]
+pub struct StoredResults {
+    pub result_keys: Option<String>,
+    pub result_urls: Option<String>,
+}
+
+/// The task's results ([`StoredResults`]) if a link may still serve them: the task is completed
+/// and not deleted.
+pub fn link_results(task: &TaskId) -> Stmt {
+    Stmt::new(
+        "SELECT result_keys, result_urls FROM ai_tasks
+         WHERE id = ?1 AND deleted_at IS NULL AND status = 'completed'",
+        vec![task.to_string().into()],
+    )
+}
+
 /// The provider's own URL of result `n` (`ai_tasks.result_urls`), if it is an http(s) URL.
 pub fn provider_url(result_urls: Option<&str>, n: usize) -> Option<String> {
     json_list(result_urls)
@@ -318,6 +335,41 @@ mod tests {
     use super::*;
     use crate::audit::tests::{db, exec};
     use crate::history::tests::{task, user};
+
+    #[test]
+    fn a_link_serves_only_a_completed_task_that_is_not_deleted() {
+        let conn = db();
+        let u = user(&conn);
+        let done = task(&conn, &u, "completed", 0, "{}");
+        let running = task(&conn, &u, "processing", 0, "{}");
+        let deleted = task(&conn, &u, "completed", 0, "{}");
+        conn.execute(
+            "UPDATE ai_tasks SET deleted_at = 5 WHERE id = ?1",
+            [&deleted],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE ai_tasks SET result_urls = '[\"https://p/1.png\"]' WHERE id = ?1",
+            [&done],
+        )
+        .unwrap();
+        let read = |t: &str| -> Vec<StoredResults> {
+            crate::history::tests::rows(&conn, &link_results(&TaskId::parse(t).unwrap()))
+                .into_iter()
+                .map(|r| serde_json::from_value(r).unwrap())
+                .collect()
+        };
+        let found = read(&done);
+        assert_eq!(
+            json_list(found[0].result_keys.as_deref()),
+            [format!("result/kie_4o/{done}/result_0.png")]
+        );
+        assert_eq!(
+            provider_url(found[0].result_urls.as_deref(), 0).as_deref(),
+            Some("https://p/1.png")
+        );
+        assert!(read(&running).is_empty() && read(&deleted).is_empty());
+    }
 
     #[test]
     fn link_signatures_bind_task_and_index() {

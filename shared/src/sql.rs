@@ -51,3 +51,43 @@ impl Stmt {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::audit::tests::db;
+
+    /// The plan SQLite picks for `sql` (its `detail` lines).
+    fn plan(sql: &str) -> String {
+        let conn = db();
+        let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>();
+        rows.join("; ")
+    }
+
+    /// Migration 0008 dropped indexes that a wider one serves (D1 bills each index entry an
+    /// insert or update writes): the lookups they served still use an index, not a scan.
+    #[test]
+    fn lookups_of_dropped_indexes_use_the_wider_ones() {
+        for (sql, index) in [
+            (
+                "SELECT id FROM ai_tasks WHERE status = 'pending'",
+                "idx_ai_tasks_status_",
+            ),
+            (
+                "SELECT id FROM ai_tasks WHERE user_id = 'u'",
+                "ai_tasks_user",
+            ),
+            (
+                "SELECT id FROM credit_records WHERE entity_type = 'task' AND entity_id = 't'",
+                "uq_credit_records_entity_kind",
+            ),
+        ] {
+            let p = plan(sql);
+            assert!(p.contains(index), "{sql}: {p}");
+        }
+    }
+}

@@ -8,9 +8,8 @@
 //! move nothing. So the entries add up to exactly the balance of [`crate::ledger::balance_query`].
 
 use crate::ids::UserId;
+use crate::page::CursorFormat;
 use crate::sql::{Param, Stmt};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 /// The user with their task counts and credits spent.
@@ -115,19 +114,19 @@ pub fn statement_query(
     )
 }
 
+/// How the statement writes its cursors: `l1.{at}.{id}`.
+const CURSOR: CursorFormat = CursorFormat::Tagged("l1");
+
 /// The cursor after an entry.
 pub fn encode_cursor(e: &Entry) -> String {
-    URL_SAFE_NO_PAD.encode(format!("l1.{}.{}", e.at, e.id))
+    CURSOR.encode(e.at, &e.id)
 }
 
 /// A statement cursor we issued, or `None`.
 pub fn decode_cursor(cursor: &str) -> Option<(i64, String)> {
-    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
-    let (at, id) = raw.strip_prefix("l1.")?.split_once('.')?;
-    if id.is_empty() || id.len() > 200 {
-        return None;
-    }
-    Some((at.parse().ok()?, id.to_owned()))
+    CURSOR
+        .decode(cursor)
+        .filter(|(_, id)| !id.is_empty() && id.len() <= 200)
 }
 
 #[cfg(test)]
@@ -137,6 +136,8 @@ mod tests {
     use crate::history::tests::user;
     use crate::ids::{Credits, TaskId};
     use crate::ledger::{self, EntryKind, NewGrant, NewTaskHold};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
     use rusqlite::{params_from_iter, Connection};
 
     fn entries(conn: &Connection, s: &Stmt) -> Vec<Entry> {
@@ -303,6 +304,31 @@ mod tests {
         }
         assert_eq!(decode_cursor("nope"), None);
         assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode("l1.5.")), None);
+        // clients keep cursors: these bytes may never change
+        let e = &Entry {
+            id: "gift:promo".into(),
+            kind: "gift".into(),
+            amount: 5,
+            at: 110,
+            expires_at: None,
+            entity_type: None,
+            entity_id: None,
+            note: None,
+        };
+        assert_eq!(decode_cursor(&encode_cursor(e)), Some((110, e.id.clone())));
+        assert_eq!(
+            encode_cursor(e),
+            URL_SAFE_NO_PAD.encode(format!("l1.{}.{}", e.at, e.id))
+        );
+        let long = "x".repeat(201);
+        assert_eq!(
+            decode_cursor(&URL_SAFE_NO_PAD.encode(format!("l1.5.{long}"))),
+            None
+        );
+        assert_eq!(
+            decode_cursor(&URL_SAFE_NO_PAD.encode("l1.5.a.b")),
+            Some((5, "a.b".to_owned()))
+        );
     }
 
     #[test]

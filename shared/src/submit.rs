@@ -3,7 +3,7 @@
 
 use crate::kie;
 use crate::model::Model;
-use crate::validation::FieldError;
+use crate::validation::{only_fields, Expected, FieldError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -49,13 +49,7 @@ pub fn parse(body: &Value, uploads: Vec<String>) -> Result<TaskInput, FieldError
     let obj = body
         .as_object()
         .ok_or_else(|| err("body", "invalid_body", "expected a JSON object"))?;
-    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(err(
-            unknown,
-            "unknown_field",
-            format!("unknown field; expected one of {}", FIELDS.join(", ")),
-        ));
-    }
+    only_fields(body, &FIELDS, Expected::OneOf)?;
 
     let prompt = match obj.get("prompt") {
         None | Some(Value::Null) => return Err(err("prompt", "required", "is required")),

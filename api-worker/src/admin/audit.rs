@@ -4,15 +4,22 @@
 //! finding them is the route working. `stuck_secs` (default 3600, 60..=604800) is how long a
 //! live task may stay past its deadline, or an event stay `received`, before it is a violation.
 
-use crate::app::{json, query, App};
 use crate::auth;
-use crate::error::{ApiError, ApiResult};
+use crate::context::{reply, App, Routes};
+use crate::error::{json, ApiError, ApiResult};
+use crate::request::query;
 use shared::audit;
 use shared::edge::now;
 use worker::Request;
 
-pub async fn run(req: Request, app: &App) -> ApiResult {
-    auth::admin(&req, app).await?;
+pub fn routes(r: Routes<'_>) -> Routes<'_> {
+    r.get_async("/admin/audit", |req, ctx| async move {
+        reply(run(req, &ctx.data).await)
+    })
+}
+
+async fn run(req: Request, app: &App) -> ApiResult {
+    auth::operator(&req, app).await?;
     let stuck_secs = audit::parse_stuck_secs(query(&req, "stuck_secs").as_deref())
         .map_err(|message| ApiError::bad_request("invalid_stuck_secs", message))?;
     let report = audit::run(&app.db, now(), stuck_secs).await?;

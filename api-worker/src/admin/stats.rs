@@ -1,19 +1,35 @@
-//! `GET /admin/stats`: the numbers of the operator console's overview in one D1 batch: tasks by
-//! status, tasks created, completed and failed per bucket over the last hour (5-minute buckets)
-//! and the last day (hourly), dead letters by error class and status, webhook events by status.
-//! Queue backlog is not among them: Cloudflare Queues reports it in the dashboard and its
-//! analytics API, not to a worker, so the answer says so instead of guessing.
+//! The operators' figures. `GET /admin/stats`: the numbers of the console's overview in one D1
+//! batch: tasks by status, tasks created, completed and failed per bucket over the last hour
+//! (5-minute buckets) and the last day (hourly), dead letters by error class and status, webhook
+//! events by status. Queue backlog is not among them: Cloudflare Queues reports it in the
+//! dashboard and its analytics API, not to a worker, so the answer says so instead of guessing.
+//! `GET /admin/orders/stats`: orders by status. `GET /admin/storage`: objects and bytes in R2
+//! under a prefix. The counts are `shared::admin_views`.
 
-use crate::app::{json, App};
 use crate::auth;
-use crate::error::ApiResult;
+use crate::batch::rows_at;
+use crate::context::{reply, App, Routes};
+use crate::error::{json, ApiError, ApiResult};
+use crate::request::query;
 use serde_json::{json, Map, Value};
-use shared::edge::{now, rows};
-use shared::sql::Stmt;
+use shared::admin_views;
+use shared::edge::{now, StepExt};
 use worker::Request;
 
+pub fn routes(r: Routes<'_>) -> Routes<'_> {
+    r.get_async("/admin/stats", |req, ctx| async move {
+        reply(stats(req, &ctx.data).await)
+    })
+    .get_async("/admin/orders/stats", |req, ctx| async move {
+        reply(order_stats(req, &ctx.data).await)
+    })
+    .get_async("/admin/storage", |req, ctx| async move {
+        reply(storage_stats(req, &ctx.data).await)
+    })
+}
+
 pub const TASK_STATUSES: [&str; 5] = ["pending", "submitted", "processing", "completed", "failed"];
-pub const DEAD_LETTER_STATUSES: [&str; 3] = ["dead", "replayed", "discarded"];
+pub const DEAD_LETTER_STATUSES: [&str; 3] = shared::dead_letters::STATUSES;
 pub const EVENT_STATUSES: [&str; 4] = ["received", "applied", "ignored", "rejected"];
 
 /// (name, bucket seconds, buckets): the two windows of the throughput charts.
@@ -36,38 +52,29 @@ fn counts(rows_: &[Value], key: &str, known: &[&str]) -> Map<String, Value> {
     out
 }
 
-pub async fn stats(req: Request, app: &App) -> ApiResult {
-    auth::admin(&req, app).await?;
+/// `{status: n}` of rows `{status, n}` (a `GROUP BY status` count), with only the statuses found.
+pub fn by_status(rows: &[Value]) -> Map<String, Value> {
+    rows.iter()
+        .filter_map(|r| Some((r["status"].as_str()?.to_owned(), r["n"].clone())))
+        .collect()
+}
+
+async fn stats(req: Request, app: &App) -> ApiResult {
+    auth::operator(&req, app).await?;
     let at = now();
     let mut stmts = vec![
-        Stmt::new("SELECT status, COUNT(*) AS n FROM ai_tasks GROUP BY status", vec![]),
-        Stmt::new(
-            "SELECT COALESCE(error_class, 'unknown') AS error_class, status, COUNT(*) AS n FROM dead_letters GROUP BY 1, 2 ORDER BY 1, 2",
-            vec![],
-        ),
-        Stmt::new("SELECT status, COUNT(*) AS n FROM webhook_events GROUP BY status", vec![]),
+        admin_views::tasks_by_status(),
+        admin_views::dead_letters_by_class(),
+        admin_views::events_by_status(),
     ];
     for (_, size, count) in WINDOWS {
+        // ended tasks by the bucket of their end, created ones by the bucket of their creation
         let start = window_start(at, size, count);
-        // Ended tasks by the bucket of their end (updated_at >= completed_at, so the index on
-        // (status, updated_at) narrows the scan); created tasks by the bucket of their creation.
-        // D1 binds JS numbers as REAL: the bucket is cast back to an integer.
-        stmts.push(Stmt::new(
-            "SELECT CAST((completed_at - ?1) / ?2 AS INTEGER) AS bucket, status, COUNT(*) AS n FROM ai_tasks
-             WHERE status IN ('completed', 'failed') AND updated_at >= ?1 AND completed_at >= ?1
-             GROUP BY 1, 2",
-            vec![start.into(), size.into()],
-        ));
-        stmts.push(Stmt::new(
-            "SELECT CAST((created_at - ?1) / ?2 AS INTEGER) AS bucket, 'created' AS status, COUNT(*) AS n FROM ai_tasks
-             WHERE created_at >= ?1 GROUP BY 1",
-            vec![start.into(), size.into()],
-        ));
+        stmts.push(admin_views::ended_per_bucket(start, size));
+        stmts.push(admin_views::created_per_bucket(start, size));
     }
     let results = app.db.batch("admin stats", &stmts).await?;
-    let table = |i: usize| -> Result<Vec<Value>, crate::error::ApiError> {
-        Ok(results.get(i).map(rows).transpose()?.unwrap_or_default())
-    };
+    let table = |i: usize| rows_at::<Value>(&results, i);
 
     let tasks = counts(&table(0)?, "status", &TASK_STATUSES);
     let total: i64 = tasks.values().filter_map(Value::as_i64).sum();
@@ -126,6 +133,51 @@ pub async fn stats(req: Request, app: &App) -> ApiResult {
         }),
         200,
     )
+}
+
+/// `GET /admin/orders/stats`: how many orders are in each status.
+async fn order_stats(req: Request, app: &App) -> ApiResult {
+    auth::operator(&req, app).await?;
+    let rows: Vec<Value> = app
+        .db
+        .all("order stats", &admin_views::orders_by_status())
+        .await?;
+    json(&json!({"orders": by_status(&rows)}), 200)
+}
+
+/// `GET /admin/storage?prefix=`: how many objects and bytes are under a prefix (up to 20,000
+/// objects are counted; `truncated` says if there are more).
+async fn storage_stats(req: Request, app: &App) -> ApiResult {
+    auth::operator(&req, app).await?;
+    let prefix = query(&req, "prefix").unwrap_or_default();
+    if !["cache/", "result/", "dead-letters/", ""].contains(&prefix.as_str()) {
+        return Err(ApiError::bad_request(
+            "invalid_prefix",
+            "prefix must be cache/, result/ or dead-letters/",
+        ));
+    }
+    let bucket = app.bucket()?;
+    let (mut objects, mut bytes, mut cursor, mut pages) = (0u64, 0u64, None::<String>, 0);
+    loop {
+        let mut list = bucket.list().prefix(prefix.clone()).limit(1000);
+        if let Some(c) = cursor.clone() {
+            list = list.cursor(c);
+        }
+        app.io.r2();
+        let page = list.execute().await.step("r2 list")?;
+        for o in page.objects() {
+            objects += 1;
+            bytes += o.size();
+        }
+        pages += 1;
+        if !page.truncated() || pages >= 20 {
+            return json(
+                &json!({"prefix": prefix, "objects": objects, "bytes": bytes, "truncated": page.truncated()}),
+                200,
+            );
+        }
+        cursor = page.cursor();
+    }
 }
 
 #[cfg(test)]

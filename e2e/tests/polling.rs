@@ -1,0 +1,115 @@
+//! Polling is the fallback for a lost callback. The first poll waits for the models' typical
+//! generation time (`TYPICAL_GENERATION_SECS`, 4 s here; the simulator takes 1.5 s), so a task
+//! whose callback arrives is finished by the callback's poll alone, and the chain's poll that
+//! comes later finds the task ended in KV and stops without asking the provider. A task whose
+//! callback is lost is finished by that first poll, not earlier.
+
+use e2e::check::{ensure, eq};
+use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN};
+use e2e::tasks::submitted;
+use libtest_mimic::Failed;
+use std::time::{Duration, Instant};
+
+const TYPICAL_SECS: u64 = 4;
+const GENERATION_MS: u64 = 1500;
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The consumer's `task.poll` lines for a task: (asked the provider, decision).
+fn polls(stack: &Stack, task: &str) -> Vec<(bool, String)> {
+    stack
+        .events(Some("message"))
+        .iter()
+        .filter(|m| m["task_id"] == task && m["type"] == "task.poll")
+        .map(|m| {
+            (
+                m["io"]["fetch"].as_u64().is_some_and(|f| f > 0),
+                m["decision"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn set_callbacks(stack: &Stack, callbacks: bool) {
+    stack.sim.set_knobs(sim::Knobs {
+        generation_ms: GENERATION_MS,
+        callbacks,
+        ..sim::Knobs::default()
+    });
+}
+
+/// Waits until the task has `n` poll lines (or the time is up) and returns them.
+fn wait_polls(stack: &Stack, task: &str, n: usize, limit: Duration) -> Vec<(bool, String)> {
+    let until = Instant::now() + limit;
+    loop {
+        let seen = polls(stack, task);
+        if seen.len() >= n || Instant::now() >= until {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Both scenarios in one case: the simulator's callback knob is global.
+fn polling_is_the_fallback(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let (_, token) = c.new_user(ADMIN_TOKEN, 10);
+
+    // callbacks on: the callback's poll finishes it; the chain's first poll, after the
+    // typical time, stops without asking the provider
+    set_callbacks(stack, true);
+    let started = Instant::now();
+    let id = submitted(&c, &token, "polling: callback first", "kie_4o");
+    let task = c.wait_task(&token, &id, WAIT);
+    eq(task["status"].as_str(), Some("completed"), "completed")?;
+    ensure(
+        started.elapsed() < Duration::from_secs(TYPICAL_SECS),
+        format!(
+            "the callback finished it before any scheduled poll ({:?})",
+            started.elapsed()
+        ),
+    )?;
+    let seen = wait_polls(stack, &id, 2, Duration::from_secs(TYPICAL_SECS + 10));
+    eq(
+        seen.len(),
+        2,
+        &format!("the callback's poll and the chain's: {seen:?}"),
+    )?;
+    eq(
+        seen.iter().filter(|(asked, _)| *asked).count(),
+        1,
+        &format!("the provider was asked once: {seen:?}"),
+    )?;
+    ensure(
+        seen.iter().all(|(_, decision)| decision == "ack"),
+        format!("neither poll went on: {seen:?}"),
+    )?;
+
+    // callbacks lost: nothing asks before the typical time, and the first poll finishes it
+    set_callbacks(stack, false);
+    let started = Instant::now();
+    let id = submitted(&c, &token, "polling: callback lost", "kie_4o");
+    let task = c.wait_task(&token, &id, WAIT);
+    eq(task["status"].as_str(), Some("completed"), "completed")?;
+    ensure(
+        started.elapsed() >= Duration::from_secs(TYPICAL_SECS),
+        format!(
+            "the first poll waited for the typical generation time ({:?})",
+            started.elapsed()
+        ),
+    )?;
+    let seen: Vec<(bool, String)> = polls(stack, &id);
+    eq(
+        seen.iter().filter(|(asked, _)| *asked).count(),
+        1,
+        &format!("one poll asked the provider: {seen:?}"),
+    )?;
+    Ok(())
+}
+
+fn main() {
+    let mut options = StackOptions::default();
+    options
+        .vars
+        .insert("TYPICAL_GENERATION_SECS".into(), TYPICAL_SECS.to_string());
+    e2e::suite::run(options, |_| {}, e2e::cases![polling_is_the_fallback])
+}
