@@ -13,7 +13,8 @@ pub struct Config {
     pub max_result_bytes: usize,
     pub poll: Policy,
     /// How long the models usually take to generate (`TYPICAL_GENERATION_SECS`, 0 if unset):
-    /// the first poll waits that long, since the provider's callback normally comes first.
+    /// the first poll waits that long and then the poll policy's first wait, since the
+    /// provider's callback normally comes first (`shared::retry::first_poll_delay`).
     pub typical_generation_secs: u32,
     pub transient: Policy,
     /// Queue names as bound in wrangler.toml, to tell which queue a batch came from.

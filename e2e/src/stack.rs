@@ -88,7 +88,7 @@ impl Default for StackOptions {
             ("RETRY_INITIAL_SECS", "1"),
             ("RETRY_MAX_SECS", "2"),
             // the simulator generates at once: tests do not wait for a real model's time
-            ("TYPICAL_GENERATION_SECS", "1"),
+            ("TYPICAL_GENERATION_SECS", "0"),
         ];
         StackOptions {
             state_dir: None,

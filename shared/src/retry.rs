@@ -123,14 +123,16 @@ impl Policy {
     }
 }
 
-/// The wait before a task's first poll: the model's typical generation time when it is longer
-/// than the poll policy's first wait. The provider's callback is the way a result normally
-/// arrives; polling is the fallback for a lost callback, so asking before a generation can
-/// have ended would only cost provider calls and queue operations. Never more than the queue
-/// accepts.
+/// The wait before a task's first poll: the model's typical generation time, then the poll
+/// policy's first wait. The provider's callback is the way a result normally arrives, at about
+/// the typical time, and its poll needs a moment; polling is the fallback for a lost callback,
+/// so asking before then would only race the callback's poll with provider calls and queue
+/// operations. With no typical time (0), the policy's first wait alone. Never more than the
+/// queue accepts.
 pub fn first_poll_delay(poll: &Policy, typical_generation_secs: u32) -> u32 {
     poll.delay_secs(0)
-        .max(typical_generation_secs.min(QUEUE_MAX_DELAY_SECS))
+        .saturating_add(typical_generation_secs)
+        .min(QUEUE_MAX_DELAY_SECS)
 }
 
 /// The decision for a failed step at `attempt` (0 for the first try).
@@ -430,11 +432,10 @@ mod tests {
             "no typical time: the policy's first wait"
         );
         assert_eq!(
-            first_poll_delay(&poll, 1),
-            2,
-            "a shorter typical time does not hurry it"
+            first_poll_delay(&poll, 9),
+            11,
+            "the typical time, then the first wait"
         );
-        assert_eq!(first_poll_delay(&poll, 9), 9);
         assert_eq!(
             first_poll_delay(&poll, u32::MAX),
             QUEUE_MAX_DELAY_SECS,
