@@ -54,6 +54,9 @@ const SLOW_GENERATION_MS: u64 = 2 * REALISTIC_GENERATION_MS;
 /// sleeps as long between polls).
 const FIRST_POLL_SECS: u64 = REALISTIC_GENERATION_MS / 1000;
 const POLL_SECS: u64 = 2;
+/// How long a cost scenario keeps counting after its last task ended: longer than the policy's
+/// first wait that follows the typical time, plus a queue delivery.
+const SETTLE_MS: u64 = 5000;
 /// Cron scaling: base sizes, run at 1x, 10x and 100x.
 const BASE_ORDERS: u64 = 1000;
 const BASE_CACHE_OBJECTS: u64 = 100;
@@ -667,7 +670,9 @@ fn cost_scenario(b: &Bench<'_>, s: System, label: &str) -> Result<Value> {
     }
     let ids = task_ids(&submitted);
     let seen = b.wait_ended(s, &ids, Duration::from_secs(300))?;
-    std::thread::sleep(Duration::from_secs(3));
+    // what a task still costs after it ended (a chain's poll due after the callback finished
+    // it) counts too: wait for it, and keep it in the window
+    std::thread::sleep(Duration::from_millis(SETTLE_MS));
     let completed = ids
         .iter()
         .filter(|t| seen.get(*t).is_some_and(|(_, st)| st == "completed"))
@@ -677,7 +682,7 @@ fn cost_scenario(b: &Bench<'_>, s: System, label: &str) -> Result<Value> {
         .filter_map(|t| seen.get(t).map(|(at, _)| *at))
         .max()
         .unwrap_or(submitted.started_ms);
-    costs(b, s, &ids, completed, (submitted.started_ms, last + 3000))
+    costs(b, s, &ids, completed, (submitted.started_ms, last + SETTLE_MS))
 }
 
 /// Cost per completed task of the tasks `ids`, from the lines logged in `window`.
