@@ -1100,3 +1100,78 @@ fn the_served_document_is_the_codes() {
          `EDGELINE_WRITE_OPENAPI=1 cargo test -p api-worker --lib openapi`"
     );
 }
+
+/// The route table of `docs/API.md`, rendered from [`document`]: every route with its query
+/// parameters, who may call it and what it does. The doc keeps it between markers, and
+/// [`the_docs_route_table_is_the_documents`] keeps it equal.
+#[cfg(test)]
+fn route_table() -> String {
+    let doc = document();
+    let mut rows = Vec::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for (method, op) in item.as_object().into_iter().flatten() {
+            let query: Vec<String> = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "query")
+                .filter_map(|p| p["name"].as_str().map(|n| format!("{n}=")))
+                .collect();
+            let route = if query.is_empty() {
+                format!("{} {path}", method.to_uppercase())
+            } else {
+                format!("{} {path}?{}", method.to_uppercase(), query.join("&"))
+            };
+            let who = match op["security"].pointer("/0").and_then(Value::as_object) {
+                Some(s) if s.contains_key("admin") => "operator",
+                Some(s) if s.contains_key("user") => "user",
+                _ => "anyone",
+            };
+            let what = op["summary"]
+                .as_str()
+                .unwrap_or_default()
+                .replace('|', "\\|");
+            rows.push((
+                path.clone(),
+                method.clone(),
+                format!("| `{route}` | {who} | {what} |"),
+            ));
+        }
+    }
+    rows.sort();
+    let mut out = String::from("| route | who | what |\n|---|---|---|\n");
+    for (_, _, row) in rows {
+        out.push_str(&row);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+const ROUTES_BEGIN: &str =
+    "<!-- routes:begin (generated from api-worker/src/openapi.rs; do not edit) -->";
+#[cfg(test)]
+const ROUTES_END: &str = "<!-- routes:end -->";
+
+/// `docs/API.md`'s route table is the document's; regenerate it with the document
+/// (`EDGELINE_WRITE_OPENAPI=1 cargo test -p api-worker --lib openapi`).
+#[test]
+fn the_docs_route_table_is_the_documents() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/API.md");
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    let (Some(begin), Some(end)) = (doc.find(ROUTES_BEGIN), doc.find(ROUTES_END)) else {
+        panic!("docs/API.md has no {ROUTES_BEGIN} … {ROUTES_END} block");
+    };
+    let start = begin + ROUTES_BEGIN.len();
+    let want = format!("\n{}", route_table());
+    if std::env::var_os("EDGELINE_WRITE_OPENAPI").is_some() {
+        let written = format!("{}{want}{}", &doc[..start], &doc[end..]);
+        std::fs::write(path, written).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+        return;
+    }
+    assert!(
+        doc[start..end] == want,
+        "docs/API.md's route table is not what openapi::document() renders: run \
+         `EDGELINE_WRITE_OPENAPI=1 cargo test -p api-worker --lib openapi`"
+    );
+}

@@ -682,7 +682,13 @@ fn cost_scenario(b: &Bench<'_>, s: System, label: &str) -> Result<Value> {
         .filter_map(|t| seen.get(t).map(|(at, _)| *at))
         .max()
         .unwrap_or(submitted.started_ms);
-    costs(b, s, &ids, completed, (submitted.started_ms, last + SETTLE_MS))
+    costs(
+        b,
+        s,
+        &ids,
+        completed,
+        (submitted.started_ms, last + SETTLE_MS),
+    )
 }
 
 /// Cost per completed task of the tasks `ids`, from the lines logged in `window`.
