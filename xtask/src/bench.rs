@@ -570,7 +570,10 @@ fn pipeline_one(o: &Options, run: usize, b: &Bench<'_>, s: System) -> Result<Val
         &|i| b.submit(s, i, &format!("pipeline r{run} {i}")),
         true,
     );
-    if submitted.error_count() > 0 {
+    // A refused submission is counted, not fatal: under this load the peer refuses a few
+    // (503 from creating a workflow instance). Tasks/s counts what was accepted and completed;
+    // the table shows what was refused. More than one in ten refused means something is broken.
+    if submitted.error_count() * 10 > o.tasks {
         return Err(format!(
             "{name}: {} submissions failed: {:?}",
             submitted.error_count(),
@@ -610,6 +613,7 @@ fn pipeline_one(o: &Options, run: usize, b: &Bench<'_>, s: System) -> Result<Val
     let cost = costs(b, s, &ids, completed, window)?;
     let mut v = json!({
         "completed": completed,
+        "refused_at_submit": submitted.error_count(),
         "wall_ms": wall_ms,
         "tasks_per_second": completed as f64 * 1000.0 / wall_ms as f64,
         "e2e_p50_ms": load::percentile(&e2e, 0.5),
@@ -1593,12 +1597,13 @@ fn submit_table(r: &Value, md: &mut Md) {
 
 fn pipeline_table(r: &Value, md: &mut Md) {
     let p = &r["summary"]["pipeline"];
-    md.line("| system | completed | tasks/s | end-to-end p50 / p99 ms | peak workerd memory KiB | start ms |");
-    md.line("|---|---|---|---|---|---|");
+    md.line("| system | completed | refused at submit | tasks/s | end-to-end p50 / p99 ms | peak workerd memory KiB | start ms |");
+    md.line("|---|---|---|---|---|---|---|");
     for s in ["edgeline", "peer"] {
         md.line(format!(
-            "| {s} | {} | {} | {} / {} | {} | {} |",
+            "| {s} | {} | {} | {} | {} / {} | {} | {} |",
             fmt(&p[s]["completed"], 0),
+            fmt(&p[s]["refused_at_submit"], 0),
             fmt(&p[s]["tasks_per_second"], 1),
             fmt(&p[s]["e2e_p50_ms"], 0),
             fmt(&p[s]["e2e_p99_ms"], 0),
