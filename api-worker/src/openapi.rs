@@ -291,7 +291,7 @@ pub fn operations() -> Vec<(&'static str, &'static str, Value)> {
             op(
                 "The caller's orders, newest first",
                 "user",
-                vec![query_param("limit", json!({"type": "integer"}))],
+                vec![query_param("limit", json!({"type": "integer", "minimum": 1, "maximum": 100}))],
                 None,
                 ("200", ok("Orders", object())),
             ),
@@ -570,6 +570,10 @@ pub fn operations() -> Vec<(&'static str, &'static str, Value)> {
                         "status",
                         json!({"type": "string", "enum": ["dead", "replayed", "discarded"]}),
                     ),
+                    query_param("since", json!({"type": "integer", "description": "Unix seconds"})),
+                    query_param("until", json!({"type": "integer", "description": "Unix seconds"})),
+                    query_param("limit", json!({"type": "integer", "minimum": 1, "maximum": 200})),
+                    query_param("cursor", json!({"type": "string"})),
                 ],
                 None,
                 ("200", ok("A page", object())),
@@ -642,6 +646,8 @@ pub fn operations() -> Vec<(&'static str, &'static str, Value)> {
                 vec![
                     query_param("status", json!({"type": "string"})),
                     query_param("older_than_secs", json!({"type": "integer"})),
+                    query_param("limit", json!({"type": "integer", "minimum": 1, "maximum": 200})),
+                    query_param("cursor", json!({"type": "string"})),
                 ],
                 None,
                 ("200", ok("A page", object())),
@@ -733,6 +739,7 @@ pub fn operations() -> Vec<(&'static str, &'static str, Value)> {
                 vec![
                     query_param("status", json!({"type": "string"})),
                     query_param("type", json!({"type": "string"})),
+                    query_param("limit", json!({"type": "integer", "minimum": 1, "maximum": 200})),
                 ],
                 None,
                 ("200", ok("Events", object())),
