@@ -97,7 +97,8 @@ fn polling_is_the_fallback(stack: &Stack) -> Result<(), Failed> {
             started.elapsed()
         ),
     )?;
-    let seen: Vec<(bool, String)> = polls(stack, &id);
+    // the poll's log line is written as its message is acked, just after the status it set
+    let seen = wait_polls(stack, &id, 1, Duration::from_secs(10));
     eq(
         seen.iter().filter(|(asked, _)| *asked).count(),
         1,
