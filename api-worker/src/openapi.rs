@@ -401,6 +401,7 @@ pub fn operations() -> Vec<(&'static str, &'static str, Value)> {
                 vec![
                     path_param("provider", "kie_4o or kie_kontext"),
                     query_param("task", json!({"type": "string"})),
+                    query_param("deadline", json!({"type": "integer"})),
                     query_param("token", json!({"type": "string"})),
                 ],
                 json_body(object()),

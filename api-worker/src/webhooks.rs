@@ -12,8 +12,6 @@ use shared::kie;
 use shared::messages::{TaskMessage, VERSION};
 use shared::model::Model;
 use shared::signing::{verify_callback_token, verify_kie_callback};
-use shared::task::TaskStatus;
-use shared::task_rows::{self, CallbackTask};
 use shared::webhook_events::{self, Delivery};
 use worker::Request;
 
@@ -29,7 +27,7 @@ pub fn routes(r: Routes<'_>) -> Routes<'_> {
 /// How far a signed callback's timestamp may be from now.
 const SIGNATURE_TOLERANCE_SECS: i64 = 300;
 
-/// `POST /webhooks/ai/:provider?task=&token=`
+/// `POST /webhooks/ai/:provider?task=&deadline=&token=`
 async fn ai_callback(mut req: Request, ctx: &Ctx) -> ApiResult {
     let app = &ctx.data;
     let model = ctx
@@ -40,9 +38,11 @@ async fn ai_callback(mut req: Request, ctx: &Ctx) -> ApiResult {
         ApiError::bad_request("invalid_callback", "the task parameter is required")
     })?;
     let token = query(&req, "token").unwrap_or_default();
-    if !verify_callback_token(app.cfg.files_signing_key.as_bytes(), &task_raw, &token) {
-        return Err(ApiError::Unauthorized("invalid callback token"));
-    }
+    let secret = app.cfg.files_signing_key.as_bytes();
+    let deadline_at = query(&req, "deadline")
+        .and_then(|d| d.parse::<i64>().ok())
+        .filter(|d| verify_callback_token(secret, &task_raw, model.as_str(), *d, &token))
+        .ok_or(ApiError::Unauthorized("invalid callback token"))?;
     let task =
         TaskId::parse(&task_raw).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
     let body = body_bytes(&mut req, 64 * 1024).await?;
@@ -70,39 +70,20 @@ async fn ai_callback(mut req: Request, ctx: &Ctx) -> ApiResult {
         }
     }
 
-    let row: CallbackTask = app
-        .db
-        .first("task for callback", &task_rows::for_callback(&task))
-        .await?
-        .ok_or(ApiError::NotFound("task"))?;
-    if row.external_provider.as_deref() != Some(model.as_str()) {
-        return Err(ApiError::NotFound("task"));
-    }
-    if row
-        .external_task_id
-        .as_deref()
-        .is_some_and(|known| known != external_id)
-    {
-        return Err(ApiError::Conflict {
-            code: "task_mismatch",
-            message: "the callback is for another provider task".into(),
-        });
-    }
-    if TaskStatus::parse(&row.status).is_some_and(TaskStatus::is_terminal) {
-        return json(&json!({"received": true, "status": row.status}), 200);
-    }
-    // A task whose id D1 does not know yet (its create call's outcome was unknown) learns it
-    // from this callback: the token proved the callback is for this task.
+    // Nothing is read from D1: the token proves the task, its model and its deadline. Which
+    // provider task the body names it cannot prove; the consumer's poll asks the provider about
+    // that id and acts only if D1 knows the task under it or under no id yet (`task::FOR_ANSWER`).
+    // A task whose id D1 does not know yet learns it from this poll.
     let poll = TaskMessage::Poll {
         v: VERSION,
         task_id: task,
         model,
         external_id,
-        deadline_at: row.deadline_at.unwrap_or(i64::MAX),
+        deadline_at,
         attempt: 0,
         failures: 0,
         follow_up: false,
-        record: row.external_task_id.is_none(),
+        record: true,
         lease_at: now(),
     };
     app.io.queue_send();

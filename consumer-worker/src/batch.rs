@@ -2,6 +2,7 @@
 //! neighbours, and nothing here returns an error to the runtime.
 
 use crate::config::{self, Config};
+use crate::group::SubmitWrites;
 use crate::{dead_letters, tasks};
 use serde_json::{json, Value};
 use shared::budget::{ByteBudget, BATCH_BUDGET_BYTES};
@@ -95,11 +96,32 @@ pub async fn handle(batch: MessageBatch<Value>, env: Env) {
     };
     let started = now_ms();
     let messages: Vec<RawMessage> = batch.raw_iter().collect();
+    let bodies: Vec<(Value, String)> = messages.iter().map(body_of).collect();
     let downloads = Rc::new(ByteBudget::new(BATCH_BUDGET_BYTES));
-    let work = messages
-        .iter()
-        .map(|m| handle_one(m, &queue, &cfg, &env, &downloads));
-    futures::future::join_all(work).await;
+    // the batch's task.submit messages claim and accept their tasks in one round trip each
+    let is_submit =
+        |b: &Value| queue == cfg.queues.tasks && messages::type_of(b) == Some("task.submit");
+    let submits = bodies.iter().filter(|(b, _)| is_submit(b)).count();
+    let mut writes = match Db::new(&env, config::DB, Rc::new(IoCounts::default())) {
+        Ok(db) if submits > 0 => SubmitWrites::for_batch(&db, submits),
+        _ => Vec::new(),
+    }
+    .into_iter();
+    let shared = BatchShared {
+        queue: &queue,
+        cfg: &cfg,
+        env: &env,
+        downloads: &downloads,
+    };
+    let work = messages.iter().zip(bodies).map(|(m, (body, text))| {
+        let mine = if is_submit(&body) {
+            writes.next()
+        } else {
+            None
+        };
+        handle_one(m, body, text, mine, &shared)
+    });
+    futures::future::join_all(work.collect::<Vec<_>>()).await;
     // batch sizes and how long the slowest message held the batch: what throughput is made of
     log(
         json!({"event": "batch", "queue": queue, "messages": messages.len(), "ms": now_ms().saturating_sub(started)}),
@@ -158,16 +180,29 @@ fn body_of(msg: &RawMessage) -> (Value, String) {
     (value, text)
 }
 
+/// What every message of a batch shares.
+struct BatchShared<'a> {
+    queue: &'a str,
+    cfg: &'a Rc<Config>,
+    env: &'a Env,
+    downloads: &'a Rc<ByteBudget>,
+}
+
 async fn handle_one(
     msg: &RawMessage,
-    queue: &str,
-    cfg: &Rc<Config>,
-    env: &Env,
-    downloads: &Rc<ByteBudget>,
+    body: Value,
+    text: String,
+    writes: Option<SubmitWrites>,
+    batch: &BatchShared<'_>,
 ) {
+    let BatchShared {
+        queue,
+        cfg,
+        env,
+        downloads,
+    } = *batch;
     let started = now_ms();
     let io = Rc::new(IoCounts::default());
-    let (body, text) = body_of(msg);
     let kind = messages::type_of(&body).map(str::to_owned);
     let attempt = body.get("attempt").and_then(Value::as_u64).unwrap_or(0);
 
@@ -182,7 +217,7 @@ async fn handle_one(
                 downloads: downloads.clone(),
             };
             if queue == cfg.queues.tasks {
-                tasks::handle(&ctx, &body).await
+                tasks::handle(&ctx, &body, writes).await
             } else if queue == cfg.queues.events {
                 crate::events::handle(&ctx, &body).await
             } else if queue == cfg.queues.dead_letters {

@@ -6,6 +6,7 @@ mod batch;
 mod config;
 mod dead_letters;
 mod events;
+mod group;
 mod provider;
 mod store;
 mod tasks;

@@ -84,10 +84,17 @@ pub async fn create(
     prompt: &str,
     size: &str,
     image_urls: &[String],
+    deadline_at: i64,
 ) -> Result<String, Failure> {
     let (create_path, _) = kie::endpoints(model);
-    let token = callback_token(ctx.cfg.files_signing_key.as_bytes(), &task.to_string());
-    let callback = kie::callback_url(&ctx.cfg.public_base_url, model, &task.to_string(), &token);
+    let task = task.to_string();
+    let token = callback_token(
+        ctx.cfg.files_signing_key.as_bytes(),
+        &task,
+        model.as_str(),
+        deadline_at,
+    );
+    let callback = kie::callback_url(&ctx.cfg.public_base_url, model, &task, deadline_at, &token);
     let body = kie::create_body(model, prompt, size, image_urls, Some(&callback)).to_string();
     let req = api_request(
         ctx,

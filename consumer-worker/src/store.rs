@@ -3,7 +3,8 @@
 //! (`shared::ledger`).
 
 use crate::batch::Ctx;
-use shared::edge::{cache_final_status, now, CachedStatus, IoError};
+use crate::group::Ticket;
+use shared::edge::{cache_final_status, now, rows, CachedStatus, IoError};
 use shared::ids::TaskId;
 use shared::keys::task_status_key;
 use shared::ledger::{self, classify_conflict, SettleConflict};
@@ -17,9 +18,20 @@ pub fn storage(e: IoError) -> Failure {
 }
 
 /// `pending -> submitted`, returning the task; `None` if another delivery got there first. The
-/// claim counts a create call that may reach the provider (`provider_submissions`).
-pub async fn claim(ctx: &Ctx, task: &TaskId) -> Result<Option<Claimed>, IoError> {
-    ctx.db.first("claim task", &task::claim(task, now())).await
+/// claim counts a create call that may reach the provider (`provider_submissions`). With a
+/// ticket, it goes to D1 with the batch's other claims.
+pub async fn claim(
+    ctx: &Ctx,
+    task: &TaskId,
+    grouped: Option<Ticket>,
+) -> Result<Option<Claimed>, IoError> {
+    let stmt = task::claim(task, now());
+    match grouped {
+        Some(ticket) => Ok(rows::<Claimed>(&ticket.run(stmt, &ctx.io).await?)?
+            .into_iter()
+            .next()),
+        None => ctx.db.first("claim task", &stmt).await,
+    }
 }
 
 /// `submitted -> pending`: the provider answered that it did not take the task; let the retry
@@ -33,11 +45,18 @@ pub async fn unclaim(ctx: &Ctx, task: &TaskId) -> Result<(), IoError> {
 
 /// `submitted -> processing` with the provider's task id, written as soon as the provider
 /// returns it: from here on recovery polls this id and never creates the task again.
-pub async fn accept(ctx: &Ctx, task: &TaskId, external_id: &str) -> Result<(), IoError> {
-    ctx.db
-        .run("accept task", &task::accept(task, external_id, now()))
-        .await
-        .map(|_| ())
+/// With a ticket, it goes to D1 with the batch's other accepts.
+pub async fn accept(
+    ctx: &Ctx,
+    task: &TaskId,
+    external_id: &str,
+    grouped: Option<Ticket>,
+) -> Result<(), IoError> {
+    let stmt = task::accept(task, external_id, now());
+    match grouped {
+        Some(ticket) => ticket.run(stmt, &ctx.io).await.map(|_| ()),
+        None => ctx.db.run("accept task", &stmt).await.map(|_| ()),
+    }
 }
 
 /// Tells D1 a poll chain is alive for this task (its lease): the reconciler leaves tasks with a
@@ -66,13 +85,34 @@ pub async fn complete(
 
 /// Marks the task failed and releases its hold, in one batch. Returns whether this call did it.
 pub async fn fail(ctx: &Ctx, task: &TaskId, reason: &str) -> Result<bool, Failure> {
-    let stmts = ledger::fail_task(task, reason, now());
+    end_failed(ctx, task, ledger::fail_task(task, reason, now()), reason).await
+}
+
+/// [`fail`] on the provider's answer about task `external_id`: it fails nothing if D1 knows the
+/// task under another id (`ledger::fail_on_answer`).
+pub async fn fail_on_answer(
+    ctx: &Ctx,
+    task: &TaskId,
+    external_id: &str,
+    reason: &str,
+) -> Result<bool, Failure> {
+    let stmts = ledger::fail_on_answer(task, external_id, reason, now());
+    end_failed(ctx, task, stmts, reason).await
+}
+
+async fn end_failed(
+    ctx: &Ctx,
+    task: &TaskId,
+    stmts: [Stmt; 2],
+    reason: &str,
+) -> Result<bool, Failure> {
+    let reason = reason.chars().take(500).collect();
     finish(
         ctx,
         task,
         stmts.to_vec(),
         TaskStatus::Failed,
-        Some(reason.chars().take(500).collect()),
+        Some(reason),
         &[],
     )
     .await

@@ -3,6 +3,7 @@
 //! `shared::retry::decide`.
 
 use crate::batch::{Ctx, Handled, Next};
+use crate::group::SubmitWrites;
 use crate::provider;
 use crate::store::{self, storage};
 use serde_json::Value;
@@ -27,14 +28,16 @@ enum Step {
 /// How long signed upload URLs given to the provider stay valid.
 const INPUT_URL_TTL_SECS: i64 = 3600;
 
-pub async fn handle(ctx: &Ctx, body: &Value) -> Handled {
+/// Handles one task message; `writes` are a `task.submit`'s places in its batch's grouped
+/// writes (dropped unused by any other message).
+pub async fn handle(ctx: &Ctx, body: &Value, writes: Option<SubmitWrites>) -> Handled {
     let msg: TaskMessage = match messages::parse(body) {
         Ok(m) => m,
         Err(e) => return Handled::dead(e.class(), e.to_string()),
     };
     let task_id = Some(msg.task_id().to_string());
     let result = match &msg {
-        TaskMessage::Submit { task_id, .. } => submit(ctx, task_id).await,
+        TaskMessage::Submit { task_id, .. } => submit(ctx, task_id, writes).await,
         TaskMessage::Poll { .. } => poll(ctx, &msg).await,
         TaskMessage::Store { .. } => store(ctx, &msg).await,
     };
@@ -69,8 +72,12 @@ fn send(msg: &TaskMessage, delay: u32) -> Next {
     Next::task(msg, delay)
 }
 
-async fn submit(ctx: &Ctx, task: &TaskId) -> Result<Step, Failure> {
-    let Some(claimed) = store::claim(ctx, task).await.map_err(storage)? else {
+async fn submit(ctx: &Ctx, task: &TaskId, writes: Option<SubmitWrites>) -> Result<Step, Failure> {
+    let (claim, accept) = match writes {
+        Some(w) => (Some(w.claim), Some(w.accept)),
+        None => (None, None),
+    };
+    let Some(claimed) = store::claim(ctx, task, claim).await.map_err(storage)? else {
         // Another delivery claimed it, or it already ended: nothing to do.
         return Ok(Step::Done);
     };
@@ -100,12 +107,22 @@ async fn submit(ctx: &Ctx, task: &TaskId) -> Result<Step, Failure> {
             ),
         })
         .collect();
-    match provider::create(ctx, task, model, &input.prompt, &input.size, &urls).await {
+    match provider::create(
+        ctx,
+        task,
+        model,
+        &input.prompt,
+        &input.size,
+        &urls,
+        deadline_at,
+    )
+    .await
+    {
         Ok(external_id) => {
             // D1 learns the provider's id now: from here on, recovery polls it and nothing
             // creates the task at the provider again. If this write fails, the poll carries the
             // id and records it first.
-            let recorded = match store::accept(ctx, task, &external_id).await {
+            let recorded = match store::accept(ctx, task, &external_id, accept).await {
                 Ok(()) => true,
                 Err(e) => {
                     shared::edge::log(
@@ -159,12 +176,6 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
         store::fail(ctx, task_id, "deadline_exceeded").await?;
         return Ok(Step::Done);
     }
-    if *record {
-        // D1 does not know the id yet: record it before anything else, or retry this poll.
-        store::accept(ctx, task_id, external_id)
-            .await
-            .map_err(storage)?;
-    }
     // The chain is the fallback for a lost callback: when the callback's poll has already
     // ended the task (its final status is in KV), asking the provider again would only cost a
     // call. A KV read is cheaper than a provider call, and D1 is not touched.
@@ -180,6 +191,14 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
         },
         Err(transient) => return Err(transient),
     };
+    // D1 may not know the id yet (the first poll carries it, a callback names it). A task that
+    // ended takes it with its end (`task::succeed`); one that goes on, or fails, records it now,
+    // or this poll is retried.
+    if *record && !matches!(progress, Progress::Succeeded { .. }) {
+        store::accept(ctx, task_id, external_id, None)
+            .await
+            .map_err(storage)?;
+    }
     match progress {
         // a callback-prompted poll leaves the waiting to the chain that was already running
         Progress::Generating if !follow_up => Ok(Step::Done),
@@ -205,7 +224,7 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
             ))
         }
         Progress::Failed { class, reason } => {
-            store::fail(ctx, task_id, &format!("{class}: {reason}")).await?;
+            store::fail_on_answer(ctx, task_id, external_id, &format!("{class}: {reason}")).await?;
             Ok(Step::Done)
         }
         Progress::Succeeded { urls } => {
@@ -215,6 +234,14 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
             // Store now; if a download fails, the store step retries on its own from here.
             match store(ctx, &next).await {
                 Err(f @ Failure::Transient { .. }) => {
+                    // the retries may take a while: D1 learns the id now rather than at the end
+                    if *record {
+                        if let Err(e) = store::accept(ctx, task_id, external_id, None).await {
+                            shared::edge::log(
+                                serde_json::json!({"level": "warn", "event": "accept_write_failed", "task_id": task_id.to_string(), "cause": e.to_string()}),
+                            );
+                        }
+                    }
                     let delay = ctx.cfg.transient.delay_secs(0);
                     shared::edge::log(
                         serde_json::json!({"event": "store_deferred", "task_id": task_id.to_string(), "error_class": f.class(), "error": f.detail()}),
@@ -251,7 +278,7 @@ async fn store(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     let keys = match store_results(ctx, *model, task_id, urls).await {
         Ok(keys) => keys,
         Err(Failure::Permanent { class, detail }) => {
-            store::fail(ctx, task_id, &format!("{class}: {detail}")).await?;
+            store::fail_on_answer(ctx, task_id, external_id, &format!("{class}: {detail}")).await?;
             return Ok(Step::Done);
         }
         Err(transient) => return Err(transient),

@@ -5,7 +5,7 @@
 use e2e::check::{ensure, eq};
 use e2e::client::Client;
 use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN};
-use e2e::tasks::{self, submitted};
+use e2e::tasks::submitted;
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -528,24 +528,12 @@ fn every_message_logs_one_structured_line(stack: &Stack) -> Result<(), Failed> {
 fn a_permanent_record_error_fails_the_task_at_once(stack: &Stack) -> Result<(), Failed> {
     let c = stack.client();
     let (_, token) = c.new_user(ADMIN_TOKEN, 10);
-    let id = submitted(&c, &token, "waits forever [sim:stuck]", "kie_4o");
-    tasks::wait_status(
+    let id = submitted(
         &c,
         &token,
-        &id,
-        "processing",
-        WAIT,
-        "the task reaches processing",
-    )?;
-    eq(c.balance(&token), 8, "held")?;
-    let r = c.post_json(
-        "/admin/queues/tasks/messages",
-        Some(ADMIN_TOKEN),
-        &json!({"messages": [{"v": 1, "type": "task.poll", "task_id": id, "model": "kie_4o",
-                              "external_id": "no-such-provider-task", "deadline_at": 9_999_999_999i64,
-                              "attempt": 0, "failures": 0, "follow_up": false}]}),
+        "created then forgotten [sim:forgotten]",
+        "kie_4o",
     );
-    eq(r.status, 202, &format!("inject: {}", r.text()))?;
     let task = c.wait_task(&token, &id, Duration::from_secs(30));
     eq(task["status"].as_str(), Some("failed"), &format!("{task}"))?;
     ensure(
@@ -555,6 +543,15 @@ fn a_permanent_record_error_fails_the_task_at_once(stack: &Stack) -> Result<(), 
         format!("the provider's answer is the reason: {task}"),
     )?;
     eq(c.balance(&token), 10, "hold released")?;
+    let detail = c
+        .get(&format!("/admin/tasks/{id}"), Some(ADMIN_TOKEN))
+        .json();
+    ensure(
+        detail["external_task_id"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("4o")),
+        format!("the provider's id is recorded with the failure: {detail}"),
+    )?;
     Ok(())
 }
 

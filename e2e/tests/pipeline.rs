@@ -1102,12 +1102,62 @@ fn settlement_draws_grants_in_allocation_order(stack: &Stack) -> Result<(), Fail
     Ok(())
 }
 
+/// The `task.submit` messages of one batch claim their tasks in one D1 round trip and record the
+/// providers' ids in another (`consumer-worker/src/group.rs`): ten tasks submitted at once cost
+/// the consumer far fewer than the twenty round trips they would alone, and each completes.
+fn submits_in_one_batch_share_their_writes(stack: &Stack) -> Result<(), Failed> {
+    const N: usize = 10;
+    let c = stack.client();
+    let (_, token) = c.new_user(ADMIN_TOKEN, 2 * N as i64);
+    let ids: Vec<String> = (0..N)
+        .map(|i| tasks::submitted(&c, &token, &format!("grouped {i}"), "kie_4o"))
+        .collect();
+    for id in &ids {
+        eq(
+            c.wait_task(&token, id, WAIT)["status"].as_str(),
+            Some("completed"),
+            &format!("task {id}"),
+        )?;
+    }
+    let submit_lines: Vec<Value> = stack
+        .events(Some("message"))
+        .into_iter()
+        .filter(|m| {
+            m["type"] == "task.submit"
+                && m["task_id"]
+                    .as_str()
+                    .is_some_and(|t| ids.iter().any(|i| i == t))
+        })
+        .collect();
+    eq(submit_lines.len(), N, "one task.submit line per task")?;
+    // a grouped round trip is counted on one of its messages' lines
+    let round_trips: u64 = submit_lines
+        .iter()
+        .filter_map(|m| m["io"]["d1_round_trips"].as_u64())
+        .sum();
+    let statements: u64 = submit_lines
+        .iter()
+        .filter_map(|m| m["io"]["d1_statements"].as_u64())
+        .sum();
+    ensure(
+        round_trips <= N as u64,
+        format!("claims and accepts grouped per batch: {round_trips} round trips for {N} tasks"),
+    )?;
+    ensure(
+        statements >= 2 * N as u64,
+        format!("every task was claimed and accepted: {statements} statements"),
+    )?;
+    eq(c.balance(&token), 0, "each charged once")?;
+    Ok(())
+}
+
 fn main() {
     e2e::suite::run(
         StackOptions::default(),
         |_| {},
         e2e::cases![
             golden_path_4o,
+            submits_in_one_batch_share_their_writes,
             kontext_with_upload,
             sizes_are_checked_per_model,
             failed_generation_restores_balance,

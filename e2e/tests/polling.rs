@@ -1,7 +1,8 @@
 //! Polling is the fallback for a lost callback. The first poll waits for the models' typical
 //! generation time (`TYPICAL_GENERATION_SECS`, 4 s here; the simulator takes 1.5 s), so a task
 //! whose callback arrives is finished by the callback's poll alone, and the chain's poll that
-//! comes later finds the task ended in KV and stops without asking the provider. A task whose
+//! comes later finds the task ended in KV and stops without asking the provider, and the
+//! callback makes no D1 round trip. A task whose
 //! callback is lost is finished by that first poll, not earlier.
 
 use e2e::check::{ensure, eq};
@@ -83,6 +84,27 @@ fn polling_is_the_fallback(stack: &Stack) -> Result<(), Failed> {
         seen.iter().all(|(_, decision)| decision == "ack"),
         format!("neither poll went on: {seen:?}"),
     )?;
+    // D1 round trips of a lone task: the consumer claims it, records the provider's id and ends
+    // it (a batch of several submits shares its claims and its accepts: see the pipeline suite),
+    // and the callback reads nothing
+    let consumer: u64 = stack
+        .events(Some("message"))
+        .iter()
+        .filter(|m| m["task_id"] == id.as_str())
+        .filter_map(|m| m["io"]["d1_round_trips"].as_u64())
+        .sum();
+    eq(consumer, 3, "the consumer's D1 round trips for the task")?;
+    let callbacks: Vec<u64> = stack
+        .events(Some("http"))
+        .iter()
+        .filter(|e| {
+            e["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/webhooks/ai/"))
+        })
+        .filter_map(|e| e["io"]["d1_round_trips"].as_u64())
+        .collect();
+    eq(callbacks, vec![0], "one callback, no D1 round trip")?;
 
     // callbacks lost: nothing asks before the typical time, and the first poll finishes it
     set_callbacks(stack, false);

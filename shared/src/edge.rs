@@ -151,6 +151,15 @@ impl Db {
         })
     }
 
+    /// The same database, counting into `io` (a statement run for several messages is counted
+    /// on one message's line).
+    pub fn counting_into(&self, io: Rc<IoCounts>) -> Self {
+        Self {
+            db: self.db.clone(),
+            io,
+        }
+    }
+
     fn prepare(&self, stmt: &Stmt) -> Result<D1PreparedStatement, IoError> {
         let args: Vec<JsValue> = stmt.params.iter().map(js).collect();
         self.db

@@ -262,12 +262,18 @@ pub fn record_url(base: &str, model: Model, external_id: &str) -> String {
     format!("{base}{}?taskId={id}", endpoints(model).1)
 }
 
-/// Where kie.ai should post when a task finishes: our webhook route with the task and its token.
-/// This relies on kie.ai keeping the query string (not confirmed by its docs: see
+/// Where kie.ai should post when a task finishes: our webhook route with the task, its deadline
+/// and the token that signs both with the model (`signing::callback_token`). This relies on kie.ai keeping the query string (not confirmed by its docs: see
 /// `docs/PROVIDERS.md`); without it the callback is refused and polling still finishes the task.
-pub fn callback_url(base: &str, model: Model, task_id: &str, token: &str) -> String {
+pub fn callback_url(
+    base: &str,
+    model: Model,
+    task_id: &str,
+    deadline_at: i64,
+    token: &str,
+) -> String {
     format!(
-        "{base}/webhooks/ai/{}?task={task_id}&token={token}",
+        "{base}/webhooks/ai/{}?task={task_id}&deadline={deadline_at}&token={token}",
         model.as_str()
     )
 }
@@ -487,8 +493,8 @@ mod tests {
         assert!(parse_callback(b"{").is_err());
         assert!(parse_callback(br#"{"code":200,"data":{}}"#).is_err());
         assert_eq!(
-            callback_url("https://api", Model::Kie4o, "t1", "abc"),
-            "https://api/webhooks/ai/kie_4o?task=t1&token=abc"
+            callback_url("https://api", Model::Kie4o, "t1", 1700000000, "abc"),
+            "https://api/webhooks/ai/kie_4o?task=t1&deadline=1700000000&token=abc"
         );
     }
 

@@ -442,19 +442,29 @@ pub struct TaskOwner {
 /// first statement's `changes` says whether this call ended the task, and it returns the owner
 /// (for the status cache).
 pub fn fail_task(task: &TaskId, reason: &str, now: i64) -> [Stmt; 2] {
-    use crate::task::Transition;
+    failure(task, None, reason, now)
+}
+
+/// [`fail_task`] because the provider answered that task `external_id` failed: it applies only
+/// to the task D1 knows under that id or whose id it does not know yet
+/// (`task::FOR_ANSWER`), so an answer about another provider task fails nothing.
+pub fn fail_on_answer(task: &TaskId, external_id: &str, reason: &str, now: i64) -> [Stmt; 2] {
+    failure(task, Some(external_id), reason, now)
+}
+
+fn failure(task: &TaskId, external_id: Option<&str>, reason: &str, now: i64) -> [Stmt; 2] {
+    use crate::task::{Transition, FOR_ANSWER};
     let reason: String = reason.chars().take(500).collect();
-    [
-        Stmt::new(
-            format!(
-                "{} RETURNING user_id",
-                Transition::Fail
-                    .update_sql("failure_reason = ?2, completed_at = ?3, updated_at = ?3")
-            ),
-            vec![task.to_string().into(), reason.into(), now.into()],
-        ),
-        release(task, TaskStatus::Failed, now),
-    ]
+    let mut update = Stmt::new(
+        Transition::Fail.update_sql("failure_reason = ?2, completed_at = ?3, updated_at = ?3"),
+        vec![task.to_string().into(), reason.into(), now.into()],
+    );
+    if let Some(id) = external_id {
+        update.sql.push_str(&FOR_ANSWER.replace("?N", "?4"));
+        update.params.push(id.into());
+    }
+    update.sql.push_str(" RETURNING user_id");
+    [update, release(task, TaskStatus::Failed, now)]
 }
 
 // ---------------------------------------------------------------------------------------------

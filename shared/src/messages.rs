@@ -41,8 +41,9 @@ pub enum TaskMessage {
         /// provider callback does not, so callbacks never start a second chain of polls.
         #[serde(default = "yes")]
         follow_up: bool,
-        /// D1 does not know `external_id` yet (the write after create failed, or a callback
-        /// named it): the poll records it (`submitted -> processing`) before anything else.
+        /// D1 may not know `external_id` yet (the write after create failed; a callback names
+        /// it): the poll records it with the task's end, or as `submitted -> processing` when
+        /// the task goes on.
         #[serde(default)]
         record: bool,
         /// When this chain last told D1 it is alive (unix seconds). A poll that finds the task
@@ -217,7 +218,8 @@ impl TaskMessage {
         next
     }
 
-    /// The first poll of a task the provider accepted as `external_id`.
+    /// The first poll of a task the provider accepted as `external_id`; `record` when D1 does
+    /// not know the id yet (the write after the create failed).
     pub fn first_poll(
         task_id: TaskId,
         model: Model,

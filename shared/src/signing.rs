@@ -71,13 +71,31 @@ pub fn signed_file_url(base: &str, secret: &[u8], key: &str, expires_at: i64) ->
     )
 }
 
-/// The per-task token in a provider callback URL: only we can make it, and it names one task.
-pub fn callback_token(secret: &[u8], task_id: &str) -> String {
-    hmac_hex(secret, format!("callback\n{task_id}").as_bytes())
+/// The per-task token in a provider callback URL: only we can make it, and it names one task,
+/// its model and its deadline, so the callback learns all three from its URL and reads no D1 row.
+pub fn callback_token(secret: &[u8], task_id: &str, model: &str, deadline_at: i64) -> String {
+    hmac_hex(
+        secret,
+        callback_claims(task_id, model, deadline_at).as_bytes(),
+    )
 }
 
-pub fn verify_callback_token(secret: &[u8], task_id: &str, token: &str) -> bool {
-    verify_hmac_hex(secret, format!("callback\n{task_id}").as_bytes(), token)
+pub fn verify_callback_token(
+    secret: &[u8],
+    task_id: &str,
+    model: &str,
+    deadline_at: i64,
+    token: &str,
+) -> bool {
+    verify_hmac_hex(
+        secret,
+        callback_claims(task_id, model, deadline_at).as_bytes(),
+        token,
+    )
+}
+
+fn callback_claims(task_id: &str, model: &str, deadline_at: i64) -> String {
+    format!("callback\n{task_id}\n{model}\n{deadline_at}")
 }
 
 /// kie.ai's optional callback signature: base64(HMAC-SHA256(taskId + "." + timestamp)).
@@ -228,10 +246,20 @@ mod tests {
 
     #[test]
     fn callback_tokens_and_kie_signatures() {
-        let t = callback_token(b"k", "task-1");
-        assert!(verify_callback_token(b"k", "task-1", &t));
-        assert!(!verify_callback_token(b"k", "task-2", &t));
-        assert!(!verify_callback_token(b"other", "task-1", &t));
+        let t = callback_token(b"k", "task-1", "kie_4o", 1000);
+        assert!(verify_callback_token(b"k", "task-1", "kie_4o", 1000, &t));
+        assert!(!verify_callback_token(b"k", "task-2", "kie_4o", 1000, &t));
+        assert!(
+            !verify_callback_token(b"k", "task-1", "kie_kontext", 1000, &t),
+            "another model"
+        );
+        assert!(
+            !verify_callback_token(b"k", "task-1", "kie_4o", 1001, &t),
+            "another deadline"
+        );
+        assert!(!verify_callback_token(
+            b"other", "task-1", "kie_4o", 1000, &t
+        ));
         let sig = kie_callback_signature(b"whsec", "4o123", "1700000000");
         assert!(verify_kie_callback(b"whsec", "4o123", "1700000000", &sig));
         assert!(!verify_kie_callback(b"whsec", "4o123", "1700000001", &sig));

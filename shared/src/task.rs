@@ -15,7 +15,9 @@
 //! provider accepted is never created there again, and recovery resumes polling that id.
 //! A task left `submitted` (the create call's outcome is unknown: a timeout, or a crash between
 //! the call and the write) is never submitted again: a provider callback names its id (the
-//! callback's token proves it is for this task), or its deadline fails it.
+//! callback's token proves it is for this task), or its deadline fails it. A provider's answer
+//! about a task id applies only to the task D1 knows under that id or under none yet
+//! ([`FOR_ANSWER`]).
 //! `completed` and `failed` are terminal: the hold has been settled or released exactly once.
 //!
 //! Every transition is a row of [`TRANSITIONS`]; the workers apply one with a conditional UPDATE
@@ -221,7 +223,8 @@ pub fn accept(task: &TaskId, external_id: &str, now: i64) -> Stmt {
 /// `submitted|processing -> completed` with the results (`urls` from the provider, `keys` in
 /// R2), `RETURNING user_id` (`ledger::TaskOwner`) only when this statement ended the task. A
 /// callback may complete a task whose id was never written, so the id and `submitted_at` are
-/// filled in if missing. Put `ledger::settle` after it, in the same batch.
+/// filled in if missing. An answer about another provider task (a callback naming the wrong id)
+/// changes nothing: see [`FOR_ANSWER`]. Put `ledger::settle` after it, in the same batch.
 pub fn succeed(
     task: &TaskId,
     external_id: &str,
@@ -231,11 +234,12 @@ pub fn succeed(
 ) -> Stmt {
     Stmt::new(
         format!(
-            "{} RETURNING user_id",
+            "{}{} RETURNING user_id",
             Succeeded.update_sql(
                 "result_urls = ?2, result_keys = ?3, external_task_id = COALESCE(external_task_id, ?4),
              completed_at = ?5, updated_at = ?5, submitted_at = COALESCE(submitted_at, ?5)",
-            )
+            ),
+            FOR_ANSWER.replace("?N", "?4")
         ),
         vec![
             task.to_string().into(),
@@ -246,6 +250,12 @@ pub fn succeed(
         ],
     )
 }
+
+/// The guard on a transition a provider's answer about task `?N` makes: it applies only to the
+/// task D1 knows under that id, or to one whose id D1 does not know yet. The callback's token
+/// proves which of our tasks it is for, not which provider task its body names, and the callback
+/// reads no row to compare them: the comparison happens here, in the statement that would act.
+pub const FOR_ANSWER: &str = " AND (external_task_id IS NULL OR external_task_id = ?N)";
 
 /// Tells D1 a poll chain is alive for this task (its lease): the reconciler leaves tasks with a
 /// live chain alone ([`stalled`]). Not a state change, so not a transition.
@@ -461,14 +471,15 @@ mod tests {
 
         let urls = ["https://p/1.png".to_owned()];
         let keys = ["result/kie_4o/t/result_0.png".to_owned()];
-        let owner = rows(&conn, &succeed(&id(&t), "ext_other", &urls, &keys, 9));
+        assert!(
+            rows(&conn, &succeed(&id(&t), "ext_other", &urls, &keys, 9)).is_empty(),
+            "an answer about another provider task completes nothing"
+        );
+        assert_eq!(column(&conn, &t, "status"), "processing");
+        let owner = rows(&conn, &succeed(&id(&t), "ext_1", &urls, &keys, 9));
         assert_eq!(owner, vec![serde_json::json!({"user_id": u.to_string()})]);
         assert_eq!(column(&conn, &t, "status"), "completed");
-        assert_eq!(
-            column(&conn, &t, "external_task_id"),
-            "ext_1",
-            "the id stays"
-        );
+        assert_eq!(column(&conn, &t, "external_task_id"), "ext_1");
         assert_eq!(
             column(&conn, &t, "result_keys"),
             r#"["result/kie_4o/t/result_0.png"]"#
@@ -485,6 +496,30 @@ mod tests {
         );
         assert_eq!(column(&conn, &s, "external_task_id"), "ext_2");
         assert_eq!(column(&conn, &s, "submitted_at"), 12);
+    }
+
+    #[test]
+    fn a_failure_the_provider_reports_ends_only_the_task_it_is_about() {
+        let conn = db();
+        let u = user(&conn);
+        let known = task(&conn, &u, "processing", 0, "{}");
+        conn.execute(
+            "UPDATE ai_tasks SET external_task_id = 'ext_1' WHERE id = ?1",
+            [&known],
+        )
+        .unwrap();
+        let fail = |t: &str, ext: &str| {
+            let [update, _] = crate::ledger::fail_on_answer(&id(t), ext, "GENERATE_FAILED", 5);
+            rows(&conn, &update).len()
+        };
+        assert_eq!(fail(&known, "ext_other"), 0, "an answer about another task");
+        assert_eq!(column(&conn, &known, "status"), "processing");
+        assert_eq!(fail(&known, "ext_1"), 1);
+        assert_eq!(column(&conn, &known, "status"), "failed");
+        // D1 does not know the id yet (the first poll carries it): the answer applies
+        let unknown = task(&conn, &u, "submitted", 0, "{}");
+        assert_eq!(fail(&unknown, "ext_2"), 1);
+        assert_eq!(column(&conn, &unknown, "status"), "failed");
     }
 
     #[test]

@@ -1,11 +1,9 @@
-//! A task as the api reads it: its row ([`TaskRow`], [`COLUMNS`]), the owner's reads, the
-//! provider callback's, and the operators'. What moves a task is `task`; its history (deleting,
+//! A task as the api reads it: its row ([`TaskRow`], [`COLUMNS`]), the owner's reads and the
+//! operators'. (A provider callback reads no row: its signed URL carries what it needs.) What moves a task is `task`; its history (deleting,
 //! syncing) is `history`; its ledger rows are `ledger`'s.
 //!
 //! - an owner reads their own tasks only, and never a deleted one ([`owned`], [`list_owned`]);
 //!   a repeated idempotency key finds the task it made ([`by_idempotency_key`]);
-//! - a provider callback reads the task it names, whoever owns it, to check it against the
-//!   callback ([`for_callback`]);
 //! - operators read any task, deleted ones too ([`list_for_operators`], [`for_operators`]), and
 //!   one task's timeline ([`timeline`], [`retries_of`]).
 
@@ -83,23 +81,6 @@ pub fn list_owned(user: &UserId, page: &Page) -> Stmt {
             first,
             Param::Int(page.limit + 1),
         ],
-    )
-}
-
-/// What a provider callback checks of the task it names ([`for_callback`]).
-#[derive(Debug, Deserialize)]
-pub struct CallbackTask {
-    pub status: String,
-    pub external_provider: Option<String>,
-    pub external_task_id: Option<String>,
-    pub deadline_at: Option<i64>,
-}
-
-/// The task a provider callback names ([`CallbackTask`]).
-pub fn for_callback(task: &TaskId) -> Stmt {
-    Stmt::new(
-        "SELECT status, external_provider, external_task_id, deadline_at FROM ai_tasks WHERE id = ?1",
-        vec![task.to_string().into()],
     )
 }
 
@@ -271,17 +252,6 @@ mod tests {
             [&b, &a],
         )
         .unwrap();
-
-        let cb: Vec<CallbackTask> = read(&conn, &for_callback(&id(&a)));
-        assert_eq!(
-            (
-                cb[0].status.as_str(),
-                cb[0].external_provider.as_deref(),
-                cb[0].external_task_id.as_deref(),
-                cb[0].deadline_at
-            ),
-            ("failed", Some("kie_4o"), Some("ext"), Some(99))
-        );
 
         let row: Vec<OperatorTaskRow> = read(&conn, &for_operators(&id(&b)));
         assert_eq!(

@@ -4,7 +4,8 @@
 //!
 //! Knobs ([`Knobs`], also `POST /_sim/knobs`) make it slow or flaky for everyone; directives in a
 //! prompt make one task behave: `[sim:fail]` (generation fails), `[sim:refuse]` (create refused
-//! as a content-policy violation), `[sim:stuck]` (never finishes), `[sim:slow=MS]`,
+//! as a content-policy violation), `[sim:stuck]` (never finishes), `[sim:forgotten]` (created,
+//! then record-info answers kie.ai's 404 "task not found", as for an expired task), `[sim:slow=MS]`,
 //! `[sim:flaky=N]` (N% of this task's calls answer 503, evenly spaced so runs are repeatable;
 //! `heal` ends it). When a create names a `callBackUrl`, the simulator posts kie.ai's callback
 //! there once the task ends, in the documented shape of its API, signed when `webhook_secret` is
@@ -108,6 +109,8 @@ enum Behaviour {
     Normal,
     Fail,
     Stuck,
+    /// Created, then unknown to record-info (kie.ai's 404).
+    Forgotten,
     Slow(u64),
 }
 
@@ -979,6 +982,8 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
                 Behaviour::Fail
             } else if prompt.contains("[sim:stuck]") {
                 Behaviour::Stuck
+            } else if prompt.contains("[sim:forgotten]") {
+                Behaviour::Forgotten
             } else if let Some(ms) = prompt
                 .split("[sim:slow=")
                 .nth(1)
@@ -999,7 +1004,8 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
                 .get("callBackUrl")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
-            let will_finish = !s.knobs.stuck && !matches!(behaviour, Behaviour::Stuck);
+            let will_finish =
+                !s.knobs.stuck && !matches!(behaviour, Behaviour::Stuck | Behaviour::Forgotten);
             let send_callback = s.knobs.callbacks && will_finish;
             let failed = matches!(behaviour, Behaviour::Fail);
             s.jobs.insert(
@@ -1041,7 +1047,12 @@ fn handle(mut req: Request, state: &Arc<Mutex<State>>, port: u16) {
             let mut s = lock(state);
             s.stats.record_infos += 1;
             // each API knows only its own tasks
-            let Some(job) = s.jobs.get(&id).filter(|j| j.kontext == kontext).cloned() else {
+            let Some(job) = s
+                .jobs
+                .get(&id)
+                .filter(|j| j.kontext == kontext && !matches!(j.behaviour, Behaviour::Forgotten))
+                .cloned()
+            else {
                 drop(s);
                 return reply_json(req, 200, &json!({"code": 404, "msg": "task not found"}));
             };
