@@ -833,6 +833,20 @@ fn costs(
             ] {
                 out.insert(k.into(), json!(per(v, n, &what(k))?));
             }
+            // a batch's task.submit messages claim together and accept together: two grouped
+            // round trips per batch, however many tasks it held
+            let submit_lines: Vec<&Value> = m
+                .iter()
+                .filter(|x| x["type"] == "task.submit")
+                .copied()
+                .collect();
+            let grouped = sum(&submit_lines, "d1_round_trips");
+            if grouped > 0.0 {
+                out.insert(
+                    "tasks_per_grouped_write".into(),
+                    json!(2.0 * submit_lines.len() as f64 / grouped),
+                );
+            }
             out.insert("unchanged_polls".into(), json!(unchanged.len()));
             if !unchanged.is_empty() {
                 out.insert(
@@ -1255,11 +1269,12 @@ fn summarise(o: &Options, runs: &[Value], cron: Value, versions: Value) -> Resul
         "D1 round trips per completed task, 9 s generation, callbacks on",
         &format!("<= {MAX_D1_ROUND_TRIPS}"),
         format!(
-            "{} (submit {}, callbacks {}, consumer {}; peer {})",
+            "{} (submit {}, callbacks {}, consumer {}, its claims and accepts grouped {} tasks per round trip; peer {})",
             fmt(trips, 2),
             fmt(&c["edgeline"]["d1_round_trips_submit"], 2),
             fmt(&c["edgeline"]["d1_round_trips_callbacks"], 2),
             fmt(&c["edgeline"]["d1_round_trips_consumer"], 2),
+            fmt(&c["edgeline"]["tasks_per_grouped_write"], 1),
             fmt(&c["peer"]["d1_round_trips"], 2)
         ),
         within(med(trips), MAX_D1_ROUND_TRIPS),
@@ -1539,13 +1554,17 @@ fn limits(r: &Value, md: &mut Md) {
     ));
 }
 
-const COST_ROWS: [(&str, &str); 15] = [
+const COST_ROWS: [(&str, &str); 16] = [
     ("D1 round trips", "d1_round_trips"),
     ("of which at submit", "d1_round_trips_submit"),
     ("of which in callbacks", "d1_round_trips_callbacks"),
     (
         "of which in the consumer / workflow",
         "d1_round_trips_consumer",
+    ),
+    (
+        "tasks per grouped claim / accept round trip (edgeline)",
+        "tasks_per_grouped_write",
     ),
     ("D1 rows written", "d1_rows_written"),
     ("D1 rows read", "d1_rows_read"),
