@@ -73,10 +73,7 @@ fn send(msg: &TaskMessage, delay: u32) -> Next {
 }
 
 async fn submit(ctx: &Ctx, task: &TaskId, writes: Option<SubmitWrites>) -> Result<Step, Failure> {
-    let (claim, accept) = match writes {
-        Some(w) => (Some(w.claim), Some(w.accept)),
-        None => (None, None),
-    };
+    let (claim, accept) = writes.map_or((None, None), |w| (Some(w.claim), Some(w.accept)));
     let Some(claimed) = store::claim(ctx, task, claim).await.map_err(storage)? else {
         // Another delivery claimed it, or it already ended: nothing to do.
         return Ok(Step::Done);
@@ -191,9 +188,9 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
         },
         Err(transient) => return Err(transient),
     };
-    // D1 may not know the id yet (the first poll carries it, a callback names it). A task that
-    // ended takes it with its end (`task::succeed`); one that goes on, or fails, records it now,
-    // or this poll is retried.
+    // D1 may not know the id yet (the write after create failed, or a callback names it). A task
+    // that succeeded takes it with its end (`task::succeed`, in the store step's batch); one that
+    // goes on, or failed, records it now, or this poll is retried.
     if *record && !matches!(progress, Progress::Succeeded { .. }) {
         store::accept(ctx, task_id, external_id, None)
             .await
@@ -234,14 +231,6 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
             // Store now; if a download fails, the store step retries on its own from here.
             match store(ctx, &next).await {
                 Err(f @ Failure::Transient { .. }) => {
-                    // the retries may take a while: D1 learns the id now rather than at the end
-                    if *record {
-                        if let Err(e) = store::accept(ctx, task_id, external_id, None).await {
-                            shared::edge::log(
-                                serde_json::json!({"level": "warn", "event": "accept_write_failed", "task_id": task_id.to_string(), "cause": e.to_string()}),
-                            );
-                        }
-                    }
                     let delay = ctx.cfg.transient.delay_secs(0);
                     shared::edge::log(
                         serde_json::json!({"event": "store_deferred", "task_id": task_id.to_string(), "error_class": f.class(), "error": f.detail()}),

@@ -1,7 +1,9 @@
-//! Tasks as their owner submits and follows them: `POST /api/tasks`, `GET /api/tasks/{id}`.
+//! Tasks as their owner submits and follows them: `POST /api/tasks`, `GET /api/tasks/{id}`; and
+//! the api's log lines of the provider's callbacks about them.
 
 use crate::check::{ensure, Check};
 use crate::client::{Client, Reply};
+use crate::stack::Stack;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -58,4 +60,17 @@ pub fn all_ended(tasks: &[Value]) -> bool {
     tasks
         .iter()
         .all(|t| matches!(t["status"].as_str(), Some("completed" | "failed")))
+}
+
+/// The api's log lines for provider callbacks (`POST /webhooks/ai/...`), oldest first.
+pub fn callback_lines(stack: &Stack) -> Vec<Value> {
+    stack
+        .events(Some("http"))
+        .into_iter()
+        .filter(|e| {
+            e["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/webhooks/ai/"))
+        })
+        .collect()
 }

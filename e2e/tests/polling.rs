@@ -7,7 +7,7 @@
 
 use e2e::check::{ensure, eq};
 use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN};
-use e2e::tasks::submitted;
+use e2e::tasks::{self, submitted};
 use libtest_mimic::Failed;
 use std::time::{Duration, Instant};
 
@@ -94,14 +94,8 @@ fn polling_is_the_fallback(stack: &Stack) -> Result<(), Failed> {
         .filter_map(|m| m["io"]["d1_round_trips"].as_u64())
         .sum();
     eq(consumer, 3, "the consumer's D1 round trips for the task")?;
-    let callbacks: Vec<u64> = stack
-        .events(Some("http"))
+    let callbacks: Vec<u64> = tasks::callback_lines(stack)
         .iter()
-        .filter(|e| {
-            e["path"]
-                .as_str()
-                .is_some_and(|p| p.starts_with("/webhooks/ai/"))
-        })
         .filter_map(|e| e["io"]["d1_round_trips"].as_u64())
         .collect();
     eq(callbacks, vec![0], "one callback, no D1 round trip")?;

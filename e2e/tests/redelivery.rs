@@ -389,15 +389,9 @@ fn forged_callbacks_are_rejected(stack: &Stack) -> Result<(), Failed> {
 
     // the log is written as requests finish: give the last lines a moment to land
     let rejections = || -> Vec<Value> {
-        stack
-            .events(Some("http"))
+        tasks::callback_lines(stack)
             .into_iter()
-            .filter(|e| {
-                e["path"]
-                    .as_str()
-                    .is_some_and(|p| p.starts_with("/webhooks/ai/"))
-                    && e["status"].as_u64().is_some_and(|s| s >= 400)
-            })
+            .filter(|e| e["status"].as_u64().is_some_and(|s| s >= 400))
             .collect()
     };
     let started = Instant::now();
@@ -455,15 +449,7 @@ fn duplicate_callbacks_are_harmless(stack: &Stack) -> Result<(), Failed> {
         "status written once",
     )?;
     // the signed URL carries what the callback needs: no callback reads D1
-    let callbacks: Vec<Value> = stack
-        .events(Some("http"))
-        .into_iter()
-        .filter(|e| {
-            e["path"]
-                .as_str()
-                .is_some_and(|p| p.starts_with("/webhooks/ai/"))
-        })
-        .collect();
+    let callbacks = tasks::callback_lines(stack);
     ensure(
         callbacks.len() >= 3,
         format!("the callbacks were logged: {}", callbacks.len()),
