@@ -22,7 +22,6 @@ use shared::ids::UserId;
 use shared::session::{self, CachedSession, Renewal, SessionRow, TokenError, Verified};
 use shared::signing::ct_eq;
 use shared::sql::Stmt;
-use std::time::Duration;
 use worker::Request;
 
 /// The response header that carries a renewed token. Clients replace their token with it; the
@@ -147,17 +146,10 @@ async fn remember(app: &App, sid: &str, record: &CachedSession) -> Result<(), Io
 }
 
 /// Deletes a session's key. KV takes one write per second per key, so a delete right after a put
-/// of the same key may be refused: it is tried once more after that second.
+/// of the same key may be refused: then the cron deletes it within its next run
+/// (`App::delete_kv`).
 async fn forget(app: &App, sid: &str) -> Result<(), IoError> {
-    let kv = app.kv()?;
-    let key = session::session_key(sid);
-    app.io.kv();
-    if kv.delete(&key).await.is_ok() {
-        return Ok(());
-    }
-    worker::Delay::from(Duration::from_millis(1100)).await;
-    app.io.kv();
-    kv.delete(&key).await.step("kv delete session")
+    app.delete_kv(&session::session_key(sid)).await
 }
 
 /// Deletes the keys of sessions D1 has revoked; every key is tried, the first failure returned.
@@ -183,7 +175,13 @@ async fn put_then_confirm(app: &App, sid: &str, record: &CachedSession) -> Resul
     remember(app, sid, record).await?;
     match live_in_d1(app, sid).await {
         Ok(true) => Ok(true),
-        Ok(false) => forget(app, sid).await.map(|()| false),
+        Ok(false) => {
+            // revoked meanwhile: refused whether or not its copy could be taken away now
+            if let Err(e) = forget(app, sid).await {
+                log_failure("session.forget_failed", sid, &e);
+            }
+            Ok(false)
+        }
         Err(e) => {
             // unknown: drop the copy; the next use reads D1 again
             let _ = forget(app, sid).await;

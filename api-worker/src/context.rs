@@ -64,6 +64,28 @@ impl App {
     pub fn kv(&self) -> Result<KvStore, IoError> {
         self.env.kv(config::KV).step("binding KV")
     }
+
+    /// Deletes a KV key now, or, when KV refuses (one write per second per key: a delete just
+    /// after a put of the same key), lists it for the cron's `clear_kv_keys` job
+    /// (`shared::kv_deletes`) rather than waiting in the isolate. An error only if both failed.
+    pub async fn delete_kv(&self, key: &str) -> Result<(), IoError> {
+        self.io.kv();
+        let refused = match self.kv()?.delete(key).await.step("kv delete") {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        shared::edge::log(
+            serde_json::json!({"level": "warn", "event": "kv.delete_deferred",
+                                             "key": key, "cause": refused.to_string()}),
+        );
+        self.db
+            .run(
+                "defer kv delete",
+                &shared::kv_deletes::defer(key, shared::edge::now()),
+            )
+            .await
+            .map(|_| ())
+    }
     pub fn bucket(&self) -> Result<Bucket, IoError> {
         self.env.bucket(config::BUCKET).step("binding BUCKET")
     }

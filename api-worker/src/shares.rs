@@ -149,14 +149,9 @@ async fn cache(app: &App, share: &ShareId, record: &ShareRecord) -> Result<bool,
 
 /// Deletes shares' KV records (revoked, or their task deleted).
 pub async fn forget(app: &App, shares: &[String]) {
-    let Ok(kv) = app.kv() else { return };
-    let deletes = shares.iter().map(|id| {
-        app.io.kv();
-        let kv = &kv;
-        async move {
-            if let Err(e) = kv.delete(&format!("share:{id}")).await.step("kv delete share") {
-                log(json!({"level": "warn", "event": "share.forget_failed", "share_id": id, "cause": e.to_string()}));
-            }
+    let deletes = shares.iter().map(|id| async move {
+        if let Err(e) = app.delete_kv(&format!("share:{id}")).await {
+            log(json!({"level": "warn", "event": "share.forget_failed", "share_id": id, "cause": e.to_string()}));
         }
     });
     futures::future::join_all(deletes).await;

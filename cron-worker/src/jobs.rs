@@ -14,7 +14,7 @@ use shared::messages::{EventMessage, TaskMessage};
 use shared::model::Model;
 use shared::sql::Stmt;
 use shared::task::{self, recovery, LiveTask, Recovery, TaskStatus};
-use shared::{dead_letters, history, ledger, payments, retention, webhook_events};
+use shared::{dead_letters, history, kv_deletes, ledger, payments, retention, webhook_events};
 use worker::Env;
 
 pub struct JobCtx<'a> {
@@ -53,6 +53,7 @@ pub async fn run(
         }
         "reconcile_tasks" => reconcile_tasks(ctx, budget, summary).await,
         "reconcile_events" => reconcile_events(ctx, budget, summary).await,
+        "clear_kv_keys" => clear_kv_keys(ctx, summary).await,
         "audit_ledger" => crate::audit::audit_ledger(ctx, budget, summary).await,
         "clean_r2_cache" => clean_r2_cache(ctx, budget, cursor, summary).await,
         "retention" => retention(ctx, budget, summary).await,
@@ -283,6 +284,51 @@ async fn reconcile_events(ctx: &JobCtx<'_>, budget: Budget, summary: &mut Summar
         }
     }
     summary.stopped_early = true;
+}
+
+/// Deletes the KV keys whose delete KV refused (`shared::kv_deletes`), at most
+/// `kv_deletes::MAX_PER_RUN` per run, oldest first; each key leaves the list once KV deleted it.
+async fn clear_kv_keys(ctx: &JobCtx<'_>, summary: &mut Summary) {
+    let pending: Vec<kv_deletes::Pending> = match ctx
+        .db
+        .all(
+            "kv keys to delete",
+            &kv_deletes::due(kv_deletes::MAX_PER_RUN),
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return summary.failed(&e),
+    };
+    if pending.is_empty() {
+        return;
+    }
+    let kv = match ctx.env.kv("KV").step("binding KV") {
+        Ok(kv) => kv,
+        Err(e) => return summary.failed(&e),
+    };
+    summary.examined += u64::try_from(pending.len()).unwrap_or(0);
+    let deletes = pending.iter().map(|p| {
+        ctx.io.kv();
+        kv.delete(&p.key)
+    });
+    let outcomes = futures::future::join_all(deletes).await;
+    let mut marks = Vec::with_capacity(pending.len());
+    for (p, outcome) in pending.iter().zip(outcomes) {
+        match outcome.step(format!("kv delete {}", p.key)) {
+            Ok(()) => {
+                summary.changed += 1;
+                marks.push(kv_deletes::done(&p.key));
+            }
+            Err(e) => {
+                summary.failed(&e);
+                marks.push(kv_deletes::refused(&p.key));
+            }
+        }
+    }
+    if let Err(e) = ctx.db.batch("kv deletes done", &marks).await {
+        summary.failed(&e);
+    }
 }
 
 /// Deletes objects under `cache/` older than `CACHE_MAX_AGE_SECS` (default 7 days), listing with

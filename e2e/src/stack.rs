@@ -341,6 +341,11 @@ impl Seed {
         ])
     }
 
+    /// Puts a value under `key` in the local KV namespace bound as `KV`.
+    pub fn kv(&self, key: &str, value: &str) -> Result<(), String> {
+        self.wrangler(&["kv", "key", "put", key, value, "--binding", "KV"])
+    }
+
     /// Puts objects into the local R2 bucket, many at once.
     pub fn r2(&self, objects: &[(String, Vec<u8>)], content_type: &str) -> Result<(), String> {
         let files = self.dir.join(format!("r2-{}", objects.len()));

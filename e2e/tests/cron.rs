@@ -7,7 +7,7 @@
 use e2e::check::{ensure, eq};
 use e2e::client::Client;
 use e2e::creem;
-use e2e::stack::{Seed, Stack, StackOptions, ADMIN_TOKEN, CREEM_WEBHOOK_SECRET};
+use e2e::stack::{Seed, Stack, StackOptions, ADMIN_TOKEN, CREEM_WEBHOOK_SECRET, JWT_SECRET};
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -24,6 +24,8 @@ const AUDIT_USER: &str = "33333333-3333-4333-8333-333333333333";
 /// Claimed, but whether the provider took it is unknown (no provider id in D1).
 const UNKNOWN: &str = "dddddddd-dddd-4ddd-8ddd-dddddddddddd";
 const CACHE_MAX_AGE_SECS: u64 = 25;
+const SESSION_USER: &str = "44444444-4444-4444-8444-444444444444";
+const REVOKED_SESSION: &str = "0123456789abcdef0123456789abcdef";
 
 fn seed(s: &Seed) -> Result<(), String> {
     let now = "CAST(strftime('%s','now') AS INTEGER)";
@@ -94,6 +96,26 @@ fn seed(s: &Seed) -> Result<(), String> {
         task(UNKNOWN, "submitted", &format!("{now} + 600"), "NULL"),
     );
     s.d1(&sql)?;
+    // a session revoked while its KV copy was being put back, whose delete KV refused: the copy
+    // is still there, and the key is listed for `clear_kv_keys`
+    s.d1(&format!(
+        "INSERT INTO users (id, email, name, credits, created_at, updated_at)
+           VALUES ('{SESSION_USER}', 'cron-session@e2e.test', 'Session', 0, 0, 0);
+         INSERT INTO sessions (id, user_id, created_at, last_used_at, refreshed_at, expires_at, ttl_secs, revoked_at)
+           VALUES ('{REVOKED_SESSION}', '{SESSION_USER}', {now} - 100, {now} - 100, {now} - 100, {now} + 86400, 86400, {now} - 50);
+         INSERT INTO kv_deletes (key, since) VALUES ('session:{REVOKED_SESSION}', {now} - 50);"
+    ))?;
+    let at = e2e::now_secs();
+    let copy = shared::session::CachedSession {
+        user: SESSION_USER.into(),
+        created_at: at - 100,
+        refreshed_at: at - 100,
+        expires_at: at + 86_400,
+    };
+    s.kv(
+        &format!("session:{REVOKED_SESSION}"),
+        &serde_json::to_string(&copy).map_err(|e| e.to_string())?,
+    )?;
     let png = sim::result_png("cached", 0);
     let old: Vec<(String, Vec<u8>)> = (0..1500)
         .map(|i| (format!("cache/seed/old-{i}.png"), png.clone()))
@@ -413,6 +435,48 @@ fn stuck_events_are_requeued_and_the_auditor_reports_violations(
     Ok(())
 }
 
+/// A key whose delete KV refused (a session revoked while its copy was being put back) is
+/// deleted by `clear_kv_keys`: until then the stale copy lets the revoked session in; after it,
+/// D1 is read and refuses it, and the key is off the list.
+fn refused_kv_deletes_are_finished_by_the_job(stack: &Stack) -> Result<(), Failed> {
+    let c = stack.client();
+    let at = e2e::now_secs();
+    let user = shared::ids::UserId::parse(SESSION_USER).map_err(|e| e.to_string())?;
+    let token = shared::session::mint(
+        JWT_SECRET.as_bytes(),
+        "edgeline",
+        &user,
+        REVOKED_SESSION,
+        at - 100,
+        at + 86_400,
+    )
+    .map_err(|e| format!("{e:?}"))?;
+    eq(
+        c.get("/api/me", Some(&token)).status,
+        200,
+        "the stale copy still lets the revoked session in",
+    )?;
+    let run = run_job(&c, "clear_kv_keys")?["summary"].clone();
+    eq(
+        (
+            run["examined"].as_u64(),
+            run["changed"].as_u64(),
+            run["errors"].as_u64(),
+        ),
+        (Some(1), Some(1), Some(0)),
+        &format!("the listed key deleted: {run}"),
+    )?;
+    let refused = c.get("/api/me", Some(&token));
+    eq(
+        (refused.status, refused.code()),
+        (401, "unauthorized".into()),
+        "D1 refuses the revoked session once its copy is gone",
+    )?;
+    let again = run_job(&c, "clear_kv_keys")?["summary"].clone();
+    eq(again["examined"].as_u64(), Some(0), "the list is empty")?;
+    Ok(())
+}
+
 fn main() {
     let mut options = StackOptions::default();
     for (k, v) in [
@@ -431,7 +495,8 @@ fn main() {
             clean_r2_cache_in_bounded_runs,
             reconcile_recovers_and_fails_stuck_tasks,
             expire_subscriptions_and_retention,
-            stuck_events_are_requeued_and_the_auditor_reports_violations
+            stuck_events_are_requeued_and_the_auditor_reports_violations,
+            refused_kv_deletes_are_finished_by_the_job
         ],
     )
 }

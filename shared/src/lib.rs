@@ -33,6 +33,7 @@
 //! - [`admin_audit`]: who changed what: the row every operator change writes, read back.
 //! - [`admin_views`]: the operator console's counts and the cron runs (read-only, no rule).
 //! - [`retention`]: how long events, dead letters, sign-in logs and cron runs are kept.
+//! - [`kv_deletes`]: KV deletes KV refused (one write per second per key), kept for the cron.
 //! - [`edge`] (feature `edge`): adapters over the Workers runtime used by every worker.
 
 pub mod admin_audit;
@@ -47,6 +48,7 @@ pub mod http;
 pub mod ids;
 pub mod keys;
 pub mod kie;
+pub mod kv_deletes;
 pub mod ledger;
 pub mod messages;
 pub mod model;

@@ -10,11 +10,12 @@ pub enum Cadence {
     Daily,
 }
 
-pub const JOBS: [&str; 7] = [
+pub const JOBS: [&str; 8] = [
     "expire_orders",
     "expire_subscriptions",
     "reconcile_tasks",
     "reconcile_events",
+    "clear_kv_keys",
     "audit_ledger",
     "clean_r2_cache",
     "retention",
@@ -30,6 +31,7 @@ pub const SCHEDULES: [(&str, Cadence, &[&str]); 2] = [
             "expire_subscriptions",
             "reconcile_tasks",
             "reconcile_events",
+            "clear_kv_keys",
             "audit_ledger",
         ],
     ),
@@ -68,7 +70,7 @@ mod tests {
                 .count();
             assert_eq!(n, 1, "{job}");
         }
-        assert_eq!(for_schedule("*/5 * * * *").map(|s| s.1.len()), Some(5));
+        assert_eq!(for_schedule("*/5 * * * *").map(|s| s.1.len()), Some(6));
         assert_eq!(
             for_schedule("*/5 * * * *").and_then(|s| s.1.last().copied()),
             Some("audit_ledger")

@@ -14,7 +14,7 @@
   // The scheduled jobs by cron expression, as shared/src/schedule.rs lists them (the console's
   // browser test checks the two agree).
   const SCHEDULES = [
-    ['*/5 * * * *', ['expire_orders', 'expire_subscriptions', 'reconcile_tasks', 'reconcile_events', 'audit_ledger']],
+    ['*/5 * * * *', ['expire_orders', 'expire_subscriptions', 'reconcile_tasks', 'reconcile_events', 'clear_kv_keys', 'audit_ledger']],
     ['17 3 * * *', ['clean_r2_cache', 'retention']],
   ];
   const TASK_STATUSES = ['pending', 'submitted', 'processing', 'completed', 'failed'];
