@@ -150,7 +150,7 @@ async fn cache(app: &App, share: &ShareId, record: &ShareRecord) -> Result<bool,
 /// Deletes shares' KV records (revoked, or their task deleted).
 pub async fn forget(app: &App, shares: &[String]) {
     let deletes = shares.iter().map(|id| async move {
-        if let Err(e) = app.delete_kv(&format!("share:{id}")).await {
+        if let Err(e) = app.delete_kv(&share_key(id)).await {
             log(json!({"level": "warn", "event": "share.forget_failed", "share_id": id, "cause": e.to_string()}));
         }
     });

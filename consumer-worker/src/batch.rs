@@ -99,9 +99,11 @@ pub async fn handle(batch: MessageBatch<Value>, env: Env) {
     let bodies: Vec<(Value, String)> = messages.iter().map(body_of).collect();
     let downloads = Rc::new(ByteBudget::new(BATCH_BUDGET_BYTES));
     // the batch's task.submit messages claim and accept their tasks in one round trip each
-    let is_submit =
-        |b: &Value| queue == cfg.queues.tasks && messages::type_of(b) == Some("task.submit");
-    let submits = bodies.iter().filter(|(b, _)| is_submit(b)).count();
+    let is_submit: Vec<bool> = bodies
+        .iter()
+        .map(|(b, _)| queue == cfg.queues.tasks && messages::type_of(b) == Some("task.submit"))
+        .collect();
+    let submits = is_submit.iter().filter(|s| **s).count();
     let mut writes = match Db::new(&env, config::DB, Rc::new(IoCounts::default())) {
         Ok(db) if submits > 0 => SubmitWrites::for_batch(&db, submits),
         _ => Vec::new(),
@@ -113,14 +115,14 @@ pub async fn handle(batch: MessageBatch<Value>, env: Env) {
         env: &env,
         downloads: &downloads,
     };
-    let work = messages.iter().zip(bodies).map(|(m, (body, text))| {
-        let mine = if is_submit(&body) {
-            writes.next()
-        } else {
-            None
-        };
-        handle_one(m, body, text, mine, &shared)
-    });
+    let work = messages
+        .iter()
+        .zip(bodies)
+        .zip(is_submit)
+        .map(|((m, (body, text)), submit)| {
+            let mine = if submit { writes.next() } else { None };
+            handle_one(m, body, text, mine, &shared)
+        });
     futures::future::join_all(work.collect::<Vec<_>>()).await;
     // batch sizes and how long the slowest message held the batch: what throughput is made of
     log(

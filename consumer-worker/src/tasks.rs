@@ -189,9 +189,9 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
         Err(transient) => return Err(transient),
     };
     // D1 may not know the id yet (the write after create failed, or a callback names it). A task
-    // that succeeded takes it with its end (`task::succeed`, in the store step's batch); one that
-    // goes on, or failed, records it now, or this poll is retried.
-    if *record && !matches!(progress, Progress::Succeeded { .. }) {
+    // that ended takes it with its end (`task::succeed`, `ledger::fail_on_answer`); one that goes
+    // on records it now, or this poll is retried.
+    if *record && matches!(progress, Progress::Generating) {
         store::accept(ctx, task_id, external_id, None)
             .await
             .map_err(storage)?;

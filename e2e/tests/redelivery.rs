@@ -351,8 +351,8 @@ fn forged_callbacks_are_rejected(stack: &Stack) -> Result<(), Failed> {
     // A callback whose token is good but whose body names another provider task is taken (the
     // callback reads no row to compare them), and the poll it prompts changes nothing: the
     // provider does not know that task, and its answer would apply only to the task D1 knows
-    // under that id. The poll tries to record the id and to fail the task, 2 D1 round trips
-    // that change no row: that is the poll waited for.
+    // under that id. The poll tries to fail the task, a D1 round trip that changes no row, and
+    // ends (acked); the chain's polls of this stuck task go on (sent): that is the poll waited for.
     let answered = || {
         stack
             .events(Some("message"))
@@ -360,7 +360,8 @@ fn forged_callbacks_are_rejected(stack: &Stack) -> Result<(), Failed> {
             .filter(|m| {
                 m["task_id"] == id.as_str()
                     && m["type"] == "task.poll"
-                    && m["io"]["d1_round_trips"] == 2
+                    && m["decision"] == "ack"
+                    && m["io"]["d1_round_trips"] == 1
             })
             .count()
     };

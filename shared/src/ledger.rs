@@ -447,7 +447,8 @@ pub fn fail_task(task: &TaskId, reason: &str, now: i64) -> [Stmt; 2] {
 
 /// [`fail_task`] because the provider answered that task `external_id` failed: it applies only
 /// to the task D1 knows under that id or whose id it does not know yet
-/// (`task::FOR_ANSWER`), so an answer about another provider task fails nothing.
+/// (`task::FOR_ANSWER`), so an answer about another provider task fails nothing; a task whose id
+/// D1 did not know takes it with its end.
 pub fn fail_on_answer(task: &TaskId, external_id: &str, reason: &str, now: i64) -> [Stmt; 2] {
     failure(task, Some(external_id), reason, now)
 }
@@ -455,12 +456,16 @@ pub fn fail_on_answer(task: &TaskId, external_id: &str, reason: &str, now: i64) 
 fn failure(task: &TaskId, external_id: Option<&str>, reason: &str, now: i64) -> [Stmt; 2] {
     use crate::task::{Transition, FOR_ANSWER};
     let reason: String = reason.chars().take(500).collect();
+    let set = "failure_reason = ?2, completed_at = ?3, updated_at = ?3";
     let mut update = Stmt::new(
-        Transition::Fail.update_sql("failure_reason = ?2, completed_at = ?3, updated_at = ?3"),
+        Transition::Fail.update_sql(set),
         vec![task.to_string().into(), reason.into(), now.into()],
     );
     if let Some(id) = external_id {
-        update.sql.push_str(&FOR_ANSWER.replace("?N", "?4"));
+        // like `task::succeed`: the id D1 did not know yet is recorded with the end
+        update.sql = Transition::Fail.update_sql(&format!(
+            "{set}, external_task_id = COALESCE(external_task_id, ?4)"
+        )) + &FOR_ANSWER.replace("?N", "?4");
         update.params.push(id.into());
     }
     update.sql.push_str(" RETURNING user_id");

@@ -57,8 +57,8 @@ impl fmt::Display for ShareId {
     }
 }
 
-/// KV: a share's public record.
-pub fn share_key(share: &ShareId) -> String {
+/// KV: a share's public record (`share` a [`ShareId`], or its text as D1 gives it back).
+pub fn share_key(share: impl fmt::Display) -> String {
     format!("share:{share}")
 }
 

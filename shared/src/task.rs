@@ -520,6 +520,8 @@ mod tests {
         let unknown = task(&conn, &u, "submitted", 0, "{}");
         assert_eq!(fail(&unknown, "ext_2"), 1);
         assert_eq!(column(&conn, &unknown, "status"), "failed");
+        assert_eq!(column(&conn, &unknown, "external_task_id"), "ext_2");
+        assert_eq!(column(&conn, &known, "external_task_id"), "ext_1");
     }
 
     #[test]
