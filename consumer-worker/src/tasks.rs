@@ -173,10 +173,10 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
         store::fail(ctx, task_id, "deadline_exceeded").await?;
         return Ok(Step::Done);
     }
-    // The chain is the fallback for a lost callback: when the callback's poll has already
-    // ended the task (its final status is in KV), asking the provider again would only cost a
-    // call. A KV read is cheaper than a provider call, and D1 is not touched.
-    if *follow_up && store::known_ended(ctx, task_id).await {
+    // A poll of a task that already ended (the chain after the callback's poll ended it, or a
+    // repeated callback) would only cost a provider call: a KV read is cheaper, and D1 is not
+    // touched. This one read also stands for the store step's check when this poll stores.
+    if store::known_ended(ctx, task_id).await {
         return Ok(Step::Done);
     }
     let progress = match provider::record(ctx, *model, external_id).await {
@@ -228,8 +228,9 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
             let Some(next) = msg.store(urls) else {
                 return Ok(Step::Done);
             };
-            // Store now; if a download fails, the store step retries on its own from here.
-            match store(ctx, &next).await {
+            // Store now (KV was read above); if a download fails, the store step retries on
+            // its own from here.
+            match store_and_settle(ctx, &next).await {
                 Err(f @ Failure::Transient { .. }) => {
                     let delay = ctx.cfg.transient.delay_secs(0);
                     shared::edge::log(
@@ -243,9 +244,18 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     }
 }
 
+/// The store step as its own message (a poll's store that was deferred): stops early when KV
+/// knows the task ended, else [`store_and_settle`].
+async fn store(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
+    if store::known_ended(ctx, &msg.task_id()).await {
+        return Ok(Step::Done);
+    }
+    store_and_settle(ctx, msg).await
+}
+
 /// Downloads the results, stores them and settles the task. A result over the size cap fails
 /// the task; other failures are transient and retried by the caller.
-async fn store(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
+async fn store_and_settle(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     let TaskMessage::Store {
         task_id,
         model,
@@ -257,9 +267,6 @@ async fn store(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     else {
         return Ok(Step::Done);
     };
-    if store::known_ended(ctx, task_id).await {
-        return Ok(Step::Done);
-    }
     if now() >= *deadline_at {
         store::fail(ctx, task_id, "deadline_exceeded").await?;
         return Ok(Step::Done);

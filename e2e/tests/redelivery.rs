@@ -438,11 +438,39 @@ fn duplicate_callbacks_are_harmless(stack: &Stack) -> Result<(), Failed> {
         .ok()
         .and_then(|b| b["data"]["taskId"].as_str().map(str::to_owned))
         .unwrap_or_default();
+    let repeated_at = e2e::now_ms();
     for _ in 0..2 {
         let r = post_callback(&c, &url, &body, &provider_task);
         eq(r.status, 200, &format!("repeat callback: {}", r.text()))?;
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // each repeat prompts a poll (sent twice here); KV knows the task ended, so none of them
+    // asks the provider again
+    let later_polls = || -> Vec<Value> {
+        stack
+            .events(Some("message"))
+            .into_iter()
+            .filter(|m| {
+                m["task_id"] == id.as_str()
+                    && m["type"] == "task.poll"
+                    && m["at_ms"].as_u64().is_some_and(|t| t >= repeated_at)
+            })
+            .collect()
+    };
+    let waiting = Instant::now();
+    while later_polls().len() < 2 && waiting.elapsed() < REPLAY_WAIT {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let polls = later_polls();
+    ensure(
+        polls.len() >= 2,
+        format!("the repeats' polls were handled: {}", polls.len()),
+    )?;
+    ensure(
+        polls
+            .iter()
+            .all(|m| m["io"]["fetch"] == 0 && m["decision"] == "ack"),
+        format!("no repeat's poll asks the provider: {polls:?}"),
+    )?;
     eq(c.balance(&token), 2, "charged once")?;
     eq(
         count(stack, "task.final_status_cached", &id),

@@ -90,4 +90,59 @@ mod tests {
             assert!(p.contains(index), "{sql}: {p}");
         }
     }
+
+    /// No index is served by another on the same table (migrations 0008 and 0010): an index
+    /// whose columns another one repeats, or begins with, costs a billed row on every write that
+    /// touches it and serves no lookup the other does not. A UNIQUE index keeps its own
+    /// constraint when it is a prefix; partial indexes cover other rows and are left out.
+    #[test]
+    fn no_index_repeats_another() {
+        let conn = db();
+        let tables: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut served = Vec::new();
+        for table in &tables {
+            // (name, unique, partial, columns)
+            let indexes: Vec<(String, bool, bool, Vec<String>)> = conn
+                .prepare(&format!("PRAGMA index_list('{table}')"))
+                .unwrap()
+                .query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(4)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .map(|(name, unique, partial): (String, bool, bool)| {
+                    let columns = conn
+                        .prepare(&format!("PRAGMA index_info('{name}')"))
+                        .unwrap()
+                        .query_map([], |r| r.get::<_, String>(2))
+                        .unwrap()
+                        .map(Result::unwrap)
+                        .collect();
+                    (name, unique, partial, columns)
+                })
+                .collect();
+            for (i, (name, unique, partial, cols)) in indexes.iter().enumerate() {
+                for (j, (other, _, other_partial, other_cols)) in indexes.iter().enumerate() {
+                    if i == j || *partial || *other_partial {
+                        continue;
+                    }
+                    let repeated = cols == other_cols && name > other;
+                    let prefix =
+                        !unique && cols.len() < other_cols.len() && other_cols.starts_with(cols);
+                    if repeated || prefix {
+                        served.push(format!(
+                            "{table}: {name} {cols:?} is served by {other} {other_cols:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(served.is_empty(), "{served:#?}");
+    }
 }
