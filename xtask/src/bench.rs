@@ -9,9 +9,9 @@
 //! one provider simulator. Then:
 //!
 //! - submit latency at 1, 8 and 32 clients: edgeline's and the peer's `POST /api/tasks`, each
-//!   beside its floor (a route of its own worker that does no I/O: [`FLOOR_PATH`],
-//!   [`PEER_FLOOR_PATH`]), are driven at the same time, each by its own clients, each going on
-//!   until all four sent `--requests`, so all are measured beside the same background load (both
+//!   beside its floor (one client probing a route of its own worker that does no I/O:
+//!   [`FLOOR_PATH`], [`PEER_FLOOR_PATH`]), are driven at the same time, each by its own clients,
+//!   each going on until all four sent `--requests`, so all are measured beside the same background load (both
 //!   pipelines working through what was submitted, the simulator, the load generator). A floor
 //!   shares its system's workerd, whose one JavaScript thread also runs that system's consumer or
 //!   workflows and the local D1, KV and queues: a hello in a workerd of its own would leave that
@@ -446,17 +446,19 @@ fn submit_latency(o: &Options, run: usize, b: &Bench<'_>) -> Result<Value> {
         let peer_hello = |_: usize| Request::get(peer_floor_url.clone());
         let edge = |i: usize| b.submit(System::Edgeline, i, &format!("latency r{run} c{conc} {i}"));
         let peer = |i: usize| b.submit(System::Peer, i, &format!("latency r{run} c{conc} {i}"));
+        // a floor is a probe: one client, so it meets the wait the submits meet without adding
+        // a load of its own that would slow its system's submits
         let loads = load::together(
             &[
                 Target {
-                    concurrency: conc,
+                    concurrency: 1,
                     total: o.requests,
                     expect: 200,
                     make: &hello,
                     keep_bodies: false,
                 },
                 Target {
-                    concurrency: conc,
+                    concurrency: 1,
                     total: o.requests,
                     expect: 200,
                     make: &peer_hello,
@@ -1686,7 +1688,7 @@ pub fn block(r: &Value) -> String {
     md.line(String::new());
     budgets_table(r, &mut md);
     md.line(String::new());
-    md.line(format!("Submit latency (`POST /api/tasks`; the floor: `GET {FLOOR_PATH}`, the api's route that does no I/O, in the same isolate; the peer's floor: its `GET /`; all four driven at the same time):"));
+    md.line(format!("Submit latency (`POST /api/tasks`; the floor: `GET {FLOOR_PATH}`, the api's route that does no I/O, in the same isolate, probed by one client; the peer's floor: its `GET /`; all four driven at the same time):"));
     md.line(String::new());
     submit_table(r, &mut md);
     md.line(String::new());
@@ -1737,7 +1739,7 @@ fn markdown(r: &Value) -> String {
     md.line(String::new());
     md.line("## Submit latency");
     md.line(String::new());
-    md.line(format!("Edgeline's and the peer's `POST /api/tasks`, each beside its floor (edgeline's: `GET {FLOOR_PATH}`, the api's route that does no I/O, through the same socket, proxy, isolate and JavaScript thread as a submit; the peer's: its worker's `GET /`), are driven at the same time, each by its own clients, each until all four sent their share, beside both pipelines working through what was submitted. Error responses are counted apart; latencies are of the expected status only."));
+    md.line(format!("Edgeline's and the peer's `POST /api/tasks`, each beside its floor (one client probing a route of that system's own worker: edgeline's `GET {FLOOR_PATH}`, the api's route that does no I/O, through the same socket, proxy, isolate and JavaScript thread as a submit; the peer's: its worker's `GET /`), are driven at the same time, each by its own clients, each until all four sent their share, beside both pipelines working through what was submitted. Error responses are counted apart; latencies are of the expected status only."));
     md.line(String::new());
     submit_table(r, &mut md);
     md.line(String::new());
