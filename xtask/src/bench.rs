@@ -8,15 +8,14 @@
 //! (`bench/floor-worker`), edgeline's stack (api, consumer, cron) and the peer, the last two on
 //! one provider simulator. Then:
 //!
-//! - submit latency at 1, 8 and 32 clients: edgeline's and the peer's `POST /api/tasks`, each
-//!   beside its floor (one client probing a route of its own worker that does no I/O:
-//!   [`FLOOR_PATH`], [`PEER_FLOOR_PATH`]), are driven at the same time, each by its own clients,
-//!   each going on until all four sent `--requests`, so all are measured beside the same background load (both
-//!   pipelines working through what was submitted, the simulator, the load generator). A floor
-//!   shares its system's workerd, whose one JavaScript thread also runs that system's consumer or
-//!   workflows and the local D1, KV and queues: a hello in a workerd of its own would leave that
-//!   wait out of the floor and count it against the system. Error responses are counted apart
-//!   from latencies;
+//! - submit latency at 1, 8 and 32 clients: edgeline's and the peer's `POST /api/tasks` and the
+//!   floor beside edgeline (one client probing [`FLOOR_PATH`], the api's route that does no I/O)
+//!   are driven at the same time, each by its own clients, each going on until all three sent
+//!   `--requests`, so all are measured beside the same background load (both pipelines working
+//!   through what was submitted, the simulator, the load generator). The floor shares edgeline's
+//!   workerd, whose one JavaScript thread also runs its consumer and the local D1, KV and queues:
+//!   a hello in a workerd of its own would leave that wait out of the floor and count it against
+//!   edgeline. Error responses are counted apart from latencies;
 //! - the pipeline: `--tasks` tasks through edgeline, then through the peer (instant provider),
 //!   and as many messages through the floor's no-op consumer;
 //! - cost per completed task, from the workers' own per-invocation counters, with a realistic
@@ -432,22 +431,17 @@ fn instant(stack: &Stack) {
 /// several workers on that thread, and it measured slower than a submit.)
 const FLOOR_PATH: &str = "/api/openapi.json";
 
-/// The peer's floor: its worker's route that does no I/O (`GET /` answers `ok`).
-const PEER_FLOOR_PATH: &str = "/";
-
-/// Submit latency: edgeline and the peer, each with its floor beside it (so each workerd carries
-/// the same kind of extra load), all four driven at the same time at each concurrency.
+/// Submit latency: edgeline and the peer, and the floor probed beside edgeline, all driven at the
+/// same time at each concurrency.
 fn submit_latency(o: &Options, run: usize, b: &Bench<'_>) -> Result<Value> {
     let mut rows = Vec::new();
     let floor_url = format!("{}{FLOOR_PATH}", b.stack.api);
-    let peer_floor_url = format!("{}{PEER_FLOOR_PATH}", b.peer.url);
     for conc in CONCURRENCY {
         let hello = |_: usize| Request::get(floor_url.clone());
-        let peer_hello = |_: usize| Request::get(peer_floor_url.clone());
         let edge = |i: usize| b.submit(System::Edgeline, i, &format!("latency r{run} c{conc} {i}"));
         let peer = |i: usize| b.submit(System::Peer, i, &format!("latency r{run} c{conc} {i}"));
-        // a floor is a probe: one client, so it meets the wait the submits meet without adding
-        // a load of its own that would slow its system's submits
+        // the floor is a probe: one client, so it meets the wait the submits meet without adding
+        // a load of its own that would slow edgeline's submits beside the peer's
         let loads = load::together(
             &[
                 Target {
@@ -455,13 +449,6 @@ fn submit_latency(o: &Options, run: usize, b: &Bench<'_>) -> Result<Value> {
                     total: o.requests,
                     expect: 200,
                     make: &hello,
-                    keep_bodies: false,
-                },
-                Target {
-                    concurrency: 1,
-                    total: o.requests,
-                    expect: 200,
-                    make: &peer_hello,
                     keep_bodies: false,
                 },
                 Target {
@@ -481,11 +468,10 @@ fn submit_latency(o: &Options, run: usize, b: &Bench<'_>) -> Result<Value> {
             ],
             Duration::from_secs(900),
         );
-        let [f, pf, e, p] =
-            <[Load; 4]>::try_from(loads).map_err(|_| "a load thread died".to_owned())?;
+        let [f, e, p] =
+            <[Load; 3]>::try_from(loads).map_err(|_| "a load thread died".to_owned())?;
         let mut edgeline = latency(&e, &format!("edgeline submit at {conc} clients"))?;
         let floor_v = latency(&f, &format!("floor (no I/O) at {conc} clients"))?;
-        let peer_floor_v = latency(&pf, &format!("peer floor (no I/O) at {conc} clients"))?;
         let peer_v = latency(&p, &format!("peer submit at {conc} clients"))?;
         // where edgeline's time went, from the api's own log lines
         let until = e.started_ms + u64::try_from(e.wall.as_millis()).unwrap_or(0) + 1000;
@@ -514,7 +500,6 @@ fn submit_latency(o: &Options, run: usize, b: &Bench<'_>) -> Result<Value> {
         };
         let ratios = json!({
             "edgeline_p99_vs_floor": r(&edgeline, &floor_v, "p99_ms"),
-            "peer_p99_vs_its_floor": r(&peer_v, &peer_floor_v, "p99_ms"),
             "edgeline_p50_vs_peer": r(&edgeline, &peer_v, "p50_ms"),
             "edgeline_p99_vs_peer": r(&edgeline, &peer_v, "p99_ms"),
         });
@@ -543,7 +528,7 @@ fn submit_latency(o: &Options, run: usize, b: &Bench<'_>) -> Result<Value> {
         edgeline["error_causes"] = json!(causes(System::Edgeline, e.started_ms));
         let mut peer_v = peer_v;
         peer_v["error_causes"] = json!(causes(System::Peer, p.started_ms));
-        rows.push(json!({"concurrency": conc, "edgeline": edgeline, "peer": peer_v, "floor": floor_v, "peer_floor": peer_floor_v, "ratios": ratios}));
+        rows.push(json!({"concurrency": conc, "edgeline": edgeline, "peer": peer_v, "floor": floor_v, "ratios": ratios}));
         // let both pipelines finish these before the next measurement
         b.wait_ended(System::Edgeline, &task_ids(&e), Duration::from_secs(1200))?;
         b.wait_ended(System::Peer, &task_ids(&p), Duration::from_secs(1200))?;
@@ -1633,11 +1618,11 @@ fn cost_table(r: &Value, md: &mut Md) {
 }
 
 fn submit_table(r: &Value, md: &mut Md) {
-    md.line("| clients | edgeline p50 / p99 ms | peer p50 / p99 ms | edgeline's floor (api route without I/O) p50 / p99 ms | peer's floor (`GET /`) p50 / p99 ms | edgeline p99 / its floor | peer p99 / its floor | edgeline p99 / peer | errors (edgeline, peer, floors) | samples per run (edgeline) | edgeline handled in, of which D1 (ms) |");
-    md.line("|---|---|---|---|---|---|---|---|---|---|---|");
+    md.line("| clients | edgeline p50 / p99 ms | peer p50 / p99 ms | floor (one client on the api's route without I/O) p50 / p99 ms | edgeline p99 / floor | edgeline p99 / peer | errors (edgeline, peer, floor) | samples per run (edgeline) | edgeline handled in, of which D1 (ms) |");
+    md.line("|---|---|---|---|---|---|---|---|---|");
     for row in r["summary"]["submit"].as_array().into_iter().flatten() {
         md.line(format!(
-            "| {} | {} / {} | {} / {} | {} / {} | {} / {} | {}x | {}x | {}x | {}, {}, {} + {} | {} | {}, {} |",
+            "| {} | {} / {} | {} / {} | {} / {} | {}x | {}x | {}, {}, {} | {} | {}, {} |",
             fmt(&row["concurrency"], 0),
             fmt(&row["edgeline"]["p50_ms"], 1),
             fmt(&row["edgeline"]["p99_ms"], 1),
@@ -1645,15 +1630,11 @@ fn submit_table(r: &Value, md: &mut Md) {
             fmt(&row["peer"]["p99_ms"], 1),
             fmt(&row["floor"]["p50_ms"], 1),
             fmt(&row["floor"]["p99_ms"], 1),
-            fmt(&row["peer_floor"]["p50_ms"], 1),
-            fmt(&row["peer_floor"]["p99_ms"], 1),
             fmt(&row["ratios"]["edgeline_p99_vs_floor"], 2),
-            fmt(&row["ratios"]["peer_p99_vs_its_floor"], 2),
             fmt(&row["ratios"]["edgeline_p99_vs_peer"], 2),
             fmt(&row["edgeline"]["errors"], 0),
             fmt(&row["peer"]["errors"], 0),
             fmt(&row["floor"]["errors"], 0),
-            fmt(&row["peer_floor"]["errors"], 0),
             fmt(&row["edgeline"]["samples"], 0),
             fmt(&row["edgeline"]["server_ms"], 1),
             fmt(&row["edgeline"]["server_d1_ms"], 1),
@@ -1688,7 +1669,7 @@ pub fn block(r: &Value) -> String {
     md.line(String::new());
     budgets_table(r, &mut md);
     md.line(String::new());
-    md.line(format!("Submit latency (`POST /api/tasks`; the floor: `GET {FLOOR_PATH}`, the api's route that does no I/O, in the same isolate, probed by one client; the peer's floor: its `GET /`; all four driven at the same time):"));
+    md.line(format!("Submit latency (`POST /api/tasks`; the floor: `GET {FLOOR_PATH}`, the api's route that does no I/O, in the same isolate, probed by one client, driven at the same time):"));
     md.line(String::new());
     submit_table(r, &mut md);
     md.line(String::new());
@@ -1739,7 +1720,7 @@ fn markdown(r: &Value) -> String {
     md.line(String::new());
     md.line("## Submit latency");
     md.line(String::new());
-    md.line(format!("Edgeline's and the peer's `POST /api/tasks`, each beside its floor (one client probing a route of that system's own worker: edgeline's `GET {FLOOR_PATH}`, the api's route that does no I/O, through the same socket, proxy, isolate and JavaScript thread as a submit; the peer's: its worker's `GET /`), are driven at the same time, each by its own clients, each until all four sent their share, beside both pipelines working through what was submitted. Error responses are counted apart; latencies are of the expected status only."));
+    md.line(format!("Edgeline's and the peer's `POST /api/tasks` and the floor (one client probing `GET {FLOOR_PATH}`, the api's route that does no I/O, through the same socket, proxy, isolate and JavaScript thread as a submit) are driven at the same time, each by its own clients, each until all three sent their share, beside both pipelines working through what was submitted. Error responses are counted apart; latencies are of the expected status only."));
     md.line(String::new());
     submit_table(r, &mut md);
     md.line(String::new());
