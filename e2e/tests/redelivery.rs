@@ -28,6 +28,15 @@ fn count(stack: &Stack, event: &str, task: &str) -> usize {
         .count()
 }
 
+/// The log lines of every `task.poll` handled so far for `task`.
+fn polls_of(stack: &Stack, task: &str) -> Vec<Value> {
+    stack
+        .events(Some("message"))
+        .into_iter()
+        .filter(|m| m["task_id"] == task && m["type"] == "task.poll")
+        .collect()
+}
+
 /// The ids of every queue message handled so far.
 fn message_ids(stack: &Stack) -> HashSet<String> {
     stack
@@ -354,15 +363,9 @@ fn forged_callbacks_are_rejected(stack: &Stack) -> Result<(), Failed> {
     // under that id. The poll tries to fail the task, a D1 round trip that changes no row, and
     // ends (acked); the chain's polls of this stuck task go on (sent): that is the poll waited for.
     let answered = || {
-        stack
-            .events(Some("message"))
+        polls_of(stack, &id)
             .iter()
-            .filter(|m| {
-                m["task_id"] == id.as_str()
-                    && m["type"] == "task.poll"
-                    && m["decision"] == "ack"
-                    && m["io"]["d1_round_trips"] == 1
-            })
+            .filter(|m| m["decision"] == "ack" && m["io"]["d1_round_trips"] == 1)
             .count()
     };
     let before = answered();
@@ -446,14 +449,9 @@ fn duplicate_callbacks_are_harmless(stack: &Stack) -> Result<(), Failed> {
     // each repeat prompts a poll (sent twice here); KV knows the task ended, so none of them
     // asks the provider again
     let later_polls = || -> Vec<Value> {
-        stack
-            .events(Some("message"))
+        polls_of(stack, &id)
             .into_iter()
-            .filter(|m| {
-                m["task_id"] == id.as_str()
-                    && m["type"] == "task.poll"
-                    && m["at_ms"].as_u64().is_some_and(|t| t >= repeated_at)
-            })
+            .filter(|m| m["at_ms"].as_u64().is_some_and(|t| t >= repeated_at))
             .collect()
     };
     let waiting = Instant::now();
