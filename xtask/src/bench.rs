@@ -13,10 +13,10 @@
 //!   route that does no I/O) are driven at the same time, each by its own clients, each going on
 //!   until all three sent their share (`--requests` submits, a third as many probes), so all are
 //!   measured beside the same background load (both pipelines working through what was
-//!   submitted, the simulator, the load generator). The floor shares edgeline's
-//!   workerd, whose one JavaScript thread also runs its consumer and the local D1, KV and queues:
-//!   a hello in a workerd of its own would leave that wait out of the floor and count it against
-//!   edgeline. Error responses are counted apart from latencies;
+//!   submitted, the simulator, the load generator). The floor shares edgeline's workerd, whose
+//!   one JavaScript thread also runs its consumer and the local D1, KV and queues: a hello in a
+//!   workerd of its own would leave that wait out of the floor and count it against edgeline.
+//!   Error responses are counted apart from latencies;
 //! - the pipeline: `--tasks` tasks through edgeline, then through the peer (instant provider),
 //!   and as many messages through the floor's no-op consumer;
 //! - cost per completed task, from the workers' own per-invocation counters, with a realistic
