@@ -305,9 +305,28 @@ impl Bench<'_> {
                     self.log_tail(s)
                 ));
             }
+            // a system whose `wrangler dev` died ends nothing more: say so now, not at the limit
+            if !running(self.pid(s)) {
+                return Err(format!(
+                    "wrangler dev exited with {missing} tasks not ended:\n{}",
+                    self.log_tail(s)
+                ));
+            }
             std::thread::sleep(Duration::from_secs(1));
         }
     }
+}
+
+/// Whether process `pid` still runs: it exists and is not a zombie that exited and waits to be
+/// reaped (Linux's `/proc/{pid}/stat`, whose state follows the command's closing parenthesis).
+fn running(pid: Option<u32>) -> bool {
+    pid.and_then(|p| fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .and_then(|stat| {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.trim_start().chars().next())
+        })
+        .is_some_and(|state| state != 'Z')
 }
 
 fn task_ids(l: &Load) -> HashSet<String> {
@@ -1846,6 +1865,24 @@ fn write_block(report: &Value) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// A process that exited but was not reaped yet counts as gone, as does one that never was.
+    #[test]
+    fn a_process_that_exited_is_not_running() {
+        assert!(super::running(Some(std::process::id())));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let waited = std::time::Instant::now();
+        while super::running(Some(pid)) && waited.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            !super::running(Some(pid)),
+            "an exited child is a zombie, not running"
+        );
+        child.wait().unwrap();
+        assert!(!super::running(None));
+    }
+
     use super::*;
 
     #[test]
