@@ -2,7 +2,7 @@
 //! (the workers' chaos knob), polling is slow (12 s) so signed callbacks from the simulator drive
 //! completion, and duplicates must change nothing twice.
 
-use e2e::check::{ensure, eq};
+use e2e::check::{ensure, eq, wait_until};
 use e2e::client::Client;
 use e2e::now_secs;
 use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN, FILES_SIGNING_KEY};
@@ -174,12 +174,9 @@ fn duplicates_change_nothing_twice(stack: &Stack) -> Result<(), Failed> {
             })
             .count()
     };
-    let started = Instant::now();
-    while (replayed("task.submit") < 2 || replayed("task.poll") < 2)
-        && started.elapsed() < REPLAY_WAIT
-    {
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_until(REPLAY_WAIT, || {
+        replayed("task.submit") >= 2 && replayed("task.poll") >= 2
+    });
     let (submits, polls) = (replayed("task.submit"), replayed("task.poll"));
     if submits < 2 || polls < 2 {
         // what did happen to the messages handled since: a replay that does not parse is
@@ -374,10 +371,7 @@ fn forged_callbacks_are_rejected(stack: &Stack) -> Result<(), Failed> {
         200,
         "a callback for another provider task is taken",
     )?;
-    let started = Instant::now();
-    while answered() == before && started.elapsed() < REPLAY_WAIT {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(REPLAY_WAIT, || answered() != before);
     ensure(
         answered() > before,
         "the poll the mismatched callback prompted was handled",
@@ -398,12 +392,8 @@ fn forged_callbacks_are_rejected(stack: &Stack) -> Result<(), Failed> {
             .filter(|e| e["status"].as_u64().is_some_and(|s| s >= 400))
             .collect()
     };
-    let started = Instant::now();
-    let mut rejected = rejections();
-    while rejected.len() < 9 && started.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(200));
-        rejected = rejections();
-    }
+    wait_until(Duration::from_secs(5), || rejections().len() >= 9);
+    let rejected = rejections();
     ensure(
         rejected.len() >= 9,
         format!("rejections logged: {}", rejected.len()),
@@ -454,10 +444,7 @@ fn duplicate_callbacks_are_harmless(stack: &Stack) -> Result<(), Failed> {
             .filter(|m| m["at_ms"].as_u64().is_some_and(|t| t >= repeated_at))
             .collect()
     };
-    let waiting = Instant::now();
-    while later_polls().len() < 2 && waiting.elapsed() < REPLAY_WAIT {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(REPLAY_WAIT, || later_polls().len() >= 2);
     let polls = later_polls();
     ensure(
         polls.len() >= 2,
