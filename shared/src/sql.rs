@@ -56,38 +56,110 @@ impl Stmt {
 mod tests {
     use crate::audit::tests::db;
 
-    /// The plan SQLite picks for `sql` (its `detail` lines).
-    fn plan(sql: &str) -> String {
+    /// The plan SQLite picks for `s` bound as the workers bind it (its `detail` lines).
+    fn plan(s: &super::Stmt) -> String {
         let conn = db();
-        let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let mut st = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", s.sql))
+            .unwrap();
         let rows = st
-            .query_map([], |r| r.get::<_, String>(3))
+            .query_map(
+                rusqlite::params_from_iter(s.params.iter().map(crate::audit::tests::value)),
+                |r| r.get::<_, String>(3),
+            )
             .unwrap()
             .map(Result::unwrap)
             .collect::<Vec<_>>();
         rows.join("; ")
     }
 
-    /// Migration 0008 dropped indexes that a wider one serves (D1 bills each index entry an
-    /// insert or update writes): the lookups they served still use an index, not a scan.
+    /// Migrations 0008, 0010 and 0011 dropped indexes (D1 bills each index entry an insert or
+    /// update writes): the lookups they served still use an index, not a scan.
     #[test]
-    fn lookups_of_dropped_indexes_use_the_wider_ones() {
-        for (sql, index) in [
+    fn lookups_of_dropped_indexes_use_the_ones_left() {
+        let stmt = |sql: &str| super::Stmt::new(sql, vec![]);
+        let audit_check = |name: &str| {
+            crate::audit::CHECKS
+                .iter()
+                .find(|c| c.name == name)
+                .unwrap()
+                .stmt(1_000, 60)
+        };
+        for (s, index) in [
             (
-                "SELECT id FROM ai_tasks WHERE status = 'pending'",
-                "idx_ai_tasks_status_",
-            ),
-            (
-                "SELECT id FROM ai_tasks WHERE user_id = 'u'",
+                stmt("SELECT id FROM ai_tasks WHERE user_id = 'u'"),
                 "ai_tasks_user",
             ),
             (
-                "SELECT id FROM credit_records WHERE entity_type = 'task' AND entity_id = 't'",
+                stmt(
+                    "SELECT id FROM credit_records WHERE entity_type = 'task' AND entity_id = 't'",
+                ),
                 "uq_credit_records_entity_kind",
             ),
+            // the reads of live tasks and of ended ones (0011)
+            (crate::task::overdue(1_000, 50), "idx_ai_tasks_live"),
+            (crate::task::stalled(1_000, 900, 50), "idx_ai_tasks_live"),
+            (
+                audit_check("no_hold_outlives_its_task"),
+                "idx_ai_tasks_live",
+            ),
+            (
+                crate::admin_views::ended_per_bucket(1_000, 60),
+                "idx_ai_tasks_ended",
+            ),
+            (audit_check("failed_tasks_released"), "idx_ai_tasks_failed"),
         ] {
-            let p = plan(sql);
-            assert!(p.contains(index), "{sql}: {p}");
+            let p = plan(&s);
+            assert!(p.contains(index), "{}: {p}", s.sql);
+        }
+    }
+
+    /// A task moves between live statuses twice (claim, accept) and its sign of life is renewed
+    /// while it is polled: no full index on `ai_tasks` holds `status` (0011), and the partial ones
+    /// that name it hold no live task, so those writes rewrite no index entry but the user's sync
+    /// feed (`updated_at`); the others' conditions name `completed_at`, set once, when it ends.
+    #[test]
+    fn moves_between_live_statuses_rewrite_no_status_index() {
+        let conn = db();
+        let indexes: Vec<(String, Option<String>)> = conn
+            .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ai_tasks'")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            indexes.iter().any(|(n, _)| n == "idx_ai_tasks_live"),
+            "{indexes:?}"
+        );
+        for (name, sql) in &indexes {
+            let columns: Vec<String> = conn
+                .prepare(&format!("PRAGMA index_info('{name}')"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(2))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let condition = sql
+                .as_deref()
+                .and_then(|s| s.split_once(" WHERE "))
+                .map(|(_, w)| w.to_owned());
+            let holds_live = |w: &str| {
+                ["pending", "submitted", "processing"].iter().any(|live| {
+                    conn.query_row(
+                        &format!("SELECT ({w}) FROM (SELECT '{live}' AS status, NULL AS completed_at, NULL AS deleted_at, NULL AS purged_at, NULL AS idempotency_key)"),
+                        [],
+                        |r| r.get::<_, Option<bool>>(0),
+                    )
+                    .unwrap()
+                    .unwrap_or(false)
+                })
+            };
+            let status_condition = condition.as_deref().filter(|w| w.contains("status"));
+            assert!(
+                !columns.iter().any(|c| c == "status") && !status_condition.is_some_and(holds_live),
+                "{name}: {columns:?} {sql:?}"
+            );
         }
     }
 

@@ -271,7 +271,18 @@ pub fn renew_lease(task: &TaskId, now: i64) -> Stmt {
 // -------------------------------------------------------------------------------------------------
 
 /// The live statuses, those `Fail` starts from, for a `status IN (...)` guard.
-const LIVE: &str = "'pending','submitted','processing'";
+macro_rules! live {
+    () => {
+        "'pending','submitted','processing'"
+    };
+}
+const LIVE: &str = live!();
+
+/// Live tasks, in a read of many: `completed_at` is set exactly when a task ends ([`succeed`],
+/// `ledger::fail_task`), so `completed_at IS NULL` lets SQLite use the partial index
+/// `idx_ai_tasks_live` (migration 0011), which a move between live statuses never rewrites. The
+/// status guard stays: a row that broke that rule would still not be read as live.
+const LIVE_WHERE: &str = concat!("completed_at IS NULL AND status IN (", live!(), ")");
 
 /// What the reconciler reads of a live task; `dead_lettered` is 1 when a dead letter still
 /// `dead` names the task in its body (its message gave up).
@@ -304,7 +315,7 @@ impl LiveTask {
 pub fn overdue(now: i64, limit: i64) -> Stmt {
     Stmt::new(
         format!(
-            "SELECT {LIVE_COLUMNS} FROM ai_tasks WHERE status IN ({LIVE}) AND deadline_at < ?1 LIMIT ?2"
+            "SELECT {LIVE_COLUMNS} FROM ai_tasks WHERE {LIVE_WHERE} AND deadline_at < ?1 LIMIT ?2"
         ),
         vec![now.into(), limit.into()],
     )
@@ -317,7 +328,7 @@ pub fn stalled(now: i64, stale_before: i64, limit: i64) -> Stmt {
     Stmt::new(
         format!(
             "SELECT {LIVE_COLUMNS} FROM ai_tasks
-                     WHERE status IN ({LIVE}) AND deadline_at >= ?1 AND updated_at < ?2 AND (reconciled_at IS NULL OR reconciled_at < ?2)
+                     WHERE {LIVE_WHERE} AND deadline_at >= ?1 AND updated_at < ?2 AND (reconciled_at IS NULL OR reconciled_at < ?2)
                      LIMIT ?3"
         ),
         vec![now.into(), stale_before.into(), limit.into()],
