@@ -163,6 +163,39 @@ mod tests {
         }
     }
 
+    /// A task writes three ledger rows (hold, release, consumption): each enters only the
+    /// indexes a read of task rows needs (the primary key's, the user's rows, one entry per task
+    /// and kind), not those of expiring grants, grants or clawbacks, which are partial (0012).
+    #[test]
+    fn a_task_ledger_row_enters_three_indexes() {
+        let conn = db();
+        let indexes: Vec<(String, Option<String>)> = conn
+            .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'credit_records'")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let entered: Vec<&str> = indexes
+            .iter()
+            .filter(|(_, sql)| {
+                let Some((_, condition)) = sql.as_deref().and_then(|s| s.split_once(" WHERE "))
+                else {
+                    return true;
+                };
+                conn.query_row(
+                    &format!("SELECT ({condition}) FROM (SELECT 'reserve' AS type, 'task' AS entity_type, 't' AS entity_id, NULL AS expires_at)"),
+                    [],
+                    |r| r.get::<_, Option<bool>>(0),
+                )
+                .unwrap()
+                .unwrap_or(false)
+            })
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(entered.len(), 3, "{entered:?}");
+    }
+
     /// No index is served by another on the same table (migrations 0008 and 0010): an index
     /// whose columns another one repeats, or begins with, costs a billed row on every write that
     /// touches it and serves no lookup the other does not. A UNIQUE index keeps its own
