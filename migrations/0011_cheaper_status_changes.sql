@@ -13,11 +13,15 @@
 -- which only a failed task enters; its check of completed tasks reads the table, as the status
 -- index it walked before held nearly every row. A count of tasks by status scans the table as it
 -- scanned the whole status index before; the console's filtered lists walk `created_at`.
+-- The index on the provider's task id served no read: a callback's signed token names our task,
+-- and every statement finds a task by its own id. Writing the provider's id cost an entry at the
+-- insert (NULL), at the accept and at the completion.
 -- Now a claim writes 2 rows (the row, and the user's sync feed index on `updated_at`), an
--- accept 3 and a completion 4; a completed task writes 40 rows in all.
+-- accept 2 and a completion 3; a completed task writes 37 rows in all.
 DROP INDEX IF EXISTS idx_ai_tasks_deadline;         -- (status, deadline_at)
 DROP INDEX IF EXISTS idx_ai_tasks_status_updated;   -- (status, updated_at)
 DROP INDEX IF EXISTS idx_ai_tasks_status_created;   -- (status, created_at)
+DROP INDEX IF EXISTS idx_ai_tasks_external_task_id; -- (external_task_id)
 CREATE INDEX idx_ai_tasks_live ON ai_tasks(deadline_at) WHERE completed_at IS NULL;
 CREATE INDEX idx_ai_tasks_ended ON ai_tasks(completed_at) WHERE completed_at IS NOT NULL;
 CREATE INDEX idx_ai_tasks_failed ON ai_tasks(completed_at) WHERE status = 'failed';

@@ -8,7 +8,7 @@
 --     grants (`grants_not_overdrawn`) and of the clawbacks (`clawbacks_match_grants`). Each now
 --     has a partial index whose condition is the check's own, word for word (as SQLite needs to
 --     use one); grants are a few rows per user, clawbacks fewer, and a task's rows enter neither.
--- A task's ledger rows now write four rows apiece, and a completed task 34 in all.
+-- A task's ledger rows now write four rows apiece, and a completed task 31 in all.
 DROP INDEX IF EXISTS idx_credit_records_expires_at;
 DROP INDEX IF EXISTS idx_credit_records_type;
 CREATE INDEX idx_credit_records_expiring ON credit_records(expires_at) WHERE expires_at IS NOT NULL;
