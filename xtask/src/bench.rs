@@ -704,6 +704,15 @@ fn pipeline_costs(p: &Value) -> Value {
     json!({"edgeline": p["edgeline"]["cost"], "peer": p["peer"]["cost"]})
 }
 
+/// The peer's workflow instances among `steps` (its `peer.step` lines): one per task.
+fn instances(steps: &[&Value]) -> usize {
+    steps
+        .iter()
+        .filter_map(|x| x["task_id"].as_str())
+        .collect::<HashSet<_>>()
+        .len()
+}
+
 /// `COST_TASKS` tasks through one system with the simulator as it is set; their cost.
 fn cost_scenario(b: &Bench<'_>, s: System, label: &str) -> Result<Value> {
     let submitted = load::run(
@@ -918,7 +927,13 @@ fn costs(
                 ("fetches", sum(&st, "fetch")),
                 ("queue_operations", 0.0),
                 ("messages", 0.0),
-                ("invocations", (submits.len() + callbacks.len()) as f64),
+                // Cloudflare's Workflows pricing bills "the number of Workflow invocations"
+                // as Workers requests: each task's instance is one, besides the submit and the
+                // callback that reach the peer's fetch handler
+                (
+                    "invocations",
+                    (submits.len() + callbacks.len() + instances(&st)) as f64,
+                ),
                 ("step_executions", st.len() as f64),
                 (
                     "polls",
@@ -1762,7 +1777,7 @@ fn markdown(r: &Value) -> String {
     md.line("## Cost per completed task");
     md.line(String::new());
     md.line(format!(
-        "{} tasks per system per scenario; 9 s: the provider generates for 9 s, the models' typical time; 18 s: a generation twice as slow, with its callback lost; both systems poll first after the typical time ({} s) and then every {} s; callbacks: the provider posts its callback when done (edgeline: the api verifies it and prompts a poll; the peer: `sendEvent` wakes the workflow's `waitForEvent`). Prices: shared/PLATFORM.md list prices per million (D1 rows written $1, KV writes $5, R2 class A $4.50, queue operations $0.40, invocations and step executions $0.30), CPU not included.",
+        "{} tasks per system per scenario; 9 s: the provider generates for 9 s, the models' typical time; 18 s: a generation twice as slow, with its callback lost; both systems poll first after the typical time ({} s) and then every {} s; callbacks: the provider posts its callback when done (edgeline: the api verifies it and prompts a poll; the peer: `sendEvent` wakes the workflow's `waitForEvent`). Prices: shared/PLATFORM.md list prices per million (D1 rows written $1, KV writes $5, R2 class A $4.50, queue operations $0.40, invocations (the peer's: its submits, callbacks and workflow instances) and step executions $0.30), CPU not included.",
         r["settings"]["cost_tasks"], r["settings"]["first_poll_secs"], r["settings"]["poll_secs"]
     ));
     md.line(String::new());
@@ -1884,6 +1899,18 @@ mod tests {
     }
 
     use super::*;
+
+    /// The peer is billed an invocation per workflow instance: one per task however many steps
+    /// it ran.
+    #[test]
+    fn the_peer_s_instances_are_its_tasks() {
+        let steps = [
+            json!({"task_id": "a", "step": "create"}),
+            json!({"task_id": "a", "step": "poll"}),
+            json!({"task_id": "b", "step": "create"}),
+        ];
+        assert_eq!(instances(&steps.iter().collect::<Vec<_>>()), 2);
+    }
 
     #[test]
     fn the_benchmark_block_is_what_the_results_render() {
