@@ -1,5 +1,6 @@
 //! One batch in, one decision per message out. A message's fate never depends on its
-//! neighbours, and nothing here returns an error to the runtime.
+//! neighbours' (a poll may wait for a neighbour's poll of the same task, `turns`, and then
+//! decides from what KV says), and nothing here returns an error to the runtime.
 
 use crate::config::{self, Config};
 use crate::group::SubmitWrites;

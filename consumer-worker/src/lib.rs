@@ -10,6 +10,7 @@ mod group;
 mod provider;
 mod store;
 mod tasks;
+mod turns;
 
 use worker::{event, Context, Env, MessageBatch, Result};
 

@@ -6,6 +6,7 @@ use crate::batch::{Ctx, Handled, Next};
 use crate::group::SubmitWrites;
 use crate::provider;
 use crate::store::{self, storage};
+use crate::turns;
 use serde_json::Value;
 use shared::edge::{now, StepExt};
 use shared::ids::TaskId;
@@ -179,6 +180,11 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     if store::known_ended(ctx, task_id).await {
         return Ok(Step::Done);
     }
+    // another poll of this task in this batch goes first; what it did is in KV after
+    let (_turn, waited) = turns::take(&task_id.to_string()).await;
+    if waited && store::known_ended(ctx, task_id).await {
+        return Ok(Step::Done);
+    }
     let progress = match provider::record(ctx, *model, external_id).await {
         Ok(p) => p,
         // The provider says it cannot answer for this task, ever: it ends now.
@@ -245,9 +251,13 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
 }
 
 /// The store step as its own message (a poll's store that was deferred): stops early when KV
-/// knows the task ended, else [`store_and_settle`].
+/// knows the task ended, else takes the task's turn (`turns`) and [`store_and_settle`].
 async fn store(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     if store::known_ended(ctx, &msg.task_id()).await {
+        return Ok(Step::Done);
+    }
+    let (_turn, waited) = turns::take(&msg.task_id().to_string()).await;
+    if waited && store::known_ended(ctx, &msg.task_id()).await {
         return Ok(Step::Done);
     }
     store_and_settle(ctx, msg).await

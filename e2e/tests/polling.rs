@@ -3,12 +3,14 @@
 //! whose callback arrives is finished by the callback's poll alone, and the chain's poll that
 //! comes later finds the task ended in KV and stops without asking the provider, and the
 //! callback makes no D1 round trip. A task whose
-//! callback is lost is finished by that first poll, not earlier.
+//! callback is lost is finished by that first poll, not earlier. Two polls of one task that
+//! arrive together take turns: only the first asks the provider and stores.
 
-use e2e::check::{ensure, eq};
+use e2e::check::{ensure, eq, wait_until};
 use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN};
 use e2e::tasks::{self, submitted};
 use libtest_mimic::Failed;
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 const TYPICAL_SECS: u64 = 4;
@@ -120,6 +122,53 @@ fn polling_is_the_fallback(stack: &Stack) -> Result<(), Failed> {
         1,
         &format!("one poll asked the provider: {seen:?}"),
     )?;
+
+    // two polls of one finished task in one batch (a callback's poll and the chain's, due at
+    // the same moment, or a duplicate delivery): they run one at a time, so the later finds the
+    // task ended in KV instead of asking, downloading and storing again
+    let id = submitted(&c, &token, "polling: two at once", "kie_4o");
+    let detail = || {
+        c.get(&format!("/admin/tasks/{id}"), Some(ADMIN_TOKEN))
+            .json()
+    };
+    let submitted_at = Instant::now();
+    wait_until(Duration::from_secs(10), || {
+        detail()["external_task_id"].is_string()
+    });
+    let external = detail()["external_task_id"].clone();
+    ensure(
+        external.is_string(),
+        format!("the provider's id is known: {}", detail()),
+    )?;
+    // the simulator has finished it; the chain's first poll is still seconds away
+    std::thread::sleep(
+        Duration::from_millis(GENERATION_MS + 300).saturating_sub(submitted_at.elapsed()),
+    );
+    let poll = json!({"v": 1, "type": "task.poll", "task_id": id, "model": "kie_4o",
+        "external_id": external, "deadline_at": e2e::now_secs() + 600, "attempt": 0});
+    let r = c.post_json(
+        "/admin/queues/tasks/messages",
+        Some(ADMIN_TOKEN),
+        &json!({"messages": [poll, poll]}),
+    );
+    eq(r.status, 202, &format!("inject: {}", r.text()))?;
+    let task = c.wait_task(&token, &id, WAIT);
+    eq(task["status"].as_str(), Some("completed"), "completed")?;
+    // both injected polls and the chain's first
+    let seen = wait_polls(stack, &id, 3, Duration::from_secs(TYPICAL_SECS + 10));
+    eq(seen.len(), 3, &format!("three polls: {seen:?}"))?;
+    eq(
+        seen.iter().filter(|(asked, _)| *asked).count(),
+        1,
+        &format!("one poll asked the provider: {seen:?}"),
+    )?;
+    let puts: u64 = stack
+        .events(Some("message"))
+        .iter()
+        .filter(|m| m["task_id"] == id.as_str())
+        .filter_map(|m| m["io"]["r2"].as_u64())
+        .sum();
+    eq(puts, 1, "one R2 put")?;
     Ok(())
 }
 

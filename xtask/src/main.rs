@@ -119,12 +119,13 @@ fn creem_contract() -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     creem_contract()?;
     let root = root();
-    // the api's own unit tests, natively: among them, that the OpenAPI document it serves as a
-    // static file (api-worker/openapi.json) is the one its code describes
+    // the api's and the consumer's own unit tests, natively: among them, that the OpenAPI
+    // document the api serves as a static file (api-worker/openapi.json) is the one its code
+    // describes
     run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&root)
-            .args(["test", "-p", "api-worker", "--lib"]),
+            .args(["test", "-p", "api-worker", "-p", "consumer-worker", "--lib"]),
     )?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(&root).args([

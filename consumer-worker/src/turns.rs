@@ -1,0 +1,119 @@
+//! One poll of a task at a time in this isolate. A batch can hold two polls of the same task:
+//! the chain's poll due at the model's typical generation time and the poll the provider's
+//! callback prompted at that same moment, or one message delivered twice. Run side by side,
+//! both would find the task unknown to KV, ask the provider, download the result and put it in
+//! R2; only the settlement's conditional update would notice. So the later one waits for the
+//! earlier to finish (an await on it, not a sleep), then reads KV again.
+//!
+//! This holds within one isolate: two isolates' polls of one task can still both store, at the
+//! cost this saves (a record-info call, a download, an R2 put); D1 still settles once.
+
+use futures::channel::oneshot;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+thread_local! {
+    /// Tasks with a poll in flight here, and who waits for each.
+    static IN_FLIGHT: RefCell<HashMap<String, Vec<oneshot::Sender<()>>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// A poll's turn on its task, held while it works; dropping it lets the next one go.
+pub struct Turn {
+    task: String,
+}
+
+/// Waits until no other poll of `task` is in flight in this isolate and takes the turn; says
+/// whether it had to wait (then what the other one did is in KV).
+pub async fn take(task: &str) -> (Turn, bool) {
+    let mut waited = false;
+    loop {
+        let wait = IN_FLIGHT.with(|f| {
+            let mut f = f.borrow_mut();
+            match f.get_mut(task) {
+                None => {
+                    f.insert(task.to_owned(), Vec::new());
+                    None
+                }
+                Some(waiting) => {
+                    let (tx, rx) = oneshot::channel();
+                    waiting.push(tx);
+                    Some(rx)
+                }
+            }
+        });
+        match wait {
+            None => {
+                return (
+                    Turn {
+                        task: task.to_owned(),
+                    },
+                    waited,
+                )
+            }
+            // the sender is dropped without a send only with the map entry: go round again
+            Some(rx) => {
+                waited = true;
+                let _ = rx.await;
+            }
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let waiting = IN_FLIGHT
+            .with(|f| f.borrow_mut().remove(&self.task))
+            .unwrap_or_default();
+        for tx in waiting {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use futures::future::join3;
+    use std::rc::Rc;
+
+    /// Pending once, having asked to be polled again: lets the other futures run.
+    async fn yield_now() {
+        let mut yielded = false;
+        futures::future::poll_fn(|cx| {
+            if yielded {
+                std::task::Poll::Ready(())
+            } else {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    /// The second poll of a task starts only once the first has ended; another task's poll
+    /// does not wait.
+    #[test]
+    fn polls_of_one_task_take_turns() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let poll = |task: &'static str, name: &'static str| {
+            let log = log.clone();
+            async move {
+                let (_turn, waited) = take(task).await;
+                log.borrow_mut()
+                    .push(format!("{name} starts, waited {waited}"));
+                yield_now().await;
+                log.borrow_mut().push(format!("{name} ends"));
+            }
+        };
+        block_on(join3(poll("t1", "a"), poll("t1", "b"), poll("t2", "c")));
+        let log = log.borrow();
+        let at = |line: &str| log.iter().position(|l| l == line).unwrap();
+        assert!(at("b starts, waited true") > at("a ends"), "{log:?}");
+        assert!(at("a starts, waited false") < at("a ends"), "{log:?}");
+        assert!(at("c starts, waited false") < at("a ends"), "{log:?}");
+        assert!(IN_FLIGHT.with(|f| f.borrow().is_empty()));
+    }
+}
