@@ -18,6 +18,12 @@
 -- insert (NULL), at the accept and at the completion.
 -- Now a claim writes 2 rows (the row, and the user's sync feed index on `updated_at`), an
 -- accept 2 and a completion 3; a completed task writes 37 rows in all.
+
+-- Tasks that ended before the pipeline's columns existed (the seed's rows) get their end now, so
+-- the live index holds live tasks only.
+UPDATE ai_tasks SET completed_at = COALESCE(updated_at, created_at)
+  WHERE completed_at IS NULL AND status IN ('completed', 'failed');
+
 DROP INDEX IF EXISTS idx_ai_tasks_deadline;         -- (status, deadline_at)
 DROP INDEX IF EXISTS idx_ai_tasks_status_updated;   -- (status, updated_at)
 DROP INDEX IF EXISTS idx_ai_tasks_status_created;   -- (status, created_at)
