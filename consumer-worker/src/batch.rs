@@ -4,6 +4,7 @@
 
 use crate::config::{self, Config};
 use crate::group::SubmitWrites;
+use crate::turns::Turns;
 use crate::{dead_letters, tasks};
 use serde_json::{json, Value};
 use shared::budget::{ByteBudget, BATCH_BUDGET_BYTES};
@@ -21,6 +22,8 @@ pub struct Ctx {
     /// Result bytes this batch's messages may hold at once (they run concurrently in one
     /// isolate of 128 MB): shared by every message of the batch.
     pub downloads: Rc<ByteBudget>,
+    /// One poll of a task at a time in the batch.
+    pub turns: Rc<Turns>,
 }
 
 impl Ctx {
@@ -99,6 +102,7 @@ pub async fn handle(batch: MessageBatch<Value>, env: Env) {
     let messages: Vec<RawMessage> = batch.raw_iter().collect();
     let bodies: Vec<(Value, String)> = messages.iter().map(body_of).collect();
     let downloads = Rc::new(ByteBudget::new(BATCH_BUDGET_BYTES));
+    let turns = Rc::new(Turns::default());
     // the batch's task.submit messages claim and accept their tasks in one round trip each
     let is_submit: Vec<bool> = bodies
         .iter()
@@ -115,6 +119,7 @@ pub async fn handle(batch: MessageBatch<Value>, env: Env) {
         cfg: &cfg,
         env: &env,
         downloads: &downloads,
+        turns: &turns,
     };
     let work = messages
         .iter()
@@ -189,6 +194,7 @@ struct BatchShared<'a> {
     cfg: &'a Rc<Config>,
     env: &'a Env,
     downloads: &'a Rc<ByteBudget>,
+    turns: &'a Rc<Turns>,
 }
 
 async fn handle_one(
@@ -203,6 +209,7 @@ async fn handle_one(
         cfg,
         env,
         downloads,
+        turns,
     } = *batch;
     let started = now_ms();
     let io = Rc::new(IoCounts::default());
@@ -218,6 +225,7 @@ async fn handle_one(
                 io: io.clone(),
                 db,
                 downloads: downloads.clone(),
+                turns: turns.clone(),
             };
             if queue == cfg.queues.tasks {
                 tasks::handle(&ctx, &body, writes).await

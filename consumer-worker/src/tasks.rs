@@ -6,7 +6,6 @@ use crate::batch::{Ctx, Handled, Next};
 use crate::group::SubmitWrites;
 use crate::provider;
 use crate::store::{self, storage};
-use crate::turns;
 use serde_json::Value;
 use shared::edge::{now, StepExt};
 use shared::ids::TaskId;
@@ -181,7 +180,7 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
         return Ok(Step::Done);
     }
     // another poll of this task in this batch goes first; what it did is in KV after
-    let (_turn, waited) = turns::take(&task_id.to_string()).await;
+    let (_turn, waited) = ctx.turns.take(&task_id.to_string()).await;
     if waited && store::known_ended(ctx, task_id).await {
         return Ok(Step::Done);
     }
@@ -251,12 +250,12 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
 }
 
 /// The store step as its own message (a poll's store that was deferred): stops early when KV
-/// knows the task ended, else takes the task's turn (`turns`) and [`store_and_settle`].
+/// knows the task ended, else takes the task's turn in the batch (`turns`) and [`store_and_settle`].
 async fn store(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     if store::known_ended(ctx, &msg.task_id()).await {
         return Ok(Step::Done);
     }
-    let (_turn, waited) = turns::take(&msg.task_id().to_string()).await;
+    let (_turn, waited) = ctx.turns.take(&msg.task_id().to_string()).await;
     if waited && store::known_ended(ctx, &msg.task_id()).await {
         return Ok(Step::Done);
     }
