@@ -1208,17 +1208,31 @@ fn spread(values: &[f64]) -> Value {
     json!({"median": median, "min": v[0], "max": v[v.len() - 1], "n": v.len()})
 }
 
-/// The runs' tree with every number replaced by its spread over the runs.
+/// The runs' tree with every number replaced by its spread over the runs that have it (a
+/// figure computed only when there were samples, such as the cost of an unchanged poll, is
+/// missing from a run that had none, and spreads over the others).
 fn spread_tree(runs: &[Value], pointer: &str) -> Value {
-    let Some(first) = runs.first().and_then(|r| r.pointer(pointer)) else {
+    let Some(first) = runs.iter().find_map(|r| r.pointer(pointer)) else {
         return Value::Null;
     };
     match first {
-        Value::Object(m) => Value::Object(
-            m.keys()
-                .map(|k| (k.clone(), spread_tree(runs, &format!("{pointer}/{k}"))))
-                .collect(),
-        ),
+        Value::Object(_) => {
+            let mut keys: Vec<&String> = Vec::new();
+            for r in runs {
+                if let Some(Value::Object(m)) = r.pointer(pointer) {
+                    for k in m.keys() {
+                        if !keys.contains(&k) {
+                            keys.push(k);
+                        }
+                    }
+                }
+            }
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), spread_tree(runs, &format!("{pointer}/{k}"))))
+                    .collect(),
+            )
+        }
         Value::Array(a) => Value::Array(
             (0..a.len())
                 .map(|i| spread_tree(runs, &format!("{pointer}/{i}")))
@@ -1974,6 +1988,16 @@ mod tests {
         assert_eq!(s["a"]["x"]["median"], 2.0);
         assert_eq!(s["b"][0]["y"]["min"], 2.0);
         assert_eq!(s["b"][0]["y"]["max"], 4.0);
+    }
+
+    /// A figure only some runs have (computed only over samples) spreads over those runs.
+    #[test]
+    fn a_figure_missing_from_a_run_spreads_over_the_others() {
+        let runs = [json!({"a": {"n": 0}}), json!({"a": {"n": 60, "per": 0.0}})];
+        let s = spread_tree(&runs, "");
+        assert_eq!(s["a"]["per"]["median"], 0.0);
+        assert_eq!(s["a"]["per"]["n"], 1);
+        assert_eq!(s["a"]["n"]["max"], 60.0);
     }
 
     #[test]
