@@ -42,14 +42,18 @@ fn set_callbacks(stack: &Stack, callbacks: bool) {
 
 /// Waits until the task has `n` poll lines (or the time is up) and returns them.
 fn wait_polls(stack: &Stack, task: &str, n: usize, limit: Duration) -> Vec<(bool, String)> {
-    let until = Instant::now() + limit;
-    loop {
-        let seen = polls(stack, task);
-        if seen.len() >= n || Instant::now() >= until {
-            return seen;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_until(limit, || polls(stack, task).len() >= n);
+    polls(stack, task)
+}
+
+/// An I/O counter summed over the consumer's messages for a task.
+fn io_sum(stack: &Stack, task: &str, counter: &str) -> u64 {
+    stack
+        .events(Some("message"))
+        .iter()
+        .filter(|m| m["task_id"] == task)
+        .filter_map(|m| m["io"][counter].as_u64())
+        .sum()
 }
 
 /// Both scenarios in one case: the simulator's callback knob is global.
@@ -89,13 +93,11 @@ fn polling_is_the_fallback(stack: &Stack) -> Result<(), Failed> {
     // D1 round trips of a lone task: the consumer claims it, records the provider's id and ends
     // it (a batch of several submits shares its claims and its accepts: see the pipeline suite),
     // and the callback reads nothing
-    let consumer: u64 = stack
-        .events(Some("message"))
-        .iter()
-        .filter(|m| m["task_id"] == id.as_str())
-        .filter_map(|m| m["io"]["d1_round_trips"].as_u64())
-        .sum();
-    eq(consumer, 3, "the consumer's D1 round trips for the task")?;
+    eq(
+        io_sum(stack, &id, "d1_round_trips"),
+        3,
+        "the consumer's D1 round trips for the task",
+    )?;
     let callbacks: Vec<u64> = tasks::callback_lines(stack)
         .iter()
         .filter_map(|e| e["io"]["d1_round_trips"].as_u64())
@@ -162,13 +164,7 @@ fn polling_is_the_fallback(stack: &Stack) -> Result<(), Failed> {
         1,
         &format!("one poll asked the provider: {seen:?}"),
     )?;
-    let puts: u64 = stack
-        .events(Some("message"))
-        .iter()
-        .filter(|m| m["task_id"] == id.as_str())
-        .filter_map(|m| m["io"]["r2"].as_u64())
-        .sum();
-    eq(puts, 1, "one R2 put")?;
+    eq(io_sum(stack, &id, "r2"), 1, "one R2 put")?;
     Ok(())
 }
 

@@ -73,6 +73,40 @@ mod tests {
         rows.join("; ")
     }
 
+    /// The indexes of `table`, each with its SQL (`None` for a constraint's own).
+    fn indexes_of(conn: &rusqlite::Connection, table: &str) -> Vec<(String, Option<String>)> {
+        conn.prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1")
+            .unwrap()
+            .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// The columns of `index`, in order.
+    fn columns_of(conn: &rusqlite::Connection, index: &str) -> Vec<String> {
+        conn.prepare(&format!("PRAGMA index_info('{index}')"))
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(2))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// A partial index's condition, if its SQL has one.
+    fn condition_of(sql: Option<&str>) -> Option<&str> {
+        sql.and_then(|s| s.split_once(" WHERE ")).map(|(_, w)| w)
+    }
+
+    /// Whether `condition` holds for the row `row` (a `SELECT` of the columns it names).
+    fn holds(conn: &rusqlite::Connection, condition: &str, row: &str) -> bool {
+        conn.query_row(&format!("SELECT ({condition}) FROM ({row})"), [], |r| {
+            r.get::<_, Option<bool>>(0)
+        })
+        .unwrap()
+        .unwrap_or(false)
+    }
+
     /// Migrations 0008, 0010 and 0011 dropped indexes (D1 bills each index entry an insert or
     /// update writes): the lookups they served still use an index, not a scan.
     #[test]
@@ -131,26 +165,14 @@ mod tests {
             "completed_at",
         ];
         let conn = db();
-        let indexes: Vec<(String, Option<String>)> = conn
-            .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ai_tasks'")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let indexes = indexes_of(&conn, "ai_tasks");
         assert!(
             indexes.iter().any(|(n, _)| n == "idx_ai_tasks_live"),
             "{indexes:?}"
         );
         for (name, sql) in &indexes {
-            let columns: Vec<String> = conn
-                .prepare(&format!("PRAGMA index_info('{name}')"))
-                .unwrap()
-                .query_map([], |r| r.get::<_, String>(2))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            let Some((_, condition)) = sql.as_deref().and_then(|s| s.split_once(" WHERE ")) else {
+            let columns = columns_of(&conn, name);
+            let Some(condition) = condition_of(sql.as_deref()) else {
                 assert!(
                     !columns.iter().any(|c| SET_BY_MOVES.contains(&c.as_str())),
                     "{name}: {columns:?}"
@@ -158,13 +180,11 @@ mod tests {
                 continue;
             };
             let holds_for_live = ["pending", "submitted", "processing"].iter().any(|live| {
-                conn.query_row(
-                    &format!("SELECT ({condition}) FROM (SELECT '{live}' AS status, NULL AS completed_at, NULL AS deleted_at, NULL AS purged_at, NULL AS idempotency_key)"),
-                    [],
-                    |r| r.get::<_, Option<bool>>(0),
+                holds(
+                    &conn,
+                    condition,
+                    &format!("SELECT '{live}' AS status, NULL AS completed_at, NULL AS deleted_at, NULL AS purged_at, NULL AS idempotency_key"),
                 )
-                .unwrap()
-                .unwrap_or(false)
             });
             assert!(
                 !condition.contains("status") || !holds_for_live,
@@ -181,33 +201,16 @@ mod tests {
 
     /// A task writes three ledger rows (hold, release, consumption): each enters only the
     /// indexes a read of task rows needs (the primary key's, the user's rows, one entry per task
-    /// and kind), not those of expiring grants, grants or clawbacks, which are partial (0012).
+    /// and kind), not those of grants or clawbacks, which are partial (0012).
     #[test]
     fn a_task_ledger_row_enters_three_indexes() {
         let conn = db();
-        let indexes: Vec<(String, Option<String>)> = conn
-            .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'credit_records'")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let entered: Vec<&str> = indexes
-            .iter()
-            .filter(|(_, sql)| {
-                let Some((_, condition)) = sql.as_deref().and_then(|s| s.split_once(" WHERE "))
-                else {
-                    return true;
-                };
-                conn.query_row(
-                    &format!("SELECT ({condition}) FROM (SELECT 'reserve' AS type, 'task' AS entity_type, 't' AS entity_id, NULL AS expires_at)"),
-                    [],
-                    |r| r.get::<_, Option<bool>>(0),
-                )
-                .unwrap()
-                .unwrap_or(false)
-            })
-            .map(|(name, _)| name.as_str())
+        let row =
+            "SELECT 'reserve' AS type, 'task' AS entity_type, 't' AS entity_id, NULL AS expires_at";
+        let entered: Vec<String> = indexes_of(&conn, "credit_records")
+            .into_iter()
+            .filter(|(_, sql)| condition_of(sql.as_deref()).is_none_or(|c| holds(&conn, c, row)))
+            .map(|(name, _)| name)
             .collect();
         assert_eq!(entered.len(), 3, "{entered:?}");
     }
@@ -238,13 +241,7 @@ mod tests {
                 .unwrap()
                 .map(Result::unwrap)
                 .map(|(name, unique, partial): (String, bool, bool)| {
-                    let columns = conn
-                        .prepare(&format!("PRAGMA index_info('{name}')"))
-                        .unwrap()
-                        .query_map([], |r| r.get::<_, String>(2))
-                        .unwrap()
-                        .map(Result::unwrap)
-                        .collect();
+                    let columns = columns_of(&conn, &name);
                     (name, unique, partial, columns)
                 })
                 .collect();
