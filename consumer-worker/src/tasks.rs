@@ -6,6 +6,7 @@ use crate::batch::{Ctx, Handled, Next};
 use crate::group::SubmitWrites;
 use crate::provider;
 use crate::store::{self, storage};
+use crate::turns::Turn;
 use serde_json::Value;
 use shared::edge::{now, StepExt};
 use shared::ids::TaskId;
@@ -179,11 +180,9 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     if store::known_ended(ctx, task_id).await {
         return Ok(Step::Done);
     }
-    // another poll of this task in this batch goes first; what it did is in KV after
-    let (_turn, waited) = ctx.turns.take(&task_id.to_string()).await;
-    if waited && store::known_ended(ctx, task_id).await {
+    let Some(_turn) = take_turn(ctx, task_id).await else {
         return Ok(Step::Done);
-    }
+    };
     let progress = match provider::record(ctx, *model, external_id).await {
         Ok(p) => p,
         // The provider says it cannot answer for this task, ever: it ends now.
@@ -255,11 +254,21 @@ async fn store(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     if store::known_ended(ctx, &msg.task_id()).await {
         return Ok(Step::Done);
     }
-    let (_turn, waited) = ctx.turns.take(&msg.task_id().to_string()).await;
-    if waited && store::known_ended(ctx, &msg.task_id()).await {
+    let Some(_turn) = take_turn(ctx, &msg.task_id()).await else {
         return Ok(Step::Done);
-    }
+    };
     store_and_settle(ctx, msg).await
+}
+
+/// Takes the task's turn in the batch (`turns`): another poll of it in the batch goes first.
+/// `None` when the one it waited for ended the task (KV says so).
+async fn take_turn(ctx: &Ctx, task: &TaskId) -> Option<Turn> {
+    let (turn, waited) = ctx.turns.take(&task.to_string()).await;
+    if waited && store::known_ended(ctx, task).await {
+        None
+    } else {
+        Some(turn)
+    }
 }
 
 /// Downloads the results, stores them and settles the task. A result over the size cap fails
