@@ -74,3 +74,12 @@ pub fn callback_lines(stack: &Stack) -> Vec<Value> {
         })
         .collect()
 }
+
+/// The consumer's log lines for every `task.poll` of `task` handled so far, oldest first.
+pub fn polls_of(stack: &Stack, task: &str) -> Vec<Value> {
+    stack
+        .events(Some("message"))
+        .into_iter()
+        .filter(|m| m["task_id"] == task && m["type"] == "task.poll")
+        .collect()
+}

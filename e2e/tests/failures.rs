@@ -74,14 +74,9 @@ fn flaky_provider_still_completes(stack: &Stack) -> Result<(), Failed> {
     )?;
 
     // consecutive failures of one step wait longer each time
-    let delays: Vec<u64> = stack
-        .events(Some("message"))
+    let delays: Vec<u64> = e2e::tasks::polls_of(stack, &worst)
         .iter()
-        .filter(|m| {
-            m["task_id"] == worst.as_str()
-                && m["type"] == "task.poll"
-                && m["error_class"] == "server_error"
-        })
+        .filter(|m| m["error_class"] == "server_error")
         .filter_map(|m| m["delay_secs"].as_u64())
         .collect();
     ensure(

@@ -19,10 +19,8 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// The consumer's `task.poll` lines for a task: (asked the provider, decision).
 fn polls(stack: &Stack, task: &str) -> Vec<(bool, String)> {
-    stack
-        .events(Some("message"))
+    tasks::polls_of(stack, task)
         .iter()
-        .filter(|m| m["task_id"] == task && m["type"] == "task.poll")
         .map(|m| {
             (
                 m["io"]["fetch"].as_u64().is_some_and(|f| f > 0),

@@ -6,7 +6,7 @@ use e2e::check::{ensure, eq, wait_until};
 use e2e::client::Client;
 use e2e::now_secs;
 use e2e::stack::{Stack, StackOptions, ADMIN_TOKEN, FILES_SIGNING_KEY};
-use e2e::tasks::{self, submitted};
+use e2e::tasks::{self, polls_of, submitted};
 use libtest_mimic::Failed;
 use serde_json::{json, Value};
 use shared::signing::{callback_token, kie_callback_signature};
@@ -26,15 +26,6 @@ fn count(stack: &Stack, event: &str, task: &str) -> usize {
         .iter()
         .filter(|e| e["task_id"] == task)
         .count()
-}
-
-/// The log lines of every `task.poll` handled so far for `task`.
-fn polls_of(stack: &Stack, task: &str) -> Vec<Value> {
-    stack
-        .events(Some("message"))
-        .into_iter()
-        .filter(|m| m["task_id"] == task && m["type"] == "task.poll")
-        .collect()
 }
 
 /// The ids of every queue message handled so far.
