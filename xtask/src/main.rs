@@ -12,7 +12,7 @@
 //!   deploy the three workers in dependency order; print what is left to do (see `deploy.rs`).
 //! - `bench`: build with the benchmark's floor worker and its Workflows peer and write
 //!   `bench/results.json`, `bench/RESULTS.md` and the generated block of `docs/BENCHMARK.md` (see
-//!   `bench.rs`; not part of `test`). `bench render` rewrites RESULTS.md and that block from
+//!   `bench/mod.rs`; not part of `test`). `bench render` rewrites RESULTS.md and that block from
 //!   `bench/results.json`; `bench peer-sql` regenerates the peer's SQL from `shared::ledger`;
 //!   `bench peer-smoke` runs one task through the peer (see `peer.rs`).
 //! - `admin …`: the operators' CLI over the admin API: the `edgeline` crate (`cli/`), the same

@@ -1,0 +1,204 @@
+//! The systems under test as the bench sees them: their stacks, the log lines they wrote, and
+//! small readers of both.
+
+use super::*;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum System {
+    Edgeline,
+    Peer,
+}
+
+pub(super) struct Bench<'a> {
+    pub(super) stack: &'a Stack,
+    pub(super) peer: &'a Peer,
+    pub(super) tokens: Vec<String>,
+    pub(super) peer_tokens: Vec<String>,
+    /// Each system's log, read incrementally (every line parsed once, so the bench's own reading
+    /// stays small beside what it measures).
+    pub(super) logs: [std::sync::Mutex<Tail>; 2],
+}
+
+/// A wrangler log read from where the last read stopped.
+pub(super) struct Tail {
+    path: std::path::PathBuf,
+    offset: u64,
+    partial: String,
+    events: Vec<Value>,
+}
+
+impl Tail {
+    pub(super) fn new(path: std::path::PathBuf) -> Self {
+        Tail {
+            path,
+            offset: 0,
+            partial: String::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Parses what was appended since the last call: the workers' JSON lines, bare (`{...}`) or
+    /// after wrangler's `[worker-name]` prefix.
+    pub(super) fn refresh(&mut self) {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = fs::File::open(&self.path) else {
+            return;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        let Ok(n) = f.read_to_end(&mut buf) else {
+            return;
+        };
+        self.offset += n as u64;
+        self.partial.push_str(&String::from_utf8_lossy(&buf));
+        let complete = self.partial.rfind('\n').map_or(0, |i| i + 1);
+        let text: String = self.partial.drain(..complete).collect();
+        for l in text.lines() {
+            let json = if l.starts_with('{') {
+                Some(l.to_owned())
+            } else {
+                l.split_once("] {").map(|(_, rest)| format!("{{{rest}"))
+            };
+            if let Some(v) = json.and_then(|j| serde_json::from_str::<Value>(&j).ok()) {
+                self.events.push(v);
+            }
+        }
+    }
+}
+
+impl Bench<'_> {
+    pub(super) fn events(&self, s: System, event: Option<&str>) -> Vec<Value> {
+        let i = usize::from(s == System::Peer);
+        let mut tail = self.logs[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        tail.refresh();
+        tail.events
+            .iter()
+            .filter(|v| event.is_none_or(|e| v["event"] == e))
+            .cloned()
+            .collect()
+    }
+
+    pub(super) fn log_tail(&self, s: System) -> String {
+        match s {
+            System::Edgeline => self.stack.log_tail(30),
+            System::Peer => self.peer.log_tail(30),
+        }
+    }
+
+    pub(super) fn pid(&self, s: System) -> Option<u32> {
+        match s {
+            System::Edgeline => self.stack.pid(),
+            System::Peer => self.peer.pid(),
+        }
+    }
+
+    /// The i-th submission, from the users in turn.
+    pub(super) fn submit(&self, s: System, i: usize, prompt: &str) -> Request {
+        let (base, tokens) = match s {
+            System::Edgeline => (&self.stack.api, &self.tokens),
+            System::Peer => (&self.peer.url, &self.peer_tokens),
+        };
+        Request {
+            method: "POST",
+            url: format!("{base}/api/tasks"),
+            headers: vec![
+                (
+                    "authorization".into(),
+                    format!("Bearer {}", tokens[i % tokens.len()]),
+                ),
+                ("content-type".into(), "application/json".into()),
+            ],
+            body: Some(
+                json!({"prompt": prompt, "model": "kie_4o"})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        }
+    }
+
+    /// Waits until every task in `ids` has its final status cached; returns when each ended.
+    pub(super) fn wait_ended(
+        &self,
+        s: System,
+        ids: &HashSet<String>,
+        limit: Duration,
+    ) -> Result<HashMap<String, (u64, String)>> {
+        let started = Instant::now();
+        loop {
+            let seen: HashMap<String, (u64, String)> = self
+                .events(s, Some("task.final_status_cached"))
+                .into_iter()
+                .filter_map(|e| {
+                    Some((
+                        e["task_id"].as_str()?.to_owned(),
+                        (e["at_ms"].as_u64()?, e["status"].as_str()?.to_owned()),
+                    ))
+                })
+                .collect();
+            let missing = ids.iter().filter(|t| !seen.contains_key(*t)).count();
+            if missing == 0 {
+                return Ok(seen);
+            }
+            if started.elapsed() > limit {
+                return Err(format!(
+                    "{missing} tasks did not end in {}s:\n{}",
+                    limit.as_secs(),
+                    self.log_tail(s)
+                ));
+            }
+            // a system whose `wrangler dev` died ends nothing more: say so now, not at the limit
+            if !running(self.pid(s)) {
+                return Err(format!(
+                    "wrangler dev exited with {missing} tasks not ended:\n{}",
+                    self.log_tail(s)
+                ));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Whether process `pid` still runs: it exists and is not a zombie that exited and waits to be
+/// reaped (Linux's `/proc/{pid}/stat`, whose state follows the command's closing parenthesis).
+pub(super) fn running(pid: Option<u32>) -> bool {
+    pid.and_then(|p| fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .and_then(|stat| {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.trim_start().chars().next())
+        })
+        .is_some_and(|state| state != 'Z')
+}
+
+pub(super) fn task_ids(l: &Load) -> HashSet<String> {
+    l.samples
+        .iter()
+        .filter(|s| (200..300).contains(&s.status))
+        .filter_map(|s| {
+            serde_json::from_str::<Value>(s.body.as_deref()?).ok()?["id"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// `sum / n`, refusing to divide by no samples.
+pub(super) fn per(sum: f64, n: usize, what: &str) -> Result<f64> {
+    if n == 0 {
+        return Err(format!("{what}: no samples"));
+    }
+    Ok(sum / n as f64)
+}
+
+pub(super) fn latency(l: &Load, what: &str) -> Result<Value> {
+    let p = |q| l.percentile(q).map_err(|e| format!("{what}: {e}"));
+    Ok(json!({
+        "p50_ms": p(0.5)?, "p99_ms": p(0.99)?, "per_second": l.per_second(),
+        "samples": l.latencies_ms.len(), "errors": l.error_count(),
+        "error_statuses": l.errors.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<Map<_, _>>(),
+    }))
+}

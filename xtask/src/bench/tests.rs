@@ -1,0 +1,112 @@
+/// A process that exited but was not reaped yet counts as gone, as does one that never was.
+#[test]
+fn a_process_that_exited_is_not_running() {
+    assert!(super::running(Some(std::process::id())));
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    let waited = std::time::Instant::now();
+    while super::running(Some(pid)) && waited.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        !super::running(Some(pid)),
+        "an exited child is a zombie, not running"
+    );
+    child.wait().unwrap();
+    assert!(!super::running(None));
+}
+
+use super::*;
+
+/// The peer is billed an invocation per workflow instance: one per task however many steps
+/// it ran.
+#[test]
+fn the_peer_s_instances_are_its_tasks() {
+    let steps = [
+        json!({"task_id": "a", "step": "create"}),
+        json!({"task_id": "a", "step": "poll"}),
+        json!({"task_id": "b", "step": "create"}),
+    ];
+    assert_eq!(instances(&steps.iter().collect::<Vec<_>>()), 2);
+}
+
+#[test]
+fn the_benchmark_block_is_what_the_results_render() {
+    let results: Value = serde_json::from_str(
+        &fs::read_to_string(root().join("bench/results.json")).unwrap_or_default(),
+    )
+    .unwrap_or(Value::Null);
+    let doc = fs::read_to_string(root().join(BLOCK_FILE)).unwrap_or_default();
+    let rendered = with_block(&doc, &block(&results));
+    assert!(
+        rendered.as_deref() == Ok(doc.as_str()),
+        "{BLOCK_FILE}'s benchmark block is not what bench/results.json renders: it is written \
+         by `cargo xtask bench`, never by hand"
+    );
+    // one place for the figures: no stale copy of the block left in the README
+    let readme = fs::read_to_string(root().join("README.md")).unwrap_or_default();
+    assert!(
+        !readme.contains(BLOCK_BEGIN) && !readme.contains(BLOCK_END),
+        "README.md carries a benchmark block; the generated one lives in {BLOCK_FILE} only"
+    );
+}
+
+#[test]
+fn a_hand_edit_of_the_block_is_caught() {
+    let results = json!({});
+    let doc = format!("# t\n\nbefore\n\n{}\nafter\n", block(&results));
+    assert_eq!(
+        with_block(&doc, &block(&results)).as_deref(),
+        Ok(doc.as_str())
+    );
+    let edited = doc.replacen("| budget |", "| budget (edited) |", 1);
+    assert_ne!(edited, doc);
+    assert_ne!(
+        with_block(&edited, &block(&results)).as_deref(),
+        Ok(edited.as_str())
+    );
+    assert!(with_block("no markers here", &block(&results)).is_err());
+}
+
+#[test]
+fn budgets_hold_at_equality() {
+    assert!(within(3.0, 3.0));
+    assert!(within(2.0, 2.0));
+    assert!(!within(3.01, 3.0));
+    assert!(!within(f64::NAN, 3.0));
+}
+
+#[test]
+fn no_figure_from_no_samples() {
+    assert!(per(0.0, 0, "x").is_err());
+    assert_eq!(per(6.0, 2, "x"), Ok(3.0));
+}
+
+#[test]
+fn spreads_are_taken_per_figure_over_runs() {
+    let runs = [
+        json!({"a": {"x": 1.0}, "b": [{"y": 2}]}),
+        json!({"a": {"x": 3.0}, "b": [{"y": 4}]}),
+    ];
+    let s = spread_tree(&runs, "");
+    assert_eq!(s["a"]["x"]["median"], 2.0);
+    assert_eq!(s["b"][0]["y"]["min"], 2.0);
+    assert_eq!(s["b"][0]["y"]["max"], 4.0);
+}
+
+/// A figure only some runs have (computed only over samples) spreads over those runs.
+#[test]
+fn a_figure_missing_from_a_run_spreads_over_the_others() {
+    let runs = [json!({"a": {"n": 0}}), json!({"a": {"n": 60, "per": 0.0}})];
+    let s = spread_tree(&runs, "");
+    assert_eq!(s["a"]["per"]["median"], 0.0);
+    assert_eq!(s["a"]["per"]["n"], 1);
+    assert_eq!(s["a"]["n"]["max"], 60.0);
+}
+
+#[test]
+fn overlapping_batches() {
+    let b = |end: u64, ms: u64| json!({"at_ms": end, "ms": ms});
+    assert_eq!(max_overlap(&[b(10, 10), b(20, 10), b(30, 10)]), 1);
+    assert_eq!(max_overlap(&[b(10, 10), b(15, 10)]), 2);
+}
