@@ -5,6 +5,7 @@
 mod batch;
 mod config;
 mod dead_letters;
+mod ended;
 mod events;
 mod group;
 mod provider;

@@ -153,12 +153,17 @@ async fn finish(
         completed_at: now(),
     };
     cache_final_status(&ctx.env, &ctx.io, task, &cached).await;
+    crate::ended::remember(task);
     Ok(true)
 }
 
-/// Whether KV already knows this task ended (a duplicate poll can stop early).
+/// Whether the task is known to have ended (a duplicate or late poll can stop early): this
+/// isolate's memory first (`ended`), then KV, whose answer is remembered.
 pub async fn known_ended(ctx: &Ctx, task: &TaskId) -> bool {
-    match ctx.kv() {
+    if crate::ended::knows(task) {
+        return true;
+    }
+    let in_kv = match ctx.kv() {
         Ok(kv) => kv
             .get(&task_status_key(task))
             .text()
@@ -167,5 +172,9 @@ pub async fn known_ended(ctx: &Ctx, task: &TaskId) -> bool {
             .flatten()
             .is_some(),
         Err(_) => false,
+    };
+    if in_kv {
+        crate::ended::remember(task);
     }
+    in_kv
 }

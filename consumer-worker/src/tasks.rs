@@ -175,8 +175,9 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
         return Ok(Step::Done);
     }
     // A poll of a task that already ended (the chain after the callback's poll ended it, or a
-    // repeated callback) would only cost a provider call: a KV read is cheaper, and D1 is not
-    // touched. This one read also stands for the store step's check when this poll stores.
+    // repeated callback) would only cost a provider call: this isolate's memory of ended tasks
+    // (`ended`), else a KV read, is cheaper, and D1 is not touched. This one check also stands
+    // for the store step's when this poll stores.
     if store::known_ended(ctx, task_id).await {
         return Ok(Step::Done);
     }
@@ -248,8 +249,8 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     }
 }
 
-/// The store step as its own message (a poll's store that was deferred): stops early when KV
-/// knows the task ended, else takes the task's turn in the batch (`turns`) and [`store_and_settle`].
+/// The store step as its own message (a poll's store that was deferred): stops early when the
+/// task is known to have ended (`store::known_ended`), else takes the task's turn in the batch (`turns`) and [`store_and_settle`].
 async fn store(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     if store::known_ended(ctx, &msg.task_id()).await {
         return Ok(Step::Done);
@@ -261,7 +262,7 @@ async fn store(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
 }
 
 /// Takes the task's turn in the batch (`turns`): another poll of it in the batch goes first.
-/// `None` when the one it waited for ended the task (KV says so).
+/// `None` when the one it waited for ended the task (`store::known_ended` says so).
 async fn take_turn(ctx: &Ctx, task: &TaskId) -> Option<Turn> {
     let (turn, waited) = ctx.turns.take(&task.to_string()).await;
     if waited && store::known_ended(ctx, task).await {

@@ -3,7 +3,8 @@
 //! prompted at that same moment, or one message delivered twice. Run side by side, both would
 //! find the task unknown to KV, ask the provider, download the result and put it in R2; only the
 //! settlement's conditional update would notice. So the later one waits for the earlier to
-//! finish (an await on it, not a sleep), then reads KV again.
+//! finish (an await on it, not a sleep), then asks again whether the task ended
+//! (`store::known_ended`: this isolate's memory, then KV).
 //!
 //! The turns belong to one batch (`batch::handle` makes them), so no invocation ever waits on,
 //! or wakes, another's futures. Polls of one task in two batches can still both store, at the
@@ -28,7 +29,7 @@ pub struct Turn {
 
 impl Turns {
     /// Waits until no other poll of `task` in this batch is in flight and takes the turn; says
-    /// whether it had to wait (then what the other one did is in KV).
+    /// whether it had to wait (then what the other one did is known: `store::known_ended`).
     pub async fn take(self: &Rc<Self>, task: &str) -> (Turn, bool) {
         let mut waited = false;
         loop {

@@ -1,8 +1,8 @@
 //! Polling is the fallback for a lost callback. The first poll waits for the models' typical
 //! generation time (`TYPICAL_GENERATION_SECS`, 4 s here; the simulator takes 1.5 s), so a task
 //! whose callback arrives is finished by the callback's poll alone, and the chain's poll that
-//! comes later finds the task ended in KV and stops without asking the provider, and the
-//! callback makes no D1 round trip. A task whose
+//! comes later knows the task ended (this consumer isolate ended it) and stops without asking the
+//! provider or reading KV, and the callback makes no D1 round trip. A task whose
 //! callback is lost is finished by that first poll, not earlier. Two polls of one task that
 //! arrive together take turns: only the first asks the provider and stores.
 
@@ -101,6 +101,13 @@ fn polling_is_the_fallback(stack: &Stack) -> Result<(), Failed> {
         .filter_map(|e| e["io"]["d1_round_trips"].as_u64())
         .collect();
     eq(callbacks, vec![0], "one callback, no D1 round trip")?;
+    // KV: the callback's poll reads the task's status key (not there yet) and writes it as the
+    // task ends; the chain's poll knows from the isolate's memory that it ended, and reads none
+    eq(
+        io_sum(stack, &id, "kv"),
+        2,
+        "the task's KV calls: one read and the final status",
+    )?;
 
     // callbacks lost: nothing asks before the typical time, and the first poll finishes it
     set_callbacks(stack, false);
@@ -125,7 +132,7 @@ fn polling_is_the_fallback(stack: &Stack) -> Result<(), Failed> {
 
     // two polls of one finished task in one batch (a callback's poll and the chain's, due at
     // the same moment, or a duplicate delivery): they run one at a time, so the later finds the
-    // task ended in KV instead of asking, downloading and storing again
+    // task ended instead of asking, downloading and storing again
     let id = submitted(&c, &token, "polling: two at once", "kie_4o");
     let detail = || {
         c.get(&format!("/admin/tasks/{id}"), Some(ADMIN_TOKEN))
