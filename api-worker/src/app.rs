@@ -3,20 +3,21 @@
 //! line per request. Each module registers its own routes (`routes`); handlers return
 //! `Result<Response, ApiError>` and `context::reply` turns their errors into responses.
 
-use crate::context::{App, Limit, Routes};
+use crate::context::{App, Limit};
 use crate::error::{json_response, ApiError};
 use crate::request::client_ip;
+use crate::router::{Ctx, Route, Routes};
 use crate::{
     admin, catalog, files, health, history, links, me, orders, sessions, shares, tasks, webhooks,
 };
 use shared::edge::{log, now_ms, IoCounts, IoError};
 use std::rc::Rc;
-use worker::{Env, Request, Response, Router};
+use worker::{Env, Request, Response};
 
-/// Every route. The router matches paths by their shape (matchit), not by the order they are
+/// Every route. The table matches paths by their shape (matchit), not by the order they are
 /// added in, and refuses a path added twice for one method.
-fn routes(r: Routes<'_>) -> Routes<'_> {
-    let r = r.get("/api/openapi.json", |_, _| Ok(openapi_response()));
+pub fn routes(r: Routes) -> Routes {
+    let r = r.get_async("/api/openapi.json", |_, _| async { Ok(openapi_response()) });
     let r = health::routes(r);
     let r = tasks::routes(r);
     let r = history::routes(r);
@@ -61,7 +62,7 @@ pub async fn handle(req: Request, env: Env) -> Response {
         None => crate::cors::apply(
             &cors,
             match App::build(&env, io.clone()) {
-                Ok(app) => route(req, env, Rc::new(app)).await,
+                Ok(app) => route(req, Rc::new(app)).await,
                 Err(e) => e.into_response(),
             },
         ),
@@ -77,10 +78,10 @@ pub async fn handle(req: Request, env: Env) -> Response {
     response
 }
 
-async fn route(req: Request, env: Env, app: Rc<App>) -> Response {
+async fn route(req: Request, app: Rc<App>) -> Response {
     let ip = client_ip(&req);
     let webhook = req.path().starts_with("/webhooks/");
-    let mut response = dispatch(req, env, app.clone()).await;
+    let mut response = dispatch(req, app.clone()).await;
     if let Some(token) = app.session_token.borrow_mut().take() {
         let _ = response
             .headers_mut()
@@ -101,8 +102,25 @@ async fn route(req: Request, env: Env, app: Rc<App>) -> Response {
     response
 }
 
-async fn dispatch(req: Request, env: Env, app: Rc<App>) -> Response {
-    match routes(Router::with_data(app)).run(req, env).await {
+thread_local! {
+    /// The route table, built at this isolate's first request (`router`).
+    static ROUTES: Routes = {
+        let table = routes(Routes::default());
+        for refused in &table.refused {
+            log(serde_json::json!({"level": "error", "event": "route_refused", "route": refused}));
+        }
+        table
+    };
+}
+
+async fn dispatch(req: Request, app: Rc<App>) -> Response {
+    let (handler, params) = match ROUTES.with(|r| r.find(&req.method(), &req.path())) {
+        Route::To(handler, params) => (handler, params),
+        Route::MethodNotAllowed => return ApiError::MethodNotAllowed.into_response(),
+        Route::NotFound => return ApiError::NotFound("route").into_response(),
+    };
+    // a handler's own bare 404/405 (none is meant to send one) still gets the one error shape
+    match handler(req, Ctx::new(app, params)).await {
         Ok(r) if r.status_code() == 404 && !is_json(&r) => {
             ApiError::NotFound("route").into_response()
         }

@@ -21,7 +21,7 @@ use shared::edge::{changes, now};
 use shared::validation::{only_fields, Expected, FieldError};
 use worker::Request;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.get_async("/api/catalog", |_, ctx| async move {
         reply(public(&ctx.data).await)
     })

@@ -9,7 +9,7 @@ use crate::error::{ApiError, ApiResult};
 use shared::edge::{Db, IoCounts, IoError, StepExt};
 use std::cell::RefCell;
 use std::rc::Rc;
-use worker::{Bucket, Env, KvStore, Queue, Response, RouteContext, Router};
+use worker::{Bucket, Env, KvStore, Queue, Response};
 
 pub struct App {
     pub env: Env,
@@ -22,11 +22,7 @@ pub struct App {
     pub session_token: RefCell<Option<String>>,
 }
 
-/// A route's context: the request's [`App`] as `data`, and the path's parameters.
-pub type Ctx = RouteContext<Rc<App>>;
-
-/// The router every module adds its routes to (`fn routes(r: Routes) -> Routes`).
-pub type Routes<'a> = Router<'a, Rc<App>>;
+pub use crate::router::{Ctx, Routes};
 
 /// A handler's answer as the router takes it: an error becomes its JSON response here, so the
 /// router itself only ever fails for its own reasons.

@@ -9,7 +9,7 @@ use shared::http::{none_match, parse_range};
 use shared::signing::verify_file_signature;
 use worker::{Range as R2Range, Request, Response};
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.get_async("/files/*key", |req, ctx| async move {
         reply(get(&req, &ctx).await)
     })

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use shared::edge::{log, StepExt};
 use shared::sql::Stmt;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.get_async("/api/health", |_, ctx| async move {
         reply(health(&ctx.data).await)
     })

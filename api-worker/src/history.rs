@@ -21,7 +21,7 @@ use shared::task_rows::{self, TaskRow};
 use shared::validation::FieldError;
 use worker::Request;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.delete_async("/api/tasks/:id", |req, ctx| async move {
         reply(delete_one(&req, &ctx).await)
     })

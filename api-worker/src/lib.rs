@@ -3,6 +3,7 @@
 //!
 //! - `app`: the route table and what wraps every request (CORS, the log line, error shapes).
 //! - `context`: what a handler is given (`App`, `Ctx`) and how a module registers its routes.
+//! - `router`: the route table, built once per isolate, and `Ctx`.
 //! - `request`: reading a request (query, page, ids in the path, capped bodies).
 //! - `error`: the one error type and the JSON answers.
 //! - `auth`: who is calling: users' sessions, and the operators' guard.
@@ -32,6 +33,7 @@ mod me;
 mod openapi;
 mod orders;
 mod request;
+mod router;
 mod sessions;
 mod settings;
 mod shares;

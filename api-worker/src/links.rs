@@ -27,7 +27,7 @@ pub const SHARE_CACHE: &str = "private, no-cache";
 const FALLBACK_CACHE: &str = "private, max-age=300";
 const FALLBACK_TIMEOUT: Duration = Duration::from_secs(20);
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.get_async("/api/images/:id/:n", |req, ctx| async move {
         reply(get(&req, &ctx).await)
     })

@@ -19,7 +19,7 @@ use shared::sql::Stmt;
 use shared::statement::{self, Entry, Profile};
 use worker::Request;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.get_async("/api/me", |req, ctx| async move {
         reply(me(&req, &ctx.data).await)
     })

@@ -18,7 +18,7 @@ use std::time::Duration;
 use worker::wasm_bindgen::JsValue;
 use worker::{Fetch, Headers, Method, Request, RequestInit};
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.post_async("/api/orders", |req, ctx| async move {
         reply(create(req, &ctx.data).await)
     })

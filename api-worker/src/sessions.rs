@@ -10,7 +10,7 @@ use shared::edge::now;
 use shared::session::{self, SessionRow};
 use worker::Request;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.post_async("/api/auth/signout", |req, ctx| async move {
         reply(sign_out(&req, &ctx.data, false).await)
     })

@@ -21,7 +21,7 @@ use shared::sql::Stmt;
 use std::cell::RefCell;
 use worker::Request;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.post_async("/api/tasks/:id/shares", |req, ctx| async move {
         reply(create(&req, &ctx).await)
     })

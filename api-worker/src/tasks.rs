@@ -22,7 +22,7 @@ use shared::task_rows::{self, TaskRow};
 use shared::validation::FieldError;
 use worker::{FormEntry, HttpMetadata, Request};
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.post_async("/api/tasks", |req, ctx| async move {
         reply(submit(req, &ctx.data).await)
     })

@@ -15,7 +15,7 @@ use shared::signing::{verify_callback_token, verify_kie_callback};
 use shared::webhook_events::{self, Delivery};
 use worker::Request;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.post_async("/webhooks/creem", |req, ctx| async move {
         reply(creem(req, &ctx.data).await)
     })

@@ -12,7 +12,7 @@ use shared::audit;
 use shared::edge::now;
 use worker::Request;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.get_async("/admin/audit", |req, ctx| async move {
         reply(run(req, &ctx.data).await)
     })

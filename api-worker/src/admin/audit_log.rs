@@ -14,7 +14,7 @@ use shared::edge::now;
 use shared::sql::{Param, Stmt};
 use worker::Request;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.get_async("/admin/audit-log", |req, ctx| async move {
         reply(list(req, &ctx.data).await)
     })

@@ -12,7 +12,7 @@ use shared::admin_views;
 use shared::edge::StepExt;
 use worker::Request;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.get_async("/admin/cron/runs", |req, ctx| async move {
         reply(list_runs(req, &ctx.data).await)
     })

@@ -20,7 +20,7 @@ use shared::messages::fresh_for_replay;
 use shared::sql::Stmt;
 use worker::{Queue, Request};
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.get_async("/admin/dead-letters", |req, ctx| async move {
         reply(list(req, &ctx.data).await)
     })

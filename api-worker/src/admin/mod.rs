@@ -28,7 +28,7 @@ use crate::context::Routes;
 use serde_json::Value;
 use shared::page::{CursorFormat, PageRule};
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     let r = users::routes(r);
     let r = orders::routes(r);
     let r = tasks::routes(r);

@@ -11,7 +11,7 @@ use shared::ids::UserId;
 use shared::orders::{self, STATUSES};
 use worker::Request;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.get_async("/admin/orders", |req, ctx| async move {
         reply(list(req, &ctx.data).await)
     })

@@ -11,7 +11,7 @@ use shared::edge::send_json_batch;
 use shared::validation::FieldError;
 use worker::Request;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.post_async("/admin/queues/:queue/messages", |req, ctx| async move {
         reply(send_messages(req, &ctx).await)
     })

@@ -16,7 +16,7 @@ use shared::admin_views;
 use shared::edge::{now, StepExt};
 use worker::Request;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.get_async("/admin/stats", |req, ctx| async move {
         reply(stats(req, &ctx.data).await)
     })

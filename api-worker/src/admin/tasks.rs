@@ -28,7 +28,7 @@ use shared::task_rows::{self, OperatorTaskRow};
 use shared::{dead_letters, ledger};
 use worker::Request;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.get_async("/admin/tasks", |req, ctx| async move {
         reply(list(req, &ctx.data).await)
     })

@@ -22,7 +22,7 @@ use shared::validation::{only_fields, Expected, FieldError};
 use shared::{admin_views, ledger, orders, session, users};
 use worker::Request;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.post_async("/admin/users", |req, ctx| async move {
         reply(create_user(req, &ctx.data).await)
     })

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use shared::webhook_events;
 use worker::Request;
 
-pub fn routes(r: Routes<'_>) -> Routes<'_> {
+pub fn routes(r: Routes) -> Routes {
     r.get_async("/admin/webhook-events", |req, ctx| async move {
         reply(list(req, &ctx.data).await)
     })
