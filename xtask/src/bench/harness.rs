@@ -89,6 +89,35 @@ impl Bench<'_> {
         }
     }
 
+    /// What a failed wait leaves behind: the system's whole log copied to `bench/tmp` (its
+    /// stack's state goes with the run), and the last lines that name each missing task.
+    fn evidence(&self, s: System, missing: &[&String]) -> String {
+        let i = usize::from(s == System::Peer);
+        let log = self.logs[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .path
+            .clone();
+        let kept = root().join(format!("bench/tmp/failed-{}.log", ["edgeline", "peer"][i]));
+        let copied = match fs::copy(&log, &kept) {
+            Ok(_) => format!("the log is kept in {}", kept.display()),
+            Err(e) => format!("the log could not be kept: {e}"),
+        };
+        let events = self.events(s, None);
+        let mut out = format!("{copied}; the missing tasks' last lines:");
+        for id in missing.iter().take(5) {
+            let lines: Vec<&Value> = events
+                .iter()
+                .filter(|e| e["task_id"].as_str() == Some(id.as_str()))
+                .collect();
+            out.push_str(&format!("\n  {id}: {} lines", lines.len()));
+            for l in lines.iter().rev().take(3).rev() {
+                out.push_str(&format!("\n    {l}"));
+            }
+        }
+        out
+    }
+
     pub(super) fn pid(&self, s: System) -> Option<u32> {
         match s {
             System::Edgeline => self.stack.pid(),
@@ -139,21 +168,24 @@ impl Bench<'_> {
                     ))
                 })
                 .collect();
-            let missing = ids.iter().filter(|t| !seen.contains_key(*t)).count();
-            if missing == 0 {
+            let missing: Vec<&String> = ids.iter().filter(|t| !seen.contains_key(*t)).collect();
+            if missing.is_empty() {
                 return Ok(seen);
             }
             if started.elapsed() > limit {
                 return Err(format!(
-                    "{missing} tasks did not end in {}s:\n{}",
+                    "{} tasks did not end in {}s; {}\n{}",
+                    missing.len(),
                     limit.as_secs(),
+                    self.evidence(s, &missing),
                     self.log_tail(s)
                 ));
             }
             // a system whose `wrangler dev` died ends nothing more: say so now, not at the limit
             if !running(self.pid(s)) {
                 return Err(format!(
-                    "wrangler dev exited with {missing} tasks not ended:\n{}",
+                    "wrangler dev exited with {} tasks not ended:\n{}",
+                    missing.len(),
                     self.log_tail(s)
                 ));
             }
