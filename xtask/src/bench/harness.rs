@@ -23,7 +23,8 @@ pub(super) struct Bench<'a> {
 pub(super) struct Tail {
     path: std::path::PathBuf,
     offset: u64,
-    partial: String,
+    /// Bytes after the last complete line: a read can end inside a line, even inside a character.
+    partial: Vec<u8>,
     events: Vec<Value>,
 }
 
@@ -32,7 +33,7 @@ impl Tail {
         Tail {
             path,
             offset: 0,
-            partial: String::new(),
+            partial: Vec::new(),
             events: Vec::new(),
         }
     }
@@ -52,9 +53,16 @@ impl Tail {
             return;
         };
         self.offset += n as u64;
-        self.partial.push_str(&String::from_utf8_lossy(&buf));
-        let complete = self.partial.rfind('\n').map_or(0, |i| i + 1);
-        let text: String = self.partial.drain(..complete).collect();
+        self.partial.extend_from_slice(&buf);
+        // decoded only once whole: a character split between two reads would otherwise turn
+        // into two replacement characters and lose its line
+        let complete = self
+            .partial
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        let bytes: Vec<u8> = self.partial.drain(..complete).collect();
+        let text = String::from_utf8_lossy(&bytes);
         for l in text.lines() {
             let json = if l.starts_with('{') {
                 Some(l.to_owned())
@@ -233,4 +241,28 @@ pub(super) fn latency(l: &Load, what: &str) -> Result<Value> {
         "samples": l.latencies_ms.len(), "errors": l.error_count(),
         "error_statuses": l.errors.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<Map<_, _>>(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A line read in two parts, split inside a character, is still one event.
+    #[test]
+    fn a_line_split_inside_a_character_is_read_whole() {
+        let path = std::env::temp_dir().join(format!("bench-tail-{}.log", std::process::id()));
+        let line = "[edgeline-api] {\"event\":\"http\",\"note\":\"caf\u{e9}\"}\n".as_bytes();
+        let cut = line.iter().position(|b| *b == 0xC3).unwrap() + 1;
+        fs::write(&path, &line[..cut]).unwrap();
+        let mut tail = Tail::new(path.clone());
+        tail.refresh();
+        assert!(tail.events.is_empty(), "half a line is no event yet");
+        let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&line[cut..]).unwrap();
+        tail.refresh();
+        let _ = fs::remove_file(&path);
+        assert_eq!(tail.events.len(), 1);
+        assert_eq!(tail.events[0]["note"], "caf\u{e9}");
+    }
 }
