@@ -129,7 +129,7 @@ async fn dispatch(req: Request, app: Rc<App>) -> Response {
         }
         Ok(r) => r,
         Err(e) => ApiError::Unavailable(IoError {
-            step: "router".into(),
+            step: "handler".into(),
             cause: e.to_string(),
         })
         .into_response(),

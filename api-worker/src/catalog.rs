@@ -11,9 +11,10 @@
 
 use crate::admin::audit_log::audit_when;
 use crate::auth;
-use crate::context::{reply, App, Routes};
+use crate::context::{reply, App};
 use crate::error::{json, ApiError, ApiResult};
 use crate::request::json_body;
+use crate::router::Routes;
 use crate::settings;
 use serde_json::{json, Value};
 use shared::catalog::{self, Catalog, Product, SETTINGS_KEY};

@@ -1,8 +1,7 @@
 //! What every handler is given: the request's [`App`] (configuration, D1, I/O counts, the
-//! bindings, rate limits, and a renewed session token to send back), [`Ctx`] (the route's
-//! context: the app and the path's parameters), and what a module's routes are registered on
-//! ([`Routes`], [`reply`]). Here, not in `app.rs`, so that handlers and the router both depend on
-//! this module and not on each other.
+//! bindings, rate limits, and a renewed session token to send back), and how it answers
+//! ([`reply`]). Here, not in `app.rs`, so that handlers and the route table (`router`, which
+//! carries the `App` in a route's `Ctx`) both depend on this module and not on each other.
 
 use crate::config::{self, Config};
 use crate::error::{ApiError, ApiResult};
@@ -22,10 +21,8 @@ pub struct App {
     pub session_token: RefCell<Option<String>>,
 }
 
-pub use crate::router::{Ctx, Routes};
-
-/// A handler's answer as the router takes it: an error becomes its JSON response here, so the
-/// router itself only ever fails for its own reasons.
+/// A handler's answer as the route table takes it: an error becomes its JSON response here, so
+/// no handler's error reaches the table.
 pub fn reply(result: ApiResult) -> worker::Result<Response> {
     Ok(result.unwrap_or_else(ApiError::into_response))
 }

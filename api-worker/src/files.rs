@@ -1,9 +1,10 @@
 //! R2 objects served over HTTP: to their owner through the API, or to anyone holding a
 //! time-limited signed URL (`/files/{key}?exp=&sig=`), which is how providers fetch uploads.
 
-use crate::context::{reply, App, Ctx, Routes};
+use crate::context::{reply, App};
 use crate::error::{ApiError, ApiResult};
 use crate::request::query;
+use crate::router::{Ctx, Routes};
 use shared::edge::{now, StepExt};
 use shared::http::{none_match, parse_range};
 use shared::signing::verify_file_signature;

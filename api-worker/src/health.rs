@@ -1,8 +1,9 @@
 //! `GET /api/health`: whether D1, R2, KV and the queue binding answer. No authentication: it
 //! says which dependency fails, never why (the cause is logged).
 
-use crate::context::{reply, App, Routes};
+use crate::context::{reply, App};
 use crate::error::{json, ApiResult};
+use crate::router::Routes;
 use serde_json::{json, Value};
 use shared::edge::{log, StepExt};
 use shared::sql::Stmt;

@@ -4,9 +4,10 @@
 
 use crate::auth;
 use crate::batch::{result_at, rows_at};
-use crate::context::{reply, App, Ctx, Routes};
+use crate::context::{reply, App};
 use crate::error::{json, ApiError, ApiResult};
 use crate::request::{json_body, page, query, task_id};
+use crate::router::{Ctx, Routes};
 use serde::Deserialize;
 use serde_json::json;
 use shared::edge::{log, now, rows, StepExt};

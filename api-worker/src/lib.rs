@@ -1,9 +1,11 @@
 //! api-worker: the HTTP edge. Validates, authenticates, reserves credits, writes D1 and
 //! enqueues work; it never waits on a provider.
 //!
-//! - `app`: the route table and what wraps every request (CORS, the log line, error shapes).
-//! - `context`: what a handler is given (`App`, `Ctx`) and how a module registers its routes.
-//! - `router`: the route table, built once per isolate, and `Ctx`.
+//! - `app`: every module's routes in one table, and what wraps every request (CORS, the log
+//!   line, error shapes).
+//! - `context`: what a handler is given (`App`) and how it answers (`reply`).
+//! - `router`: the route table (built once per isolate), what a module registers its routes on
+//!   (`Routes`), and a route's `Ctx`.
 //! - `request`: reading a request (query, page, ids in the path, capped bodies).
 //! - `error`: the one error type and the JSON answers.
 //! - `auth`: who is calling: users' sessions, and the operators' guard.

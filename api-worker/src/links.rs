@@ -6,9 +6,10 @@
 //! URL that may have expired, and nothing but an image) while D1 says the result may still be
 //! served. Every fallback is logged (`link.fallback`).
 
-use crate::context::{reply, App, Ctx, Routes};
+use crate::context::{reply, App};
 use crate::error::{ApiError, ApiResult};
 use crate::request::{query, task_id};
+use crate::router::{Ctx, Routes};
 use shared::edge::{fetch_with_timeout, log, CachedStatus, FetchError, StepExt};
 use shared::ids::TaskId;
 use shared::keys::task_status_key;

@@ -5,9 +5,10 @@
 
 use crate::auth;
 use crate::batch::result_at;
-use crate::context::{reply, App, Routes};
+use crate::context::{reply, App};
 use crate::error::{json, ApiError, ApiResult};
 use crate::request::page;
+use crate::router::Routes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::edge::{now, rows};

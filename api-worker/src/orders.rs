@@ -4,9 +4,10 @@
 //! (`settings::catalog`); the rules and their statements are `shared::orders`.
 
 use crate::auth;
-use crate::context::{reply, App, Ctx, Limit, Routes};
+use crate::context::{reply, App, Limit};
 use crate::error::{json, ApiError, ApiResult};
 use crate::request::{json_body, page};
+use crate::router::{Ctx, Routes};
 use serde_json::{json, Value};
 use shared::edge::{now, IoError, StepExt};
 use shared::ids::UserId;

@@ -2,8 +2,8 @@
 //! body (capped: whatever `Content-Length` says, no more than the cap is read), and the client's
 //! address. Each read fails with the code its callers have always answered with.
 
-use crate::context::Ctx;
 use crate::error::ApiError;
+use crate::router::Ctx;
 use shared::ids::{TaskId, UserId};
 use shared::page::{Page, PageRule};
 use worker::Request;

@@ -3,8 +3,9 @@
 //! checked, renewed and ended is `auth.rs`.
 
 use crate::auth;
-use crate::context::{reply, App, Ctx, Routes};
+use crate::context::{reply, App};
 use crate::error::{json, ApiError, ApiResult};
+use crate::router::{Ctx, Routes};
 use serde_json::json;
 use shared::edge::now;
 use shared::session::{self, SessionRow};

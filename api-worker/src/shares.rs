@@ -6,10 +6,11 @@
 
 use crate::auth;
 use crate::batch::rows_at;
-use crate::context::{reply, App, Ctx, Routes};
+use crate::context::{reply, App};
 use crate::error::{json, json_response, ApiError, ApiResult};
 use crate::links::{self, Source, SHARE_CACHE};
 use crate::request::{page, task_id};
+use crate::router::{Ctx, Routes};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::edge::{log, now, now_ms, rows, StepExt};

@@ -5,9 +5,10 @@
 //! `shared::task_rows`.
 
 use crate::auth;
-use crate::context::{reply, App, Ctx, Limit, Routes};
+use crate::context::{reply, App, Limit};
 use crate::error::{json, ApiError, ApiResult};
 use crate::request::{json_body, page, refuse_declared_over, task_id};
+use crate::router::{Ctx, Routes};
 use serde_json::{json, Value};
 use shared::edge::{changes, log, now, StepExt};
 use shared::ids::{IdempotencyKey, TaskId, UploadId, UserId};

@@ -2,9 +2,10 @@
 //! token, and kie.ai's signature when configured) that the provider has news, and prompts an
 //! immediate poll of record-info, which the consumer trusts instead.
 
-use crate::context::{reply, App, Ctx, Routes};
+use crate::context::{reply, App};
 use crate::error::{json, ApiError, ApiResult};
 use crate::request::{body_bytes, query};
+use crate::router::{Ctx, Routes};
 use serde_json::json;
 use shared::edge::{now, StepExt};
 use shared::ids::TaskId;

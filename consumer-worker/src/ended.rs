@@ -14,7 +14,9 @@ use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
 
 /// How many ended tasks an isolate remembers: well over what ends within one typical
-/// generation time at the local pipeline's rate, at 16 bytes an id (twice), about 260 KB.
+/// generation time at the local pipeline's rate. Both collections are sized for it once: 16
+/// bytes an id in the queue, and the set's table (id and control byte, 8,192 slots rounded up
+/// to 16,384 buckets): under 400 KB.
 const CAPACITY: usize = 8192;
 
 /// The ids in the order they were remembered, and the same ids for lookups.
@@ -27,22 +29,24 @@ struct Memory {
 impl Memory {
     fn new(capacity: usize) -> Self {
         Memory {
-            order: VecDeque::new(),
-            ids: HashSet::new(),
+            order: VecDeque::with_capacity(capacity),
+            ids: HashSet::with_capacity(capacity),
             capacity,
         }
     }
 
     fn remember(&mut self, task: TaskId) {
-        if !self.ids.insert(task) {
+        if self.ids.contains(&task) {
             return;
         }
-        self.order.push_back(task);
-        if self.order.len() > self.capacity {
+        // make room first, so neither collection ever grows past its first size
+        if self.order.len() >= self.capacity {
             if let Some(oldest) = self.order.pop_front() {
                 self.ids.remove(&oldest);
             }
         }
+        self.ids.insert(task);
+        self.order.push_back(task);
     }
 
     fn knows(&self, task: &TaskId) -> bool {
@@ -81,6 +85,7 @@ mod tests {
     #[test]
     fn the_oldest_is_forgotten_when_full() {
         let mut m = Memory::new(2);
+        let sized = m.order.capacity();
         let ids = [TaskId::new(), TaskId::new(), TaskId::new()];
         for id in ids {
             m.remember(id);
@@ -88,6 +93,11 @@ mod tests {
         assert!(!m.knows(&ids[0]), "the oldest made room");
         assert!(m.knows(&ids[1]) && m.knows(&ids[2]));
         assert_eq!((m.order.len(), m.ids.len()), (2, 2));
+        assert_eq!(
+            m.order.capacity(),
+            sized,
+            "room is made before a push, never by growing"
+        );
         // remembering a known id again does not push it twice
         m.remember(ids[2]);
         assert_eq!(m.order.len(), 2);

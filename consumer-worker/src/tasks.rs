@@ -250,7 +250,8 @@ async fn poll(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
 }
 
 /// The store step as its own message (a poll's store that was deferred): stops early when the
-/// task is known to have ended (`store::known_ended`), else takes the task's turn in the batch (`turns`) and [`store_and_settle`].
+/// task is known to have ended (`store::known_ended`), else takes the task's turn in the batch
+/// (`turns`) and [`store_and_settle`].
 async fn store(ctx: &Ctx, msg: &TaskMessage) -> Result<Step, Failure> {
     if store::known_ended(ctx, &msg.task_id()).await {
         return Ok(Step::Done);

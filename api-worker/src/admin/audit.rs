@@ -5,9 +5,10 @@
 //! live task may stay past its deadline, or an event stay `received`, before it is a violation.
 
 use crate::auth;
-use crate::context::{reply, App, Routes};
+use crate::context::{reply, App};
 use crate::error::{json, ApiError, ApiResult};
 use crate::request::query;
+use crate::router::Routes;
 use shared::audit;
 use shared::edge::now;
 use worker::Request;

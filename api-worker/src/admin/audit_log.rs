@@ -5,9 +5,10 @@
 //! a record never without its change. `GET /admin/audit-log` reads them back.
 
 use crate::auth;
-use crate::context::{reply, App, Routes};
+use crate::context::{reply, App};
 use crate::error::{json, ApiResult};
 use crate::request::{page, query};
+use crate::router::Routes;
 use serde_json::{json, Value};
 use shared::admin_audit::{self, detail_as_json};
 use shared::edge::now;

@@ -4,9 +4,10 @@
 
 use super::audit_log::audit;
 use crate::auth;
-use crate::context::{reply, App, Ctx, Routes};
+use crate::context::{reply, App};
 use crate::error::{json, ApiError, ApiResult};
 use crate::request::{page, query};
+use crate::router::{Ctx, Routes};
 use serde_json::{json, Value};
 use shared::admin_views;
 use shared::edge::StepExt;

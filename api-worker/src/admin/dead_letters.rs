@@ -8,9 +8,10 @@
 use super::audit_log::audit;
 use super::{CURSOR, CURSOR_PAGE};
 use crate::auth;
-use crate::context::{reply, App, Ctx, Routes};
+use crate::context::{reply, App};
 use crate::error::{json, ApiError, ApiResult};
 use crate::request::{json_body, page, query};
+use crate::router::{Ctx, Routes};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use shared::admin_audit;

@@ -24,7 +24,7 @@ pub mod tasks;
 pub mod users;
 pub mod webhook_events;
 
-use crate::context::Routes;
+use crate::router::Routes;
 use serde_json::Value;
 use shared::page::{CursorFormat, PageRule};
 

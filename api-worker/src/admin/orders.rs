@@ -3,9 +3,10 @@
 
 use super::{created_cursor, CURSOR_PAGE};
 use crate::auth;
-use crate::context::{reply, App, Routes};
+use crate::context::{reply, App};
 use crate::error::{json, ApiError, ApiResult};
 use crate::request::{page, query};
+use crate::router::Routes;
 use serde_json::{json, Value};
 use shared::ids::UserId;
 use shared::orders::{self, STATUSES};

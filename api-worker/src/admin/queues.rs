@@ -3,9 +3,10 @@
 
 use super::audit_log::audit;
 use crate::auth;
-use crate::context::{reply, Ctx, Routes};
+use crate::context::reply;
 use crate::error::{json, ApiError, ApiResult};
 use crate::request::json_body;
+use crate::router::{Ctx, Routes};
 use serde_json::{json, Value};
 use shared::edge::send_json_batch;
 use shared::validation::FieldError;

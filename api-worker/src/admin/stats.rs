@@ -8,9 +8,10 @@
 
 use crate::auth;
 use crate::batch::rows_at;
-use crate::context::{reply, App, Routes};
+use crate::context::{reply, App};
 use crate::error::{json, ApiError, ApiResult};
 use crate::request::query;
+use crate::router::Routes;
 use serde_json::{json, Map, Value};
 use shared::admin_views;
 use shared::edge::{now, StepExt};

@@ -2,9 +2,10 @@
 //! became of each (applied, ignored, rejected, or still received). One page: no cursor.
 
 use crate::auth;
-use crate::context::{reply, App, Routes};
+use crate::context::{reply, App};
 use crate::error::{json, ApiResult};
 use crate::request::{page, query};
+use crate::router::Routes;
 use serde_json::{json, Value};
 use shared::webhook_events;
 use worker::Request;

@@ -55,7 +55,7 @@ impl Tail {
         self.offset += n as u64;
         self.partial.extend_from_slice(&buf);
         // decoded only once whole: a character split between two reads would otherwise turn
-        // into two replacement characters and lose its line
+        // into two replacement characters
         let complete = self
             .partial
             .iter()
@@ -106,8 +106,9 @@ impl Bench<'_> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .path
             .clone();
-        let kept = root().join(format!("bench/tmp/failed-{}.log", ["edgeline", "peer"][i]));
-        let copied = match fs::copy(&log, &kept) {
+        let dir = root().join("bench/tmp");
+        let kept = dir.join(format!("failed-{}.log", ["edgeline", "peer"][i]));
+        let copied = match fs::create_dir_all(&dir).and_then(|()| fs::copy(&log, &kept)) {
             Ok(_) => format!("the log is kept in {}", kept.display()),
             Err(e) => format!("the log could not be kept: {e}"),
         };
