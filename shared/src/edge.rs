@@ -403,7 +403,7 @@ pub async fn cache_final_status(
             serde_json::json!({"event": "task.final_status_cached", "task_id": task.to_string(), "status": cached.status}),
         ),
         Err(e) => log(
-            serde_json::json!({"level": "warn", "event": "status_cache_failed", "task_id": task.to_string(), "cause": e.to_string()}),
+            serde_json::json!({"level": "warn", "event": "status_cache_failed", "task_id": task.to_string(), "status": cached.status, "cause": e.to_string()}),
         ),
     }
 }

@@ -158,7 +158,9 @@ impl Bench<'_> {
         }
     }
 
-    /// Waits until every task in `ids` has its final status cached; returns when each ended.
+    /// Waits until every task in `ids` has ended: its final status cached, or the cache write
+    /// failed after D1 ended it (both lines are logged only by the call that ended the task).
+    /// Returns when each ended and how.
     pub(super) fn wait_ended(
         &self,
         s: System,
@@ -167,16 +169,8 @@ impl Bench<'_> {
     ) -> Result<HashMap<String, (u64, String)>> {
         let started = Instant::now();
         loop {
-            let seen: HashMap<String, (u64, String)> = self
-                .events(s, Some("task.final_status_cached"))
-                .into_iter()
-                .filter_map(|e| {
-                    Some((
-                        e["task_id"].as_str()?.to_owned(),
-                        (e["at_ms"].as_u64()?, e["status"].as_str()?.to_owned()),
-                    ))
-                })
-                .collect();
+            let seen: HashMap<String, (u64, String)> =
+                self.events(s, None).iter().filter_map(ended).collect();
             let missing: Vec<&String> = ids.iter().filter(|t| !seen.contains_key(*t)).collect();
             if missing.is_empty() {
                 return Ok(seen);
@@ -201,6 +195,18 @@ impl Bench<'_> {
             std::thread::sleep(Duration::from_secs(1));
         }
     }
+}
+
+/// The task a log line says ended, with when and how: the line of the call that ended it,
+/// whether its final status reached KV or not.
+pub(super) fn ended(e: &Value) -> Option<(String, (u64, String))> {
+    if e["event"] != "task.final_status_cached" && e["event"] != "status_cache_failed" {
+        return None;
+    }
+    Some((
+        e["task_id"].as_str()?.to_owned(),
+        (e["at_ms"].as_u64()?, e["status"].as_str()?.to_owned()),
+    ))
 }
 
 /// Whether process `pid` still runs: it exists and is not a zombie that exited and waits to be
@@ -248,6 +254,17 @@ pub(super) fn latency(l: &Load, what: &str) -> Result<Value> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// A task whose final status could not be cached has ended all the same.
+    #[test]
+    fn a_task_ended_whether_or_not_its_status_was_cached() {
+        let cached = json!({"event": "task.final_status_cached", "task_id": "a", "at_ms": 5, "status": "completed"});
+        let uncached = json!({"event": "status_cache_failed", "task_id": "b", "at_ms": 6, "status": "failed", "cause": "kv"});
+        let other = json!({"event": "message", "task_id": "c", "at_ms": 7, "status": "completed"});
+        assert_eq!(ended(&cached), Some(("a".into(), (5, "completed".into()))));
+        assert_eq!(ended(&uncached), Some(("b".into(), (6, "failed".into()))));
+        assert_eq!(ended(&other), None);
+    }
 
     /// A line read in two parts, split inside a character, is still one event.
     #[test]
