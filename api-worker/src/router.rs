@@ -1,4 +1,4 @@
-//! The route table, built once per isolate (`app::dispatch`), and what a handler is given
+//! The route table, built once per isolate (`app::ROUTES`), and what a handler is given
 //! ([`Ctx`]). Paths are matched by matchit, the matcher worker's own `Router` uses, with the same
 //! patterns (`/api/tasks/:id`, `/files/*key`) and the same answers: a path that another method
 //! (not HEAD, OPTIONS or TRACE) has a route for is 405, any other unknown one 404. A second route
