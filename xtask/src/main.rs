@@ -14,7 +14,8 @@
 //!   `bench/results.json`, `bench/RESULTS.md` and the generated block of `docs/BENCHMARK.md` (see
 //!   `bench/mod.rs`; not part of `test`). `bench render` rewrites RESULTS.md and that block from
 //!   `bench/results.json`; `bench peer-sql` regenerates the peer's SQL from `shared::ledger`;
-//!   `bench peer-smoke` runs one task through the peer (see `peer.rs`).
+//!   `bench peer-smoke` runs one task through the peer (see `peer.rs`); `bench size` writes
+//!   `bench/SIZE.md`, what takes the bytes of each worker's wasm (see `bench/size.rs`).
 //! - `admin …`: the operators' CLI over the admin API: the `edgeline` crate (`cli/`), the same
 //!   code as the installed `edgeline` binary (`cargo xtask admin --help`).
 
@@ -68,6 +69,7 @@ fn main() -> ExitCode {
         }
         Some("bench") if args.get(1).is_some_and(|a| a == "peer-sql") => peer::write_sql(),
         Some("bench") if args.get(1).is_some_and(|a| a == "render") => bench::render(),
+        Some("bench") if args.get(1).is_some_and(|a| a == "size") => bench::size::run(),
         Some("bench") if args.get(1).is_some_and(|a| a == "peer-smoke") => {
             toolchain::ensure().and_then(|_| peer::smoke()).map(|took| {
                 eprintln!(

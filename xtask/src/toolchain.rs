@@ -15,6 +15,10 @@ pub const WORKERS: [&str; 3] = ["api-worker", "consumer-worker", "cron-worker"];
 /// The benchmark's floor worker, built only by `cargo xtask bench`.
 pub const FLOOR: &str = "bench/floor-worker";
 
+/// The packaged wasm before its names are stripped, beside the shipped `build/index_bg.wasm`:
+/// the same bytes with the function names a size profiler needs (`cargo xtask bench size`).
+pub const NAMED_WASM: &str = "build/index_bg.named.wasm";
+
 /// Paths of the installed tools worker-build and wrangler need.
 pub struct Toolchain {
     pub wasm_bindgen: PathBuf,
@@ -55,6 +59,19 @@ pub fn locked_version(name: &str) -> Result<String> {
         }
     }
     Err(format!("Cargo.lock has no {name} entry"))
+}
+
+/// twiggy, the wasm size profiler, from crates.io when it is missing (a minute or two, once);
+/// only `cargo xtask bench size` needs it.
+pub fn twiggy() -> Result<PathBuf> {
+    const VERSION: &str = "0.8.0";
+    let twiggy = cargo_bin("twiggy");
+    let have = output(Command::new(&twiggy).arg("--version")).unwrap_or_default();
+    if have.split_whitespace().nth(1) != Some(VERSION) {
+        eprintln!("xtask: installing twiggy {VERSION} (a minute or two, once)");
+        run(Command::new("cargo").args(["install", "twiggy", "--version", VERSION, "--locked"]))?;
+    }
+    Ok(twiggy)
 }
 
 pub fn ensure() -> Result<Toolchain> {
@@ -214,7 +231,9 @@ pub fn build(t: &Toolchain, workers: &[&str]) -> Result<()> {
             .join("release")
             .join(format!("{}.wasm", package(w).replace('-', "_")));
         let built = root.join(w).join("build/index_bg.wasm");
+        let named = root.join(w).join(NAMED_WASM);
         let fresh = root.join(w).join("build/index.js").exists()
+            && named.exists()
             && matches!((modified(&built), modified(&compiled)), (Some(b), Some(c)) if b >= c);
         if fresh {
             continue;
@@ -226,6 +245,7 @@ pub fn build(t: &Toolchain, workers: &[&str]) -> Result<()> {
             .env("WASM_BINDGEN_BIN", &t.wasm_bindgen)
             .env("ESBUILD_BIN", &t.esbuild)
             .env("WASM_OPT_BIN", &t.wasm_opt))?;
+        fs::copy(&built, &named).map_err(|e| format!("copying {}: {e}", built.display()))?;
         strip_names(t, &built)?;
     }
     Ok(())

@@ -35,7 +35,8 @@
 //! a run goes: `harness` (the systems, their stacks and logs), `scenarios` (one run: submit
 //! latency, the pipeline, webhook ingress), `costs` (cost per completed task), `procfs` (threads'
 //! CPU, memory and overlapping batches, from Linux `/proc` and the logs), `cron` (cron scaling),
-//! `summary` (medians, ranges, budgets) and `report` (the markdown).
+//! `summary` (medians, ranges, budgets) and `report` (the markdown). `size` is `cargo xtask bench
+//! size`: what takes the bytes of each worker's wasm.
 
 use crate::load::{self, Load, Request, Target};
 use crate::peer::{Peer, PeerOptions};
@@ -167,6 +168,7 @@ mod harness;
 mod procfs;
 mod report;
 mod scenarios;
+pub mod size;
 mod summary;
 #[cfg(test)]
 mod tests;

@@ -110,3 +110,129 @@ fn overlapping_batches() {
     assert_eq!(max_overlap(&[b(10, 10), b(20, 10), b(30, 10)]), 1);
     assert_eq!(max_overlap(&[b(10, 10), b(15, 10)]), 2);
 }
+
+/// twiggy's names go to the crate that wrote the code, with the worker's own and `shared`'s
+/// code by module; what is not shipped (the name section) counts apart.
+#[test]
+fn size_buckets_follow_the_crate_and_module_that_wrote_the_code() {
+    use size::{classify, Item, Kind};
+    let code = |krate: &str, module: Option<&str>, kind| Item::Code {
+        krate: krate.into(),
+        module: module.map(Into::into),
+        kind,
+    };
+    let own = "api_worker";
+    assert_eq!(
+        classify("\"function names\" subsection", own),
+        Item::NotShipped
+    );
+    assert_eq!(
+        classify("custom section 'producers'", own),
+        Item::NotShipped
+    );
+    assert_eq!(classify("data segment \".rodata.1\"", own), Item::Data);
+    assert_eq!(
+        classify(
+            "api_worker::admin::users::routes::{{closure}}::{{closure}}::h6d7d8c695c2fbd5a",
+            own
+        ),
+        code(
+            "api_worker",
+            Some("api_worker::admin::users"),
+            Kind::AsyncBodies
+        )
+    );
+    assert_eq!(
+        classify(
+            "api_worker::tasks::hold_and_insert::{{closure}}::h5d4a",
+            own
+        ),
+        code("api_worker", Some("api_worker::tasks"), Kind::AsyncBodies)
+    );
+    assert_eq!(
+        classify("shared::session::verify_token::h06ce1ccf1b2dd189", own),
+        code("shared", Some("shared::session"), Kind::Other)
+    );
+    assert_eq!(
+        classify(
+            "<&mut serde_json::de::Deserializer<R> as serde_core::de::Deserializer>::deserialize_seq::hbc82",
+            own
+        ),
+        code("serde_json", None, Kind::Serde)
+    );
+    assert_eq!(
+        classify("<f64 as core[c5930c85a12de822]::fmt::Display>::fmt", own),
+        code("core", None, Kind::Formatting)
+    );
+    assert_eq!(
+        classify(
+            "core::ptr::drop_in_place<worker::request::Request>::h12",
+            own
+        ),
+        code("core", None, Kind::DropGlue)
+    );
+    assert_eq!(
+        classify("import wbg::__wbg_get_value_9454480da7066d61", own),
+        code("(imports from JavaScript)", None, Kind::Other)
+    );
+    assert_eq!(
+        classify("elem[0]", own),
+        code("(wasm tables and types)", None, Kind::Other)
+    );
+    // another worker's crate is not this one's module
+    assert_eq!(
+        classify("consumer_worker::batch::run::h1", own),
+        code("consumer_worker", None, Kind::Other)
+    );
+}
+
+/// A profile adds every item to exactly one bucket, and the report shows each worker's share.
+#[test]
+fn a_size_profile_accounts_for_every_byte() {
+    let items = serde_json::json!([
+        {"name": "\"function names\" subsection", "shallow_size": 100},
+        {"name": "data segment \".rodata\"", "shallow_size": 40},
+        {"name": "api_worker::tasks::routes::{{closure}}::h1", "shallow_size": 30},
+        {"name": "api_worker::admin::stats::routes::{{closure}}::h2", "shallow_size": 20},
+        {"name": "serde_json::de::from_str::h3", "shallow_size": 10},
+    ]);
+    let p = size::profile(&items, "api_worker").unwrap();
+    assert_eq!((p.not_shipped, p.data, p.code), (100, 40, 60));
+    assert_eq!(p.by_crate["api_worker"], 50);
+    assert_eq!(p.by_module["api_worker::admin::stats"], 20);
+    assert_eq!(p.by_kind.values().sum::<u64>(), p.code);
+    let floor = size::profile(
+        &serde_json::json!([{"name": "serde_json::de::from_str::h3", "shallow_size": 8}]),
+        "floor_worker",
+    )
+    .unwrap();
+    let bundle = serde_json::json!({
+        "api-worker": {"raw": 500, "gzip": 200},
+        "floor-worker": {"raw": 200, "gzip": 100},
+    });
+    let md = size::render(
+        &[("api-worker", p), ("bench/floor-worker", floor)],
+        &bundle,
+        &serde_json::json!({"edgeline": "abc1234"}),
+    );
+    assert!(md.contains("at edgeline abc1234"), "{md}");
+    assert!(
+        md.contains("| api-worker | 500 | 200 | 2.00x | 60 | 40 |"),
+        "{md}"
+    );
+    assert!(md.contains("| serde_json | 10 | 16.7% | 8 |"), "{md}");
+    assert!(
+        md.contains("| api_worker::admin::stats | 20 | 33.3% |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("operators' API (`admin::*`): 20 bytes, 33.3% of the code"),
+        "{md}"
+    );
+    assert!(
+        !md.contains("## floor-worker"),
+        "the floor is the baseline, not profiled apart: {md}"
+    );
+    // no code at all is an error, not a profile of zeros
+    assert!(size::profile(&serde_json::json!([]), "api_worker").is_err());
+}
